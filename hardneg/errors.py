@@ -1,0 +1,32 @@
+"""Exceptions with messages meant for the person running hardneg (the CLI prints them without a traceback)."""
+
+from __future__ import annotations
+
+
+class HardnegError(Exception):
+    """Base class: a problem the user can fix; the CLI prints the message and exits non-zero."""
+
+
+class DataFormatError(HardnegError):
+    """A malformed input file (bad JSON line, missing column, wrong delimiter, bad encoding...)."""
+
+    def __init__(self, path: str, message: str, line: int | None = None):
+        self.path, self.line, self.detail = str(path), line, message
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class DataValidationError(HardnegError):
+    """Well-formed data that fails one or more validation checks."""
+
+
+class ModelNotFoundError(HardnegError):
+    """A model name or path that cannot be resolved offline."""
+
+
+class ConfigError(HardnegError):
+    """Invalid params.yaml / CLI configuration."""
+
+
+class GateFailedError(HardnegError):
+    """A quality or parity gate failed (export, pipeline)."""
