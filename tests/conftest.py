@@ -1,0 +1,97 @@
+"""Shared test fixtures: the tiny BEIR fixture corpus and a tiny 2-layer BERT built in the test run.
+
+The tiny model is built once per session (WordPiece trained on the fixture corpus, random 2-layer BERT) and saved
+as a plain HF folder: ``SentenceTransformer(dir)`` loads it with mean pooling and ``CrossEncoder(dir, num_labels=1)``
+loads it with a fresh head. Tests that modify a model must copy the folder first (``copy_model`` fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# `import kserve` parses sys.argv at import time (stack.md 2.4): import it here with a clean argv, once.
+_argv = sys.argv
+sys.argv = sys.argv[:1]
+try:
+    import kserve  # noqa: F401
+except ImportError:
+    pass
+finally:
+    sys.argv = _argv
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir() -> Path:
+    """Read-only path of the tiny BEIR fixture (copy it before corrupting it)."""
+    return FIXTURES / "tiny"
+
+
+@pytest.fixture()
+def tiny_data_copy(tmp_path, tiny_data_dir) -> Path:
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_data_dir, dst)
+    return dst
+
+
+def _build_tiny_bert(out: Path, corpus_dir: Path) -> Path:
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from hardneg.data import iter_corpus, iter_queries
+
+    lines = [d.full_text for d in iter_corpus(corpus_dir / "corpus.jsonl")]
+    lines += [q.text for q in iter_queries(corpus_dir / "queries.jsonl")]
+    out.mkdir(parents=True, exist_ok=True)
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(lines, vocab_size=600, min_frequency=1, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    wp.save_model(str(out))
+    tok = BertTokenizerFast(vocab=str(out / "vocab.txt"), model_max_length=128)  # vocab=, not vocab_file= (stack.md 3.2)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    BertModel(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_data_dir) -> Path:
+    """A 2-layer, 32-wide BERT with a WordPiece vocab trained on the fixture corpus (read-only: copy to modify)."""
+    return _build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model", tiny_data_dir)
+
+
+@pytest.fixture()
+def copy_model(tmp_path, tiny_model_dir):
+    def _copy(name: str = "model") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(tiny_model_dir, dst)
+        return dst
+
+    return _copy
