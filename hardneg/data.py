@@ -7,8 +7,6 @@ that return dicts hold exactly one parsed copy. Malformed input raises :class:`D
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -72,42 +70,39 @@ class BeirDataset:
         return out
 
 
-def _open_text(path: Path) -> io.TextIOWrapper:
+def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(lineno, line)`` with each line decoded on its own (strict UTF-8, line ending kept), so a bad byte is
+    reported on its own line (a text-mode reader decodes 8 KiB chunks and would blame an earlier line)."""
     if not path.exists():
         raise DataFormatError(path, "file not found")
     if path.stat().st_size == 0:
         raise DataFormatError(path, "file is empty")
-    # newline="" keeps CRLF visible to our checks; utf-8 strict so bad bytes are reported, not replaced
-    return open(path, encoding="utf-8", errors="strict", newline="")
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8", errors="strict")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(path, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", lineno) from None
 
 
 def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
-    with _open_text(path) as fh:
-        lineno = 0
-        while True:
-            try:
-                line = fh.readline()
-            except UnicodeDecodeError as e:
-                raise DataFormatError(path, f"not valid UTF-8 ({e.reason} at byte {e.start} of line)", lineno + 1) from None
-            if not line:
-                break
-            lineno += 1
-            if lineno == 1 and line.startswith("\ufeff"):
-                raise DataFormatError(path, "starts with a UTF-8 byte-order mark (BOM); save the file without BOM", 1)
-            if line.endswith("\r\n"):
-                raise DataFormatError(path, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", lineno)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(path, f"invalid JSON ({e.msg}, column {e.colno})", lineno) from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
-            missing = [k for k in required if k not in obj]
-            if missing:
-                raise DataFormatError(path, f"missing field(s) {missing}", lineno)
-            yield lineno, obj
+    for lineno, line in _iter_lines(path):
+        if lineno == 1 and line.startswith("\ufeff"):
+            raise DataFormatError(path, "starts with a UTF-8 byte-order mark (BOM); save the file without BOM", 1)
+        if line.endswith("\r\n"):
+            raise DataFormatError(path, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", lineno)
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, f"invalid JSON ({e.msg}, column {e.colno})", lineno) from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise DataFormatError(path, f"missing field(s) {missing}", lineno)
+        yield lineno, obj
 
 
 def _as_id(path: Path, lineno: int, value: object) -> str:
@@ -146,41 +141,30 @@ def iter_queries(path: str | os.PathLike) -> Iterator[Query]:
 def iter_qrels(path: str | os.PathLike) -> Iterator[tuple[str, str, int]]:
     """Stream ``(query_id, doc_id, score)`` rows of a qrels TSV, checking header, delimiter and score type."""
     p = Path(path)
-    with _open_text(p) as fh:
+    lines = _iter_lines(p)
+    _, header = next(lines)  # the file is not empty (checked by _iter_lines)
+    if header.startswith("\ufeff"):
+        raise DataFormatError(p, "starts with a UTF-8 byte-order mark (BOM); save the file without BOM", 1)
+    if header.endswith("\r\n"):
+        raise DataFormatError(p, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", 1)
+    cols = header.rstrip("\n").split("\t")
+    if tuple(cols) != QRELS_HEADER:
+        hint = " (the file is not TAB-separated)" if len(cols) == 1 and ("," in header or " " in header) else ""
+        raise DataFormatError(p, f"header must be {'<TAB>'.join(QRELS_HEADER)!r}, got {header.strip()!r}{hint}", 1)
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        row = line.rstrip("\n").split("\t")
+        if len(row) != 3:
+            raise DataFormatError(p, f"expected 3 TAB-separated columns, got {len(row)}", lineno)
+        q, d, s = row
+        if s.endswith("\r"):
+            raise DataFormatError(p, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", lineno)
         try:
-            header = fh.readline()
-        except UnicodeDecodeError as e:
-            raise DataFormatError(p, f"not valid UTF-8 ({e.reason})", 1) from None
-        if header.startswith("\ufeff"):
-            raise DataFormatError(p, "starts with a UTF-8 byte-order mark (BOM); save the file without BOM", 1)
-        if header.endswith("\r\n"):
-            raise DataFormatError(p, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", 1)
-        cols = header.rstrip("\n").split("\t")
-        if tuple(cols) != QRELS_HEADER:
-            hint = " (the file is not TAB-separated)" if len(cols) == 1 and ("," in header or " " in header) else ""
-            raise DataFormatError(p, f"header must be {'<TAB>'.join(QRELS_HEADER)!r}, got {header.strip()!r}{hint}", 1)
-        lineno = 1
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except UnicodeDecodeError as e:
-                raise DataFormatError(p, f"not valid UTF-8 ({e.reason})", lineno + 1) from None
-            lineno += 1
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            if len(row) != 3:
-                raise DataFormatError(p, f"expected 3 TAB-separated columns, got {len(row)}", lineno)
-            q, d, s = row
-            if s.endswith("\r"):
-                raise DataFormatError(p, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", lineno)
-            try:
-                score = int(s)
-            except ValueError:
-                raise DataFormatError(p, f"score must be an integer, got {s!r}", lineno) from None
-            yield q, d, score
+            score = int(s)
+        except ValueError:
+            raise DataFormatError(p, f"score must be an integer, got {s!r}", lineno) from None
+        yield q, d, score
 
 
 def load_corpus(path: str | os.PathLike) -> dict[str, Document]:
