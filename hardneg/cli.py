@@ -102,3 +102,761 @@ def data_version_cmd(
 
 # ------------------------------------------------------------------------------------------------------- commands
 # Each stage adds its command below, in its own section, calling functions in hardneg.<module>.
+
+
+# ------------------------------------------------------------------------------------------------------- validate
+
+_JsonOut = Annotated[Path | None, typer.Option("--json-out", help="also write the JSON report here")]
+_DataDocs = Annotated[Path | None, typer.Option("--data-docs", help="build GX Data Docs in this folder")]
+
+
+@app.command("validate")
+@friendly_errors
+def validate_cmd(
+    data_dir: Annotated[Path | None, typer.Argument(help="BEIR folder (default: params data.dir)")] = None,
+    json_out: _JsonOut = None,
+    data_docs: _DataDocs = None,
+) -> None:
+    """Validate a BEIR folder (format + Great Expectations checks); exit 1 when any check fails."""
+    from hardneg.errors import DataValidationError
+    from hardneg.validate import validate_dataset
+
+    params = get_params()
+    root = data_dir if data_dir is not None else Path(params["data"]["dir"])
+    report = validate_dataset(root, params, data_docs_dir=data_docs)
+    rows = [
+        [f.file, f"{f.check} ({f.severity})", f.count, ", ".join(f.examples), f.message]
+        for f in report.failures + report.warnings
+    ]
+    if rows:
+        columns = ["file", "check", "rows failing", "example ids", "message"]
+        print_table(f"validation of {root}", columns, rows)
+    st = report.stats
+    parts = [f"{st[k]['count']} {k}" for k in ("docs", "queries") if k in st]
+    parts += [f"{s}: {v['rows']} qrels / {v['queries']} queries" for s, v in st.get("qrels", {}).items()]
+    if parts:
+        out.print(f"{root}: " + "; ".join(parts), highlight=False)
+    if report.data_docs:
+        out.print(f"GX Data Docs: {report.data_docs}", highlight=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        out.print(f"wrote {json_out}", highlight=False)
+    if not report.success:
+        raise DataValidationError(f"{root}: {len(report.failures)} check(s) failed")
+    out.print(f"[bold green]OK[/] {root} passed validation ({len(report.warnings)} warning(s))")
+
+
+# ------------------------------------------------------------------------------------------ embed / reduce / mine
+
+_EmbDataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+]
+
+
+@app.command("embed")
+@friendly_errors
+def embed_cmd(
+    data_dir: _EmbDataDir = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/embeddings"),
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+) -> None:
+    """Embed the corpus and all queries with every model in params embed.models (cached, resumable)."""
+    import time
+
+    from hardneg.data import load_dataset
+    from hardneg.embed import embed_dataset
+
+    params = get_params()
+    root = data_dir if data_dir is not None else Path(params["data"]["dir"])
+    t0 = time.perf_counter()
+    ds = load_dataset(root)
+    man = embed_dataset(ds, params, out_dir, progress=not no_progress)
+    rows = [
+        [
+            e["model"],
+            e["backend"],
+            e["precision"],
+            e["dim"],
+            e["n_docs"],
+            e["n_queries"],
+            f"{e['timing']['corpus_s'] + e['timing']['queries_s']:.1f}",
+            e["timing"]["corpus_docs_per_s"] or "cached",
+            e["timing"]["corpus_chunks_cached"],
+        ]
+        for e in man["entries"]
+    ]
+    cols = ["model", "backend", "precision", "dim", "docs", "queries", "seconds", "docs/s", "cached chunks"]
+    print_table(f"embeddings -> {out_dir}", cols, rows)
+    out.print(f"done in {time.perf_counter() - t0:.1f}s", highlight=False)
+
+
+@app.command("reduce")
+@friendly_errors
+def reduce_cmd(
+    emb_dir: Annotated[Path, typer.Option("--emb-dir", help="output of `hardneg embed`")] = Path(
+        "runs/embeddings"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/reduced"),
+) -> None:
+    """Concatenate the per-model vectors and project them with PCA (variance target or fixed dimension)."""
+    from hardneg.reduce import reduce_embeddings
+
+    st = reduce_embeddings(emb_dir, get_params(), out_dir)
+    rows = [
+        [
+            " + ".join(f"{m}:{d}" for m, d in zip(st["models"], st["part_dims"], strict=True)),
+            st["input_dim"],
+            st["n_components"],
+            f"{st['explained_variance_kept']:.4f}",
+            st["fit_rows"],
+            st["n_docs"],
+            st["n_queries"],
+            f"{st['seconds']:.1f}",
+        ]
+    ]
+    cols = [
+        "models:dims",
+        "input dim",
+        "kept dims",
+        "variance kept",
+        "fit rows",
+        "docs",
+        "queries",
+        "seconds",
+    ]
+    print_table(f"PCA -> {out_dir}", cols, rows)
+
+
+@app.command("mine")
+@friendly_errors
+def mine_cmd(
+    reduced_dir: Annotated[Path, typer.Option("--reduced-dir", help="output of `hardneg reduce`")] = Path(
+        "runs/reduced"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/mined"),
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="paper | positive-aware | hybrid | rank-window | random | bm25"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="qrels split to mine (default: params data.train_split)")
+    ] = None,
+    data_dir: _EmbDataDir = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+) -> None:
+    """Mine hard negatives for every (query, positive) pair of a split; writes negatives.jsonl + mine_stats.json."""
+    from hardneg.data import load_dataset
+    from hardneg.errors import ConfigError
+    from hardneg.lineage import read_lineage, sha256_file
+    from hardneg.mine import mine_negatives, write_outputs
+    from hardneg.reduce import load_reduced
+
+    for noisy in ("faiss", "bm25s"):  # import-time chatter at INFO/DEBUG
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    params = get_params()
+    root = data_dir if data_dir is not None else Path(params["data"]["dir"])
+    split = split or params["data"].get("train_split", "train")
+    ds = load_dataset(root)
+    D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
+    try:
+        inputs = dict(read_lineage(reduced_dir).inputs)
+    except HardnegError:
+        inputs = {}
+    corpus_file = Path(root) / "corpus.jsonl"
+    want = inputs.get("corpus_sha256")
+    if want and corpus_file.exists() and sha256_file(corpus_file) != want:
+        raise ConfigError(
+            f"{reduced_dir} was embedded from another corpus than {corpus_file}: rerun `hardneg embed` and `hardneg reduce`"
+        )
+    rows, st = mine_negatives(
+        ds, D, doc_ids, Q, query_ids, split, params, policy=policy, progress=not no_progress
+    )
+    write_outputs(out_dir, rows, st, params, inputs)
+    rej = ", ".join(f"{k}={v}" for k, v in st["rejected"].items() if v) or "none"
+    table = [
+        ["policy", st["policy"]],
+        ["split", split],
+        ["queries mined", f"{st['queries_mined']} / {st['queries']}"],
+        ["pairs", st["pairs"]],
+        ["negatives per pair", st["negatives_per_pair"]],
+        ["pairs without negative", st["pairs_without_negative"]],
+        ["queries without negative", st["queries_without_negative"]],
+        ["queries with fewer than n", st["queries_with_fewer_than_n"]],
+        ["candidates considered", st["candidates_considered"]],
+        ["rejected per rule", rej],
+        ["paper exact re-scans", st["paper_exact_rescans"]],
+        ["mean d(Q,P) / d(Q,N) / d(P,N)", " / ".join(str(v) for v in st["distance_means"].values())],
+        ["seconds (search / select / total)", " / ".join(str(v) for v in st["seconds"].values())],
+    ]
+    print_table(f"mined negatives -> {out_dir}", ["", ""], table)
+
+
+# --------------------------------------------------------------------------------------- deployment: release & lineage
+
+
+@app.command("release")
+@friendly_errors
+def release_cmd(
+    model_dir: Annotated[
+        Path | None,
+        typer.Option("--model-dir", help="exported model folder (metadata.json) or one with lineage.json"),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="model version (default: the export's metadata.json version)"),
+    ] = None,
+    canary: Annotated[
+        int | None,
+        typer.Option("--canary", help="canaryTrafficPercent 1..99 (default params release.canary_percent)"),
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="100% to VERSION (canaryTrafficPercent removed)")
+    ] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="back to the previous version in the releases history")
+    ] = False,
+    overlay: Annotated[
+        str | None, typer.Option("--overlay", help="k8s/overlays/<name> (default params release.overlay)")
+    ] = None,
+    image_tag: Annotated[
+        str | None, typer.Option("--image-tag", help="serving image tag (default: the overlay's)")
+    ] = None,
+    storage_uri: Annotated[
+        str | None,
+        typer.Option("--storage-uri", help="model URI (default params release.storage_uri.<overlay>)"),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="release folder (default k8s/releases/<version>/)")
+    ] = None,
+    releases_dir: Annotated[
+        Path | None, typer.Option("--releases-dir", help="history.json + default --out root")
+    ] = None,
+    k8s_dir: Annotated[
+        Path | None, typer.Option("--k8s-dir", help="folder holding base/ and overlays/")
+    ] = None,
+) -> None:
+    """Render (kustomize), validate and record a canary / promote / rollback of the reranker InferenceService."""
+    from hardneg.release import ReleaseSettings, release
+
+    settings = ReleaseSettings.from_params(get_params())
+    if releases_dir is not None:
+        settings.releases_dir = releases_dir
+    if k8s_dir is not None:
+        settings.k8s_dir = k8s_dir
+    res = release(
+        version=version,
+        model_dir=model_dir,
+        canary=canary,
+        promote=promote,
+        rollback=rollback,
+        overlay=overlay,
+        image_tag=image_tag,
+        storage_uri=storage_uri,
+        out=out_dir,
+        settings=settings,
+    )
+    rel = res.release
+    rows = [
+        ["action", rel.action + (f" (from {rel.previous})" if rel.previous else "")],
+        ["version", rel.version],
+        ["overlay", rel.overlay],
+        ["canaryTrafficPercent", "removed" if rel.canary is None else rel.canary],
+        ["traffic", rel.traffic],
+        ["image", rel.effective_image or f"{rel.image}:{rel.image_tag or '<overlay tag>'}"],
+        ["storage URI", rel.storage_uri],
+        *[[k, v] for k, v in rel.annotations.items()],
+        ["folder", str(res.out_dir)],
+        [
+            "validated",
+            f"{res.documents} documents"
+            if res.rendered
+            else "no (kubectl not found: kustomization written only)",
+        ],
+    ]
+    print_table(f"release {rel.version}", ["", ""], rows)
+    console.print(f"apply with: kubectl apply -k {res.out_dir}", highlight=False)
+
+
+@app.command("k8s-validate")
+@friendly_errors
+def k8s_validate_cmd(
+    path: Annotated[
+        Path,
+        typer.Argument(help="manifest file, kustomization folder (rendered first) or folder of manifests"),
+    ],
+    kube_version: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-version", help="Kubernetes schema version (default params release.kubernetes_version)"
+        ),
+    ] = None,
+) -> None:
+    """Validate manifests offline: built-in kinds against Kubernetes schemas (strict), InferenceService by model walk."""
+    from hardneg.k8s_validate import validate_path
+    from hardneg.release import ReleaseSettings
+
+    version = kube_version or ReleaseSettings.from_params(get_params()).kubernetes_version
+    n, problems = validate_path(path, version)
+    for p in problems:
+        out.print(f"[red]FAIL[/] {p}", highlight=False)
+    if problems:
+        raise HardnegError(f"{len(problems)} problem(s) in {n} document(s) of {path}")
+    out.print(f"[green]ok[/] {n} document(s) in {path} valid (Kubernetes {version})", highlight=False)
+
+
+@app.command("lineage")
+@friendly_errors
+def lineage_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="model / export / run folder (searched 3 levels deep)")],
+    release_path: Annotated[
+        Path | None,
+        typer.Option("--release", help="a release folder or manifest (InferenceService annotations)"),
+    ] = None,
+    dvc_file: Annotated[
+        Path | None, typer.Option("--dvc-file", help="data.dvc (default: the repo's)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The lineage chain data.dvc -> mining -> model -> ONNX metadata -> InferenceService; exit 1 on disagreement."""
+    from hardneg.release import lineage_chain
+
+    chain = lineage_chain(model_dir, release_path, dvc_file)
+    if as_json:
+        out.print_json(json.dumps(chain.to_dict()))
+    else:
+        rows = [
+            [s.name, s.source, s.data_version or "-", s.git_commit or "-", s.params_hash or "-", s.status]
+            for s in chain.stages
+        ]
+        print_table(
+            f"lineage of {model_dir}",
+            ["stage", "source", "data version", "git commit", "params hash", "status"],
+            rows,
+        )
+        for w in chain.warnings:
+            console.print(f"[yellow]note:[/] {w}", highlight=False)
+        for p in chain.problems:
+            console.print(f"[bold red]MISMATCH:[/] {p}", highlight=False)
+    if not chain.ok:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ export & serve
+
+
+@app.command("export")
+@friendly_errors
+def export_cmd(
+    model_dir: Annotated[
+        Path, typer.Option("--model-dir", help="a trained CrossEncoder folder (hardneg train)")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="export folder to write (replaced if it is an earlier export)")
+    ],
+    dev_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--dev-run",
+            help="first-stage run.json {qid: {doc_id: score}}: the int8 gate reranks its top --depth",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="BEIR folder with dev texts + qrels (default: params data.dir)"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="qrels split for the int8 gate (default: params data.dev_split)")
+    ] = None,
+    depth: Annotated[
+        int | None, typer.Option(help="candidates per dev query (default: params retrieve.rerank_depth)")
+    ] = None,
+    max_dev_queries: Annotated[int | None, typer.Option(help="sample at most this many dev queries")] = None,
+    no_dev: Annotated[
+        bool, typer.Option("--no-dev", help="no dev set: skip the int8 MRR@10 gate (fp32 parity still gates)")
+    ] = False,
+    model_name: Annotated[
+        str | None, typer.Option(help="name recorded in metadata.json (default: params serve.model_name)")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="version recorded in metadata.json (default: model fingerprint)")
+    ] = None,
+) -> None:
+    """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores, int8 MRR@10 on dev); writes metadata.json."""
+    from hardneg.errors import ConfigError
+    from hardneg.export import DevSet, export_from_params
+
+    params = get_params()
+    dev = None
+    if not no_dev:
+        root = data_dir or Path(params["data"]["dir"])
+        if not (root / "qrels").is_dir():
+            raise ConfigError(
+                f"no dev data at {root} (qrels/ missing): pass --data-dir, or --no-dev to skip the int8 MRR gate"
+            )
+        dev = DevSet.from_beir(
+            root,
+            split or params["data"]["dev_split"],
+            run=dev_run,
+            depth=depth or int(params["retrieve"]["rerank_depth"]),
+            max_queries=max_dev_queries,
+        )
+    res = export_from_params(
+        model_dir, out, params, dev, model_name=model_name or params["serve"]["model_name"], version=version
+    )
+    p, m = res.parity, res.metadata
+    rows = [
+        ["version", m.get("version")],
+        [
+            "fp32 max |diff| vs PyTorch",
+            f"{p['fp32']['max_abs_diff']:.2e} (gate {p['fp32']['threshold']:g}, {p['sample']['pairs']} pairs)",
+        ],
+        ["int8 max |diff| vs PyTorch", f"{p['int8']['max_abs_diff']:.2e}"],
+    ]
+    if "mrr@10_drop" in p["int8"]:
+        i8 = p["int8"]
+        rows.append(
+            [
+                "int8 MRR@10 drop",
+                f"{i8['mrr@10_drop']:+.4f} (fp32 {i8['mrr@10_fp32']:.4f}, int8 {i8['mrr@10_int8']:.4f}; gate {i8['threshold_mrr_drop']:g})",
+            ]
+        )
+    else:
+        rows.append(["int8 MRR@10 gate", p["int8"].get("skipped", "skipped")])
+    for v, info in m.get("variants", {}).items():
+        rows.append([f"{v} file", f"{info['file']} ({info['bytes'] / 1e6:.1f} MB)"])
+    print_table(f"exported {model_dir} -> {out}", ["", ""], rows)
+
+
+def _import_serving():
+    """``serving/`` sits next to the ``hardneg`` package in the checkout (and the image); put it on the path."""
+    try:
+        import serving  # noqa: F401
+    except ImportError:
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "serving" / "__init__.py").exists():
+            raise HardnegError(
+                "the `serving` package is not installed next to hardneg (run from the repository checkout)"
+            ) from None
+        sys.path.insert(0, str(root))
+
+
+@app.command("serve")
+@friendly_errors
+def serve_cmd(
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="a `hardneg export` folder")],
+    http_port: Annotated[int, typer.Option("--http-port", help="HTTP port")] = 8080,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="name in the URL (default: params serve.model_name)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 for all interfaces)")] = "127.0.0.1",
+    variant: Annotated[str | None, typer.Option(help="int8 | fp32 (default: params serve.variant)")] = None,
+    intra_op_threads: Annotated[
+        int | None, typer.Option(help="onnxruntime threads (default: params serve.intra_op_threads)")
+    ] = None,
+) -> None:
+    """Run the KServe reranker server (V1 + V2 REST, /metrics) on an export folder; no torch needed."""
+    _import_serving()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when imported (stack.md 2.4)
+    try:
+        from serving.predictor import HardnegReranker, Limits
+        from serving.server import serve
+    finally:
+        sys.argv = argv
+    params = get_params()
+    variant = variant or params["serve"].get("variant", "int8")
+    if variant not in ("int8", "fp32"):
+        raise HardnegError(f"--variant must be int8 or fp32, got {variant}")
+    model = HardnegReranker(
+        model_name or params["serve"]["model_name"],
+        str(model_dir),
+        variant=variant,
+        limits=Limits.from_params(params),
+        intra_op_threads=intra_op_threads or params["serve"].get("intra_op_threads"),
+    )
+    serve(model, http_port=http_port, host=host)
+
+
+# ------------------------------------------------------------------------------------------------------- pipeline
+# Thin adapter over pipelines/ (the only place hardneg's CLI imports kfp, lazily).
+
+pipeline_app = typer.Typer(
+    help="The Kubeflow pipeline: run locally (default main job), compile, submit.", no_args_is_help=True
+)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+def _print_pipeline_summary(s: dict[str, Any]) -> None:
+    m = s.get("metrics") or {}
+    rows = [
+        [k, v]
+        for k, v in m.items()
+        if k.endswith(("mrr@10", "mrr@3", "ndcg@10", "recall@100")) or k in ("fusion_weight", "gate_passed")
+    ]
+    print_table("hardneg pipeline: test-split metrics", ["metric", "value"], rows)
+    where = [
+        [
+            "wall time",
+            f"{s['seconds']} s" + (" (served from the KFP cache)" if s.get("served_from_cache") else ""),
+        ],
+        ["model version", s["model_version"]],
+        ["data version", s["lineage"]["data_version"]],
+        ["git commit", s["lineage"]["git_commit"]],
+        ["params hash", s["lineage"]["params_hash"]],
+        ["ONNX model", s.get("onnx_model") or "not exported (quality gate failed?)"],
+        ["release manifests", s.get("release") or "-"],
+        ["evaluation (metrics, HTML report)", s.get("evaluation") or "-"],
+        ["trained model", s.get("model") or "-"],
+        ["negatives", s.get("negatives") or "-"],
+    ]
+    print_table("where things are", ["what", "value"], where)
+
+
+@pipeline_app.command("run")
+@friendly_errors
+def pipeline_run(
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="disable KFP's local cache")] = False,
+    summary_json: Annotated[Path | None, typer.Option(help="also write the run summary JSON here")] = None,
+) -> None:
+    """Run the whole pipeline locally with KFP's SubprocessRunner (no cluster) on params data.dir, offline."""
+    from pipelines.run import run_local
+
+    s = run_local(get_params(), ".", caching=not no_cache)
+    _print_pipeline_summary(s)
+    if summary_json:
+        summary_json.write_text(json.dumps(s, indent=2) + "\n", encoding="utf-8")
+
+
+@pipeline_app.command("compile")
+@friendly_errors
+def pipeline_compile(
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the KFP IR YAML")] = Path(
+        "pipeline.yaml"
+    ),
+) -> None:
+    """Compile the pipeline to KFP IR YAML for a cluster (kfp-kubernetes: cache PVC, DVC-remote secret)."""
+    from pipelines.run import compile_pipeline
+
+    p = compile_pipeline(get_params(), output, ".")
+    out.print(f"wrote {p}")
+
+
+@pipeline_app.command("submit")
+@friendly_errors
+def pipeline_submit(
+    host: Annotated[
+        str, typer.Option("--host", help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+    ],
+    experiment: Annotated[str, typer.Option(help="KFP experiment name")] = "hardneg",
+    cron: Annotated[
+        str | None, typer.Option(help="create a recurring run with this 6-field cron instead of one run")
+    ] = None,
+    package: Annotated[
+        Path | None, typer.Option(help="a compiled pipeline YAML (default: compile now)")
+    ] = None,
+) -> None:
+    """Create a run (or a recurring run) on a real KFP backend with kfp.Client."""
+    from pipelines.run import submit
+
+    res = submit(get_params(), host, package=package, experiment=experiment, recurring_cron=cron, repo=".")
+    out.print_json(json.dumps(res))
+
+
+# ------------------------------------------------------------------------------------- train / evaluate / compare
+
+
+def _dataset_root(data_dir: Path | None) -> Path:
+    return data_dir if data_dir is not None else Path(get_params()["data"]["dir"])
+
+
+@app.command("train")
+@friendly_errors
+def train_cmd(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+    ] = None,
+    negatives: Annotated[
+        Path, typer.Option("--negatives", help="negatives.jsonl (or its folder) from `hardneg mine`")
+    ] = Path("runs/mined"),
+    reduced_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--reduced-dir",
+            help="`hardneg reduce` output: dense dev candidates for the best-checkpoint evaluation",
+        ),
+    ] = Path("runs/reduced"),
+    out_dir: Annotated[Path, typer.Option("--out", help="model folder to write")] = Path("runs/model"),
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="override params train.max_steps")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="override params train.seed")] = None,
+    no_dev: Annotated[bool, typer.Option("--no-dev", help="skip the dev evaluation during training")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide the progress bar")] = False,
+) -> None:
+    """Fine-tune the cross-encoder reranker on mined negatives (params train); writes the model + lineage + metrics."""
+    from hardneg.data import load_dataset
+    from hardneg.evaluate import first_stage_runs
+    from hardneg.train import TRAIN_METRICS_FILE, load_negatives, train_reranker
+
+    params = get_params()
+    ds = load_dataset(_dataset_root(data_dir))
+    neg_file = negatives / "negatives.jsonl" if negatives.is_dir() else negatives
+    rows = load_negatives(neg_file)
+    dev_run = None
+    if not no_dev and reduced_dir is not None and (reduced_dir / "corpus.npy").exists():
+        dev_run = first_stage_runs(ds, reduced_dir, params, splits=[params["data"]["dev_split"]], bm25=False)[
+            "dense"
+        ]
+    overrides = {k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None}
+    model_dir = train_reranker(
+        ds,
+        rows,
+        out_dir,
+        params,
+        dev_candidates=dev_run,
+        negatives_file=neg_file,
+        progress=not no_progress,
+        overrides=overrides,
+    )
+    m = json.loads((model_dir / TRAIN_METRICS_FILE).read_text(encoding="utf-8"))
+    curve = m["loss_curve"]
+    print_table(
+        f"reranker -> {model_dir}",
+        ["", ""],
+        [
+            ["steps", f"{m['steps']} ({m['stopped_by']})"],
+            ["seconds", m["seconds"]],
+            ["pairs/s", m["pairs_per_s"]],
+            [
+                "loss first 10 -> last 10",
+                f"{sum(curve[:10]) / max(1, len(curve[:10])):.3f} -> {sum(curve[-10:]) / max(1, len(curve[-10:])):.3f}",
+            ],
+            [
+                "dev MRR@10 curve",
+                ", ".join(f"{d['step']}:{d['mrr@10']:.3f}" for d in m["dev_curve"]) or "n/a",
+            ],
+            ["best step", m["best_step"]],
+        ],
+    )
+
+
+@app.command("evaluate")
+@friendly_errors
+def evaluate_cmd(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+    ] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option("--model-dir", help="trained CrossEncoder folder (gets fusion.json)")
+    ] = Path("runs/model"),
+    onnx_dir: Annotated[
+        Path | None, typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served)")
+    ] = None,
+    variant: Annotated[str, typer.Option(help="ONNX variant with --onnx-dir: int8 | fp32")] = "int8",
+    reduced_dir: Annotated[
+        Path, typer.Option("--reduced-dir", help="`hardneg reduce` output (dense first stage)")
+    ] = Path("runs/reduced"),
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics.json + per_query.json")] = Path(
+        "runs/eval"
+    ),
+    depth: Annotated[
+        int | None, typer.Option("--depth", help="rerank depth (default params retrieve.rerank_depth)")
+    ] = None,
+    first_stage_only: Annotated[
+        bool, typer.Option("--first-stage-only", help="no reranker: dense and BM25 alone")
+    ] = False,
+) -> None:
+    """Evaluate first stage, reranking and fusion (weight tuned on dev) on the test split; per-query results saved."""
+    from hardneg.data import load_dataset
+    from hardneg.evaluate import (
+        CrossEncoderScorer,
+        OnnxScorer,
+        evaluate_reranker,
+        first_stage_runs,
+        write_evaluation,
+    )
+    from hardneg.lineage import current_lineage
+
+    params = get_params()
+    ds = load_dataset(_dataset_root(data_dir))
+    runs = first_stage_runs(ds, reduced_dir, params)
+    scorer = None
+    target_model_dir = None
+    if not first_stage_only:
+        if onnx_dir is not None:
+            scorer = OnnxScorer(onnx_dir, variant=variant)
+        else:
+            if model_dir is None or not (model_dir / "config.json").exists():
+                raise HardnegError(
+                    f"no trained model in {model_dir} (run `hardneg train`, or pass --first-stage-only)"
+                )
+            scorer = CrossEncoderScorer(model_dir, bf16=bool(params["train"].get("bf16", True)))
+            target_model_dir = model_dir
+    ev = evaluate_reranker(
+        ds, scorer, runs["dense"], params, extra_first_stages={"bm25": runs["bm25"]}, depth=depth
+    )
+    ev.metrics["evaluated"] = str(onnx_dir or model_dir) if scorer is not None else "first stage"
+    write_evaluation(ev, out_dir, model_dir=target_model_dir, lineage=current_lineage(params))
+    rows = [[name, *(f"{v:.4f}" for v in m.values())] for name, m in ev.metrics["systems"].items()]
+    print_table(
+        f"{ev.metrics['split']} ({ev.metrics['n_queries']} queries) -> {out_dir}",
+        ["system", *next(iter(ev.metrics["systems"].values())).keys()],
+        rows,
+    )
+    if "fusion_weight" in ev.metrics:
+        out.print(
+            f"fusion weight (tuned on {ev.metrics['dev_split']}): {ev.metrics['fusion_weight']}",
+            highlight=False,
+        )
+
+
+@app.command("compare")
+@friendly_errors
+def compare_cmd(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder (resumes finished arms)")] = Path(
+        "runs/compare"
+    ),
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", help="comma-separated, e.g. 13,14,15 (default params compare.seeds)"),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", help="training steps per arm (default params compare.max_steps)"),
+    ] = None,
+    strategies: Annotated[
+        str | None, typer.Option("--strategies", help="comma-separated (default params compare.strategies)")
+    ] = None,
+    emb_dir: Annotated[Path | None, typer.Option("--emb-dir", help="reuse `hardneg embed` output")] = None,
+    reduced_dir: Annotated[
+        Path | None, typer.Option("--reduced-dir", help="reuse `hardneg reduce` output")
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+) -> None:
+    """Train and evaluate one reranker per negative strategy x seed (same model, budget, seeds); table + HTML report."""
+    from hardneg.compare import REPORT_HTML, RESULTS_MD, run_compare
+
+    for noisy in ("faiss", "bm25s", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    params = get_params()
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise HardnegError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    strat = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    run_compare(
+        _dataset_root(data_dir),
+        out_dir,
+        params,
+        seeds=seed_list,
+        max_steps=max_steps,
+        strategies=strat,
+        emb_dir=emb_dir,
+        reduced_dir=reduced_dir,
+        progress=not no_progress,
+    )
+    out.print((out_dir / RESULTS_MD).read_text(encoding="utf-8"), highlight=False)
+    out.print(f"report: {out_dir / REPORT_HTML}", highlight=False)

@@ -31,7 +31,10 @@ def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
 
 
 def data_version(dvc_file: str | os.PathLike | None = None) -> str:
-    """The md5 recorded in data.dvc (e.g. ``3f2a...e1.dir``); 'untracked' when no data.dvc is found."""
+    """The md5 recorded in data.dvc (e.g. ``3f2a...e1.dir``); 'untracked' when no data.dvc is found.
+    HARDNEG_DATA_VERSION wins when no file is named (pipeline pods run without the repo; the pipeline passes it)."""
+    if dvc_file is None and os.environ.get("HARDNEG_DATA_VERSION"):
+        return os.environ["HARDNEG_DATA_VERSION"]
     if dvc_file is None:
         root = find_repo_root()
         if root is None:

@@ -1,0 +1,489 @@
+"""Evaluation: ranking metrics (ranx), reranking and score fusion over a first-stage run, paired significance tests.
+
+Systems evaluated on a split (queries of that split's qrels only):
+
+- **first stage** alone (dense PCA-ensemble run, BM25 run): the run as given;
+- **rerank**: the top ``depth`` first-stage candidates re-ordered by the reranker, the rest kept below in first-stage
+  order (so Recall@100 stays comparable);
+- **fusion**: the top ``depth`` re-ordered by :func:`hardneg.fusion.fuse` (z-normalised reranker and first-stage
+  scores, weight ``w``); ``w`` is tuned on dev over ``evaluate.fusion_weights`` and only then applied to test.
+
+Reranker scores are the sigmoid of the 1-logit head, as :mod:`hardneg.rerank` (the served ONNX graph) returns them;
+fusion z-normalises them per query, so the score scale must be the same in evaluation and serving.
+
+Per-query values are saved so two runs can be compared with :func:`paired_test`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hardneg.errors import HardnegError
+from hardneg.fusion import fuse
+
+log = logging.getLogger(__name__)
+
+Run = dict[str, dict[str, float]]
+METRICS = ("mrr@3", "mrr@10", "ndcg@10", "recall@100")
+METRICS_FILE = "metrics.json"
+PER_QUERY_FILE = "per_query.json"
+FUSION_FILE = "fusion.json"
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+@dataclass
+class EvalResult:
+    mean: dict[str, float]
+    per_query: dict[str, dict[str, float]]  # metric -> {query_id: value}
+    n_queries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "n_queries": self.n_queries}
+
+
+def evaluate_run(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    metrics: Sequence[str] = METRICS,
+) -> EvalResult:
+    """Metrics of ``run`` over every query of ``qrels`` (a query missing from the run scores 0; run queries without
+    qrels are ignored). Relevance is the qrels score (graded nDCG); only scores >= 1 count as relevant."""
+    import warnings
+
+    from ranx import Qrels as RQrels
+    from ranx import Run as RRun
+    from ranx import evaluate
+
+    rel = {q: {d: int(s) for d, s in docs.items() if s >= 1} for q, docs in qrels.items()}
+    rel = {q: docs for q, docs in rel.items() if docs}
+    if not rel:
+        raise HardnegError("no relevant documents in the qrels: nothing to evaluate")
+    # ranx rejects empty per-query dicts: give queries without candidates a placeholder that is never relevant
+    sub = {q: ({d: float(s) for d, s in run[q].items()} if run.get(q) else {"__none__": 0.0}) for q in rel}
+    rq, rr = RQrels(rel), RRun(sub)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba type-safety chatter
+        means = evaluate(rq, rr, list(metrics), make_comparable=True)
+    if not isinstance(means, dict):  # a single metric returns a float
+        means = {metrics[0]: means}
+    per_query = {m: {q: float(v) for q, v in rr.scores[m].items()} for m in metrics}
+    return EvalResult({m: float(v) for m, v in means.items()}, per_query, len(rel))
+
+
+# ------------------------------------------------------------------------------------------------ run helpers
+
+
+def ranked(run_q: Mapping[str, float]) -> list[tuple[str, float]]:
+    """One query's candidates, best first (ties broken by doc id, so the order is deterministic)."""
+    return sorted(run_q.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def top_candidates(
+    run: Mapping[str, Mapping[str, float]], depth: int, query_ids: Iterable[str] | None = None
+) -> dict[str, list[str]]:
+    qids = list(query_ids) if query_ids is not None else list(run)
+    return {q: [d for d, _ in ranked(run.get(q, {}))[:depth]] for q in qids}
+
+
+def combine(
+    first_stage: Mapping[str, Mapping[str, float]],
+    reranker_scores: Mapping[str, Mapping[str, float]],
+    depth: int,
+    weight: float | None = None,
+) -> Run:
+    """The final ranking: the first ``depth`` first-stage candidates re-ordered by the reranker (``weight=None``) or
+    by the fused score (``weight`` in [0, 1]), followed by the remaining candidates in first-stage order. Scores of the
+    returned run are rank-based (n - position), so the re-ordered head always stays above the tail."""
+    out: Run = {}
+    for q, run_q in first_stage.items():
+        cands = ranked(run_q)
+        head, tail = cands[:depth], cands[depth:]
+        rs = reranker_scores.get(q)
+        if head and rs is not None:
+            missing = [d for d, _ in head if d not in rs]
+            if missing:
+                raise HardnegError(
+                    f"query {q}: no reranker score for {len(missing)} of the top-{depth} candidates"
+                )
+            r = np.array([rs[d] for d, _ in head], dtype=np.float64)
+            f = np.array([s for _, s in head], dtype=np.float64)
+            new = r if weight is None else fuse(r, f, weight)
+            order = sorted(range(len(head)), key=lambda i: (-new[i], i))  # ties keep the first-stage order
+            head = [head[i] for i in order]
+        docs = [d for d, _ in head] + [d for d, _ in tail]
+        n = len(docs)
+        out[q] = {d: float(n - i) for i, d in enumerate(docs)}
+    return out
+
+
+def restrict(run: Mapping[str, Mapping[str, float]], query_ids: Iterable[str]) -> Run:
+    return {q: dict(run[q]) for q in query_ids if q in run}
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+
+
+class PairScorer(Protocol):
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+class CrossEncoderScorer:
+    """Scores (query, document) pairs with a torch cross-encoder: sigmoid scores (as served), bf16 autocast on CPU,
+    batches of similar token length (sorting by length removes most of the padding work)."""
+
+    def __init__(self, model: Any, max_length: int | None = None, batch_size: int = 64, bf16: bool = True):
+        from sentence_transformers import CrossEncoder
+
+        self.ce = model if isinstance(model, CrossEncoder) else CrossEncoder(str(model), device="cpu")
+        self.max_length = int(max_length or self.ce.max_length or 512)
+        self.batch_size = batch_size
+        self.bf16 = bf16
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return sigmoid(
+            score_pairs(self.ce.model, self.ce.tokenizer, pairs, self.max_length, self.batch_size, self.bf16)
+        )
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))).astype(np.float32)
+
+
+def score_pairs(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[tuple[str, str]],
+    max_length: int,
+    batch_size: int = 64,
+    bf16: bool = True,
+) -> np.ndarray:
+    """Raw logits of a 1-logit sequence-classification model for each pair (input order)."""
+    import torch
+
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length)
+    ids = enc["input_ids"]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros(len(pairs), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                feats = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
+                logits = model(**feats).logits
+                out[idx] = logits.float().reshape(len(idx), -1)[:, 0].numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+class OnnxScorer:
+    """Scores pairs with an exported ONNX folder through :mod:`hardneg.rerank` (what is served is what is measured)."""
+
+    def __init__(self, export_dir: str | os.PathLike, variant: str = "int8"):
+        try:
+            from hardneg.rerank import OnnxReranker
+        except ImportError as e:  # pragma: no cover - depends on the export stage being installed
+            raise HardnegError(f"evaluating an ONNX export needs hardneg.rerank ({e})") from None
+        self.reranker = OnnxReranker(export_dir, variant=variant)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return np.asarray(
+            self.reranker.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]), dtype=np.float32
+        )
+
+
+def rerank_scores(
+    scorer: PairScorer | Callable[[Sequence[tuple[str, str]]], np.ndarray],
+    query_texts: Mapping[str, str],
+    doc_texts: Mapping[str, str],
+    candidates: Mapping[str, Sequence[str]],
+) -> dict[str, dict[str, float]]:
+    """Reranker scores of each query's candidate documents: ``{qid: {doc_id: score}}``."""
+    keys: list[tuple[str, str]] = [(q, d) for q, docs in candidates.items() for d in docs]
+    pairs = [(query_texts[q], doc_texts[d]) for q, d in keys]
+    fn = scorer.score_pairs if hasattr(scorer, "score_pairs") else scorer
+    scores = fn(pairs)
+    out: dict[str, dict[str, float]] = {q: {} for q in candidates}
+    for (q, d), s in zip(keys, scores, strict=True):
+        out[q][d] = float(s)
+    return out
+
+
+def doc_texts_of(dataset: Any) -> dict[str, str]:
+    return {d: doc.full_text for d, doc in dataset.corpus.items()}
+
+
+def query_texts_of(dataset: Any) -> dict[str, str]:
+    return {q: qq.text for q, qq in dataset.queries.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ fusion
+
+
+def tune_fusion_weight(
+    first_stage: Mapping[str, Mapping[str, float]],
+    reranker_scores: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    depth: int,
+    weights: Sequence[float],
+    metric: str = "mrr@10",
+) -> tuple[float, dict[str, float]]:
+    """The weight with the best ``metric`` on these queries (ties: better nDCG@10, then the smaller weight)."""
+    if not weights:
+        raise HardnegError("evaluate.fusion_weights is empty")
+    curve: dict[str, float] = {}
+    best: tuple[float, float, float] | None = None
+    best_w = float(weights[0])
+    for w in weights:
+        res = evaluate_run(combine(first_stage, reranker_scores, depth, float(w)), qrels, (metric, "ndcg@10"))
+        curve[f"{float(w):g}"] = res.mean[metric]
+        key = (round(res.mean[metric], 10), round(res.mean["ndcg@10"], 10), -float(w))
+        if best is None or key > best:
+            best, best_w = key, float(w)
+    return best_w, curve
+
+
+# -------------------------------------------------------------------------------------------- paired testing
+
+
+def paired_test(
+    per_query_a: Mapping[str, float],
+    per_query_b: Mapping[str, float],
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Paired comparison of two systems' per-query values (same queries): paired t-test (scipy), a two-sided
+    sign-flip randomization test and a bootstrap 95% interval of the mean difference (a - b)."""
+    from scipy import stats
+
+    common = sorted(set(per_query_a) & set(per_query_b))
+    if not common:
+        raise HardnegError("paired test: the two runs share no query")
+    a = np.array([per_query_a[q] for q in common], dtype=np.float64)
+    b = np.array([per_query_b[q] for q in common], dtype=np.float64)
+    d = a - b
+    n = len(d)
+    obs = float(d.mean())
+    if np.allclose(d, 0.0):
+        p_t, p_rand, t = 1.0, 1.0, 0.0
+        lo = hi = 0.0
+    else:
+        if np.allclose(d, d[0]):  # constant non-zero difference: t is infinite
+            t, p_t = math.copysign(math.inf, obs), 0.0
+        else:
+            res = stats.ttest_rel(a, b)
+            t, p_t = float(res.statistic), float(res.pvalue)
+        rng = np.random.default_rng(seed)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, n))
+        perm = np.abs((signs * d).mean(axis=1))
+        p_rand = float((np.sum(perm >= abs(obs) - 1e-12) + 1) / (n_resamples + 1))
+        boot = d[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
+        lo, hi = (float(x) for x in np.percentile(boot, [2.5, 97.5]))
+    return {
+        "n": n,
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "diff": obs,
+        "t": float(t),
+        "p_ttest": float(p_t),
+        "p_randomization": float(p_rand),
+        "ci95": [lo, hi],
+    }
+
+
+# ------------------------------------------------------------------------------------------ full evaluation
+
+
+@dataclass
+class RerankEvaluation:
+    """Everything measured for one reranker on one dataset: metrics per system and the per-query values."""
+
+    metrics: dict[str, Any]
+    per_query: dict[str, dict[str, dict[str, float]]] = field(
+        default_factory=dict
+    )  # system -> metric -> q -> v
+
+
+def evaluate_reranker(
+    dataset: Any,
+    scorer: PairScorer | None,
+    first_stage: Mapping[str, Run],
+    params: Mapping[str, Any],
+    *,
+    test_split: str | None = None,
+    dev_split: str | None = None,
+    extra_first_stages: Mapping[str, Run] | None = None,
+    depth: int | None = None,
+    dev_reranker_scores: Mapping[str, Mapping[str, float]] | None = None,
+) -> RerankEvaluation:
+    """Evaluate first stage, reranking and fusion.
+
+    ``first_stage`` is the run the reranker rescores (``{qid: {doc: score}}``, covering dev and test queries);
+    ``extra_first_stages`` are other first-stage runs reported alone (e.g. ``{"bm25": run}``). With ``scorer=None``
+    only first stages are evaluated. The fusion weight is tuned on ``dev_split`` and applied unchanged on test.
+    """
+    data_p = params.get("data", {})
+    test_split = test_split or data_p.get("test_split", "test")
+    dev_split = dev_split or data_p.get("dev_split", "dev")
+    depth = int(depth or params["retrieve"]["rerank_depth"])
+    ev = params.get("evaluate", {})
+    weights = [float(w) for w in ev.get("fusion_weights", [0.0, 0.5, 1.0])]
+    test_qrels = dataset.split_qrels(test_split)
+    qtext, dtext = query_texts_of(dataset), doc_texts_of(dataset)
+    metrics: dict[str, Any] = {
+        "split": test_split,
+        "dev_split": dev_split,
+        "rerank_depth": depth,
+        "n_queries": len(test_qrels),
+        "systems": {},
+    }
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
+
+    def record(name: str, run: Run) -> EvalResult:
+        res = evaluate_run(run, test_qrels)
+        metrics["systems"][name] = res.mean
+        per_query[name] = res.per_query
+        return res
+
+    fs_test = restrict(first_stage, test_qrels)
+    record("first_stage", fs_test)
+    for name, run in (extra_first_stages or {}).items():
+        record(name, restrict(run, test_qrels))
+    if scorer is None:
+        return RerankEvaluation(metrics, per_query)
+
+    t0 = time.time()
+    cand = top_candidates(fs_test, depth)
+    test_scores = rerank_scores(scorer, qtext, dtext, cand)
+    metrics["rerank_seconds_test"] = round(time.time() - t0, 1)
+    metrics["rerank_pairs_test"] = sum(len(v) for v in cand.values())
+    record("rerank", combine(fs_test, test_scores, depth))
+
+    if ev.get("fusion", True):
+        weight: float | None = None
+        if dev_split in dataset.qrels:
+            dev_qrels = dataset.split_qrels(dev_split)
+            fs_dev = restrict(first_stage, dev_qrels)
+            if dev_reranker_scores is None:
+                dev_reranker_scores = rerank_scores(scorer, qtext, dtext, top_candidates(fs_dev, depth))
+            weight, dev_curve = tune_fusion_weight(fs_dev, dev_reranker_scores, dev_qrels, depth, weights)
+            metrics["fusion_dev_curve"] = dev_curve
+            metrics["dev"] = {
+                "first_stage": evaluate_run(fs_dev, dev_qrels).mean,
+                "rerank": evaluate_run(combine(fs_dev, dev_reranker_scores, depth), dev_qrels).mean,
+                "fusion": evaluate_run(combine(fs_dev, dev_reranker_scores, depth, weight), dev_qrels).mean,
+            }
+        else:
+            weight = float(ev.get("default_weight", 0.5))
+            log.warning("no %s split: fusion weight %.2f not tuned", dev_split, weight)
+        metrics["fusion_weight"] = weight
+        record("fusion", combine(fs_test, test_scores, depth, weight))
+        # diagnostic only (never used for selection): the test curve over all weights
+        metrics["fusion_test_curve"] = {
+            f"{w:g}": evaluate_run(combine(fs_test, test_scores, depth, w), test_qrels, ("mrr@10",)).mean[
+                "mrr@10"
+            ]
+            for w in weights
+        }
+    return RerankEvaluation(metrics, per_query)
+
+
+def write_evaluation(
+    ev: RerankEvaluation,
+    out_dir: str | os.PathLike,
+    model_dir: str | os.PathLike | None = None,
+    lineage: Any = None,
+) -> Path:
+    """Write ``metrics.json`` + ``per_query.json`` under ``out_dir``; with ``model_dir``, also ``fusion.json``
+    ({"weight": w}) and a copy of ``metrics.json`` there, so export and serving use the weight that was measured."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / METRICS_FILE, ev.metrics)
+    _write_json(out / PER_QUERY_FILE, ev.per_query)
+    if lineage is not None:
+        from hardneg.lineage import write_lineage
+
+        write_lineage(out, lineage)
+    if model_dir is not None and "fusion_weight" in ev.metrics:
+        md = Path(model_dir)
+        _write_json(
+            md / FUSION_FILE,
+            {
+                "weight": ev.metrics["fusion_weight"],
+                "first_stage": ev.metrics.get("first_stage_name", "dense"),
+                "depth": ev.metrics["rerank_depth"],
+                "score": "sigmoid",
+            },
+        )
+        _write_json(md / METRICS_FILE, ev.metrics)
+    return out / METRICS_FILE
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    p = Path(path)
+    if not p.exists():
+        raise HardnegError(f"run file not found: {p}")
+    obj = json.loads(p.read_text(encoding="utf-8"))
+    return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in obj.items()}
+
+
+def load_per_query(
+    path: str | os.PathLike, system: str = "fusion", metric: str = "mrr@10"
+) -> dict[str, float]:
+    obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    if system not in obj:
+        raise HardnegError(f"{path}: no system '{system}' (have {sorted(obj)})")
+    return obj[system][metric]
+
+
+def first_stage_runs(
+    dataset: Any,
+    reduced_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    splits: Sequence[str] | None = None,
+    bm25: bool = True,
+) -> dict[str, Run]:
+    """The dense run (exact search over the ``hardneg reduce`` vectors) and the BM25 run for the queries of
+    ``splits`` (default: dev and test), ``retrieve.top_k`` candidates each: ``{"dense": run, "bm25": run}``."""
+    from hardneg.reduce import load_reduced
+    from hardneg.retrieve import bm25_search, dense_search, run_from_arrays
+
+    data_p = params.get("data", {})
+    splits = list(splits or [data_p.get("dev_split", "dev"), data_p.get("test_split", "test")])
+    qids = [q for s in splits if s in dataset.qrels for q in dataset.split_qrels(s)]
+    D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
+    qi = {q: i for i, q in enumerate(query_ids)}
+    missing = [q for q in qids if q not in qi]
+    if missing:
+        raise HardnegError(
+            f"{len(missing)} queries of {splits} have no vector in {reduced_dir}: rerun `hardneg embed` and `hardneg reduce`"
+        )
+    k = int(params["retrieve"]["top_k"])
+    S, Ix = dense_search(Q[[qi[q] for q in qids]], D, k)
+    runs = {"dense": run_from_arrays(S, Ix, qids, doc_ids)}
+    if bm25:
+        runs["bm25"] = bm25_search(dataset.corpus, {q: dataset.queries[q] for q in qids}, k)
+    return runs

@@ -1,0 +1,549 @@
+"""ONNX export of a trained CrossEncoder folder, with an int8 variant and parity gates.
+
+``export_model(model_dir, out_dir, dev_set=...)`` writes::
+
+    out_dir/model.onnx          fp32, opset 17, dynamic [batch, sequence] inputs, outputs score (sigmoid) + logits
+    out_dir/model.int8.onnx     onnxruntime dynamic int8 quantisation (quant_pre_process first when it works)
+    out_dir/tokenizer.json      + tokenizer_config.json (the served tokenizer; max_length lives in metadata.json)
+    out_dir/parity.json         the gates' numbers, written whether they pass or not
+    out_dir/metadata.json       model name, version, lineage, fusion weight, metrics, max_length, sha256 of every
+                                other file; written only when every gate passes (no metadata.json = not servable)
+
+Gates (params ``export``): fp32 max |score - CrossEncoder.predict| over a sample of real pairs <=
+``parity_fp32_max_abs``; int8 MRR@10 drop vs fp32 on a dev set (candidates + qrels) <= ``parity_int8_max_mrr_drop``
+(the int8 max |diff| is reported). Both ONNX variants are scored through :mod:`hardneg.rerank`, the code the server
+runs. A failed gate raises :class:`GateFailedError`. torch is imported inside the functions that need it only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardneg.errors import GateFailedError, HardnegError
+from hardneg.lineage import LINEAGE_FILE, Lineage, current_lineage, read_lineage, sha256_dir, sha256_file
+from hardneg.rerank import (
+    METADATA_FILE,
+    PARITY_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    VARIANT_FILES,
+    PairScorer,
+)
+
+log = logging.getLogger(__name__)
+
+FUSION_FILE = "fusion.json"
+METRICS_FILE = "metrics.json"
+ONNX_OUTPUTS = ("score", "logits")
+METADATA_FORMAT = 1
+
+# Used for the fp32 parity sample when no dev set is given (short, long, truncated, odd characters).
+_FALLBACK_PAIRS: list[tuple[str, str]] = [
+    ("what is a cell", "Cells are the basic structural and functional unit of all living organisms."),
+    (
+        "does aspirin reduce heart attack risk",
+        "In a randomised trial, low-dose aspirin lowered the rate of myocardial infarction.",
+    ),
+    ("a", "b"),
+    (
+        "vitamin D and bone density",
+        "Vitamin D supplementation had no effect on bone mineral density in adults. " * 40,
+    ),
+    ("Ünïcödé tëxt?", "Ça marche: naïve café, 東京, emoji 🧬 and symbols ±≤≥."),
+    (
+        "gene expression in mice",
+        "RNA-seq of murine liver showed 1,204 differentially expressed genes (FDR < 0.05).",
+    ),
+    ("", "an empty query still has to score"),
+    ("long query " * 100, "short doc"),
+]
+
+
+@dataclass
+class DevSet:
+    """Candidates to rerank per query, their texts, and qrels ({qid: {doc_id: relevance}})."""
+
+    queries: dict[str, str]
+    docs: dict[str, str]
+    candidates: dict[str, list[str]]
+    qrels: dict[str, dict[str, int]]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for qid, cands in self.candidates.items():
+            if qid not in self.queries:
+                raise HardnegError(f"dev set: query {qid} has candidates but no text")
+            missing = [d for d in cands if d not in self.docs]
+            if missing:
+                raise HardnegError(f"dev set: query {qid}: candidate(s) without text: {missing[:3]}")
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(c) for c in self.candidates.values())
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(self.queries[q], self.docs[d]) for q, cands in self.candidates.items() for d in cands]
+
+    @classmethod
+    def from_beir(
+        cls,
+        root: str | os.PathLike,
+        split: str = "dev",
+        run: Mapping[str, Mapping[str, float]] | str | os.PathLike | None = None,
+        depth: int = 30,
+        max_queries: int | None = None,
+        seed: int = 13,
+    ) -> DevSet:
+        """Dev candidates from a BEIR folder: the top ``depth`` of a first-stage ``run`` ({qid: {doc_id: score}} or
+        a run.json path), or, without a run, each query's positives plus random documents up to ``depth`` (easier
+        than real first-stage candidates; pass a run for a faithful gate)."""
+        from hardneg.data import load_dataset
+
+        ds = load_dataset(root, splits=[split])
+        qrels = ds.split_qrels(split)
+        if isinstance(run, str | os.PathLike):
+            p = Path(run)
+            try:
+                run = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise HardnegError(f"{p}: cannot read the dev run ({e})") from None
+            if not isinstance(run, dict):
+                raise HardnegError(f"{p}: expected {{query_id: {{doc_id: score}}}}")
+        qids = sorted(q for q in qrels if q in ds.queries)
+        rng = random.Random(seed)
+        if max_queries is not None and len(qids) > max_queries:
+            qids = sorted(rng.sample(qids, max_queries))
+        all_docs = sorted(ds.corpus)
+        candidates: dict[str, list[str]] = {}
+        for qid in qids:
+            if run is not None:
+                ranked = sorted(run.get(qid, {}).items(), key=lambda kv: (-float(kv[1]), kv[0]))
+                cands = [d for d, _ in ranked if d in ds.corpus][:depth]
+            else:
+                pos = [d for d in sorted(qrels[qid]) if d in ds.corpus][:depth]
+                pool = [d for d in rng.sample(all_docs, min(len(all_docs), depth + len(pos))) if d not in pos]
+                cands = pos + pool[: max(0, depth - len(pos))]
+                rng.shuffle(cands)
+            if cands:
+                candidates[qid] = cands
+        if not candidates:
+            raise HardnegError(f"{root}: no dev candidates for split '{split}' (empty run or qrels?)")
+        used = {d for c in candidates.values() for d in c}
+        return cls(
+            queries={q: ds.queries[q].text for q in candidates},
+            docs={d: ds.corpus[d].full_text for d in used},
+            candidates=candidates,
+            qrels={q: dict(qrels[q]) for q in candidates},
+            source=f"{root}:{split}:{'run' if run is not None else 'positives+random'}:depth{depth}",
+        )
+
+
+def mrr_at_k(scores: Mapping[str, Sequence[float]], dev: DevSet, k: int = 10) -> float:
+    """Mean reciprocal rank of the first relevant candidate in the top k, over the dev queries."""
+    rr = []
+    for qid, cands in dev.candidates.items():
+        s = np.asarray(scores[qid], dtype=np.float64)
+        order = np.argsort(-s, kind="stable")[:k]
+        rel = dev.qrels.get(qid, {})
+        rr.append(next((1.0 / (r + 1) for r, i in enumerate(order) if rel.get(cands[i], 0) > 0), 0.0))
+    return float(np.mean(rr)) if rr else 0.0
+
+
+def _score_dev(scorer: PairScorer, dev: DevSet) -> dict[str, np.ndarray]:
+    return {q: scorer.score(dev.queries[q], [dev.docs[d] for d in c]) for q, c in dev.candidates.items()}
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    parity: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HardnegError(f"{path}: cannot read JSON ({e})") from None
+
+
+def _read_fusion(model_dir: Path) -> dict[str, Any] | None:
+    p = model_dir / FUSION_FILE
+    if not p.exists():
+        return None
+    fusion = _read_json(p)
+    w = fusion.get("weight") if isinstance(fusion, dict) else None
+    if not isinstance(w, int | float) or isinstance(w, bool) or not 0.0 <= float(w) <= 1.0:
+        raise HardnegError(f'{p}: expected {{"weight": w in [0, 1], "first_stage": ...}}, got {fusion!r}')
+    return {"weight": float(w), "first_stage": fusion.get("first_stage")}
+
+
+def _sample_pairs(dev: DevSet | None, n: int, seed: int = 13) -> list[tuple[str, str]]:
+    if dev is None:
+        return list(_FALLBACK_PAIRS)
+    pairs = dev.pairs()
+    random.Random(seed).shuffle(pairs)
+    return pairs[:n]
+
+
+def _torch_scores(ce: Any, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The reference: CrossEncoder.predict (its own tokenizer, activation, batching)."""
+    if not pairs:
+        return np.empty(0, dtype=np.float32)
+    return np.asarray(
+        ce.predict(list(pairs), batch_size=32, show_progress_bar=False, convert_to_numpy=True),
+        dtype=np.float32,
+    )
+
+
+def _export_fp32(ce: Any, path: Path, opset: int) -> list[str]:
+    """torch.onnx.export (TorchScript exporter) with the activation inside the graph. Returns the input names."""
+    import torch
+
+    hf = ce.model.eval()
+    activation = ce.activation_fn if isinstance(ce.activation_fn, torch.nn.Module) else torch.nn.Sigmoid()
+    sample = ce.preprocess([("what is a cell", "cells are the unit of life"), ("a", "b")])
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+
+    class ScoreGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.activation = hf, activation
+
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.model(**dict(zip(names, inputs, strict=True))).logits
+            return self.activation(logits).squeeze(-1), logits
+
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"score": {0: "batch"}, "logits": {0: "batch"}}
+    with torch.inference_mode(), warnings.catch_warnings():
+        # the legacy exporter is deprecated (dynamo=True needs onnxscript: stack.md 3.3); tracer warnings are benign
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
+        torch.onnx.export(
+            ScoreGraph().eval(),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=list(ONNX_OUTPUTS),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+    return names
+
+
+def _quantize_int8(src: Path, dst: Path) -> str:
+    """Dynamic int8 (weights QInt8). Returns how pre-processing went (it needs full symbolic shape inference, which
+    BERT graphs exported by TorchScript often do not pass; then we retry without the symbolic pass, then skip it)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = (dst.parent / (dst.stem + ".pre.onnx")).resolve()
+    status = "skipped"
+    with (
+        _quiet_root_logger(),
+        tempfile.TemporaryDirectory(prefix="hardneg-quant-") as tmp,
+        contextlib.chdir(tmp),
+    ):
+        # chdir: a failed symbolic shape inference dumps sym_shape_infer_temp.onnx + *.data into the working dir
+        for kwargs, label in (
+            ({}, "full"),
+            ({"skip_symbolic_shape": True}, "without symbolic shape inference"),
+        ):
+            try:
+                quant_pre_process(str(src.resolve()), str(pre), **kwargs)
+                status = f"ok ({label})"
+                break
+            except Exception as e:  # noqa: BLE001 - onnxruntime raises bare Exception here; we fall back and record it
+                log.info("quant_pre_process (%s) failed: %s", label, e)
+                status = f"failed ({label}: {e})"
+                pre.unlink(missing_ok=True)
+        quantize_dynamic(
+            str(pre if pre.exists() else src.resolve()), str(dst.resolve()), weight_type=QuantType.QInt8
+        )
+    pre.unlink(missing_ok=True)
+    return status
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs one INFO line per tensor on the root logger: keep the CLI readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _stamp_onnx(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    existing = {p.key: p for p in m.metadata_props}
+    for k, v in props.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            entry = m.metadata_props.add()
+            entry.key, entry.value = k, v
+    onnx.save(m, str(path))
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise HardnegError(f"--out {out_dir} exists and is not a folder")
+        contents = list(out_dir.iterdir())
+        if contents and not ((out_dir / METADATA_FILE).exists() or (out_dir / PARITY_FILE).exists()):
+            raise HardnegError(
+                f"--out {out_dir} is a non-empty folder that is not a hardneg export: refusing to overwrite"
+            )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def export_model(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    dev_set: DevSet | None = None,
+    *,
+    opset: int = 17,
+    parity_fp32_max_abs: float = 1e-4,
+    parity_int8_max_mrr_drop: float = 0.005,
+    sample_pairs: int = 256,
+    model_name: str | None = None,
+    version: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Export ``model_dir`` (a CrossEncoder.save_pretrained folder) to ``out_dir``; see the module docstring.
+
+    Raises :class:`GateFailedError` (after writing ``out_dir/parity.json``, without metadata.json) when a gate fails.
+    """
+    import onnx
+    import onnxruntime
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    src, out = Path(model_dir), Path(out_dir)
+    if not (src / "config.json").exists():
+        raise HardnegError(
+            f"{src}: not a CrossEncoder folder (no config.json); pass what CrossEncoder.save_pretrained wrote"
+        )
+    t0 = time.perf_counter()
+    if (src / LINEAGE_FILE).exists():
+        lineage = read_lineage(src)
+    else:
+        log.warning("%s has no %s: stamping the current lineage instead", src, LINEAGE_FILE)
+        lineage = current_lineage(params)
+        lineage.extra["note"] = f"source model had no {LINEAGE_FILE}"
+    fingerprint = sha256_dir(src)
+    lineage = lineage.derive(model_fingerprint=fingerprint)
+    fusion = _read_fusion(src)
+    metrics = _read_json(src / METRICS_FILE) if (src / METRICS_FILE).exists() else None
+    version = version or fingerprint[:12]
+    model_name = model_name or src.name
+
+    if not (src / TOKENIZER_FILE).exists():
+        raise HardnegError(
+            f"{src}: no {TOKENIZER_FILE} (a fast tokenizer is needed to serve without transformers)"
+        )
+    staging = _prepare_out_dir(out)
+    try:
+        ce = CrossEncoder(str(src), device="cpu")
+        if ce.num_labels != 1:
+            raise HardnegError(
+                f"{src}: expected a 1-label CrossEncoder (a relevance score), got num_labels={ce.num_labels}"
+            )
+        max_length = int(ce.max_seq_length)
+        fp32_path, int8_path = staging / VARIANT_FILES["fp32"], staging / VARIANT_FILES["int8"]
+        input_names = _export_fp32(ce, fp32_path, opset)
+        props = {
+            "hardneg.lineage": json.dumps(lineage.to_dict(), sort_keys=True),
+            "hardneg.data_version": lineage.data_version,
+            "hardneg.git_commit": lineage.git_commit,
+            "hardneg.params_hash": lineage.params_hash,
+            "hardneg.model_name": model_name,
+            "hardneg.version": version,
+            "hardneg.max_length": str(max_length),
+            "hardneg.fusion_weight": "" if fusion is None else str(fusion["weight"]),
+        }
+        _stamp_onnx(fp32_path, props | {"hardneg.variant": "fp32"})
+        pre_status = _quantize_int8(fp32_path, int8_path)
+        _stamp_onnx(int8_path, props | {"hardneg.variant": "int8"})
+        shutil.copy2(src / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+        if (src / TOKENIZER_CONFIG_FILE).exists():
+            shutil.copy2(src / TOKENIZER_CONFIG_FILE, staging / TOKENIZER_CONFIG_FILE)
+
+        # -- gates: both ONNX variants through hardneg.rerank (the served code path) vs CrossEncoder.predict
+        fp32 = PairScorer(fp32_path, staging / TOKENIZER_FILE, max_length)
+        int8 = PairScorer(int8_path, staging / TOKENIZER_FILE, max_length)
+        pairs = _sample_pairs(dev_set, sample_pairs)
+        qs, ds = [p[0] for p in pairs], [p[1] for p in pairs]
+        ref = _torch_scores(ce, pairs)
+        s32, s8 = fp32.score_pairs(qs, ds), int8.score_pairs(qs, ds)
+        fp32_diff = float(np.abs(s32 - ref).max()) if len(ref) else 0.0
+        int8_diff = float(np.abs(s8 - ref).max()) if len(ref) else 0.0
+        parity: dict[str, Any] = {
+            "model_dir": str(src),
+            "sample": {"pairs": len(pairs), "source": dev_set.source if dev_set else "built-in pairs"},
+            "fp32": {
+                "max_abs_diff": fp32_diff,
+                "mean_abs_diff": float(np.abs(s32 - ref).mean()) if len(ref) else 0.0,
+                "threshold": parity_fp32_max_abs,
+                "passed": fp32_diff <= parity_fp32_max_abs,
+            },
+            "int8": {"max_abs_diff": int8_diff, "quant_pre_process": pre_status},
+        }
+        if dev_set is not None:
+            mrr32 = mrr_at_k(_score_dev(fp32, dev_set), dev_set)
+            mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set)
+            drop = mrr32 - mrr8
+            parity["int8"] |= {
+                "mrr@10_fp32": mrr32,
+                "mrr@10_int8": mrr8,
+                "mrr@10_drop": drop,
+                "mrr@10_abs_diff": abs(drop),
+                "threshold_mrr_drop": parity_int8_max_mrr_drop,
+                "dev": {
+                    "source": dev_set.source,
+                    "queries": len(dev_set.candidates),
+                    "pairs": dev_set.n_pairs,
+                },
+                "passed": drop <= parity_int8_max_mrr_drop,
+            }
+        else:
+            log.warning(
+                "no dev set given: the int8 MRR@10 gate is skipped (max |diff| %.2e reported only)", int8_diff
+            )
+            parity["int8"] |= {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
+        parity["passed"] = bool(parity["fp32"]["passed"] and parity["int8"]["passed"])
+        parity["seconds"] = round(time.perf_counter() - t0, 2)
+        (staging / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n", encoding="utf-8")
+
+        if parity["passed"]:
+            files = {
+                f.name: sha256_file(f)
+                for f in sorted(staging.iterdir())
+                if f.is_file() and f.name != METADATA_FILE
+            }
+            metadata = {
+                "format_version": METADATA_FORMAT,
+                "model_name": model_name,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "max_length": max_length,
+                "truncation": "longest_first",
+                "activation": type(ce.activation_fn).__name__.lower(),
+                "inputs": input_names,
+                "outputs": list(ONNX_OUTPUTS),
+                "variants": {
+                    v: {"file": f, "bytes": (staging / f).stat().st_size} for v, f in VARIANT_FILES.items()
+                },
+                "opset": opset,
+                "exporter": {
+                    "torch": torch.__version__,
+                    "onnx": onnx.__version__,
+                    "onnxruntime": onnxruntime.__version__,
+                    "method": "torch.onnx.export(dynamo=False)",
+                },
+                "source": {"model_dir": str(src.resolve()), "model_fingerprint": fingerprint},
+                "lineage": lineage.to_dict(),
+                "fusion": fusion,
+                "metrics": metrics,
+                "parity": {
+                    "fp32_max_abs_diff": fp32_diff,
+                    "int8_max_abs_diff": int8_diff,
+                    "int8_mrr@10_drop": parity["int8"].get("mrr@10_drop"),
+                },
+                "files": files,
+            }
+            (staging / METADATA_FILE).write_text(
+                json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
+        else:
+            metadata = {}
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not parity["passed"]:
+        failed = []
+        if not parity["fp32"]["passed"]:
+            failed.append(f"fp32 max |score diff| {fp32_diff:.3g} > {parity_fp32_max_abs:g}")
+        if not parity["int8"]["passed"]:
+            i8 = parity["int8"]
+            failed.append(
+                f"int8 MRR@10 drop {i8['mrr@10_drop']:.4f} > {parity_int8_max_mrr_drop:g} (fp32 {i8['mrr@10_fp32']:.4f}, int8 {i8['mrr@10_int8']:.4f})"
+            )
+        raise GateFailedError(
+            f"export parity gate failed: {'; '.join(failed)}. Numbers in {out / PARITY_FILE}; no {METADATA_FILE} written"
+        )
+    log.info(
+        "exported %s -> %s in %.1fs (fp32 max diff %.2e, int8 max diff %.2e)",
+        src,
+        out,
+        time.perf_counter() - t0,
+        fp32_diff,
+        int8_diff,
+    )
+    return ExportResult(out, parity, metadata)
+
+
+def export_from_params(
+    model_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    params: dict[str, Any],
+    dev_set: DevSet | None = None,
+    **kwargs: Any,
+) -> ExportResult:
+    """``export_model`` with the thresholds and opset of params' ``export`` section."""
+    e = params["export"]
+    return export_model(
+        model_dir,
+        out_dir,
+        dev_set,
+        opset=int(e["opset"]),
+        parity_fp32_max_abs=float(e["parity_fp32_max_abs"]),
+        parity_int8_max_mrr_drop=float(e["parity_int8_max_mrr_drop"]),
+        sample_pairs=int(e["parity_sample_pairs"]),
+        params=params,
+        **kwargs,
+    )
+
+
+def read_export_lineage(onnx_path: str | os.PathLike) -> Lineage:
+    """The lineage stamped into an exported ONNX file's metadata_props."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    props = {p.key: p.value for p in m.metadata_props}
+    if "hardneg.lineage" not in props:
+        raise HardnegError(f"{onnx_path}: no hardneg.lineage in metadata_props: not a hardneg export")
+    return Lineage.from_dict(json.loads(props["hardneg.lineage"]))

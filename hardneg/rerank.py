@@ -1,0 +1,291 @@
+"""Torch-free cross-encoder scoring with onnxruntime + tokenizers: what evaluation measures is what the server serves.
+
+An export folder (``hardneg export``) holds ``model.onnx`` (fp32), ``model.int8.onnx`` (dynamic int8),
+``tokenizer.json``, ``tokenizer_config.json``, ``parity.json`` and ``metadata.json`` (sha256 of every other file,
+max_length, lineage, fusion weight). :class:`OnnxReranker` verifies those checksums on load, tokenizes query/document
+pairs exactly as the PyTorch CrossEncoder does (``longest_first`` truncation to ``max_length`` tokens: text beyond
+it is silently dropped, as in training), batches pairs of similar length together and returns the sigmoid scores the
+graph computes. ``rerank`` applies :func:`hardneg.fusion.fuse` with the dev-tuned weight from the metadata when
+first-stage scores are given.
+
+Nothing here (or in what it imports) imports torch: the serving image has none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hardneg.errors import HardnegError
+from hardneg.fusion import fuse
+from hardneg.lineage import sha256_file
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+PARITY_FILE = "parity.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+VARIANT_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+Variant = Literal["fp32", "int8"]
+
+
+class ExportIntegrityError(HardnegError):
+    """An export folder that is incomplete, tampered with, or not an export at all."""
+
+
+def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
+    p = Path(export_dir) / METADATA_FILE
+    if not Path(export_dir).is_dir():
+        raise ExportIntegrityError(f"export folder not found: {export_dir}")
+    if not p.exists():
+        hint = (
+            f" (see {PARITY_FILE}: a parity gate failed)" if (Path(export_dir) / PARITY_FILE).exists() else ""
+        )
+        raise ExportIntegrityError(f"no {METADATA_FILE} in {export_dir}: not a finished hardneg export{hint}")
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportIntegrityError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise ExportIntegrityError(f"{p}: expected an object with a 'files' checksum map")
+    return meta
+
+
+def verify_export_dir(export_dir: str | os.PathLike, variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """Check every checksum in metadata.json (and that the tokenizer and the requested variants are listed); return
+    the metadata. Raises :class:`ExportIntegrityError` naming the first problem found."""
+    root = Path(export_dir)
+    meta = read_metadata(root)
+    files: dict[str, str] = meta["files"]
+    required = [TOKENIZER_FILE] + [VARIANT_FILES[v] for v in (variants or [])]
+    for name in required:
+        if name not in files:
+            raise ExportIntegrityError(f"{root}: {name} is not listed in {METADATA_FILE}")
+    for name, digest in sorted(files.items()):
+        f = root / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ExportIntegrityError(f"{root}: {METADATA_FILE} lists a path outside the folder: {name}")
+        if not f.is_file():
+            raise ExportIntegrityError(f"{root}: {name} is missing (listed in {METADATA_FILE})")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise ExportIntegrityError(
+                f"{root}: checksum mismatch for {name} (metadata {digest[:12]}..., file {actual[:12]}...): "
+                "the export was modified after it was written"
+            )
+    return meta
+
+
+def _pad_token_id(tokenizer: Any, tokenizer_config: dict[str, Any]) -> int:
+    tok = tokenizer_config.get("pad_token")
+    if isinstance(tok, dict):  # older configs store AddedToken dicts
+        tok = tok.get("content")
+    for cand in (tok, "[PAD]", "<pad>"):
+        if isinstance(cand, str):
+            i = tokenizer.token_to_id(cand)
+            if i is not None:
+                return int(i)
+    return 0
+
+
+class PairScorer:
+    """One ONNX graph (inputs input_ids / attention_mask [/ token_type_ids], output ``score``) + its tokenizer.
+
+    ``score_pairs`` sorts pairs by token length, runs batches of at most ``batch_size`` pairs and ``max_batch_tokens``
+    padded tokens, and returns scores in the input order.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        tokenizer_path: str | os.PathLike,
+        max_length: int,
+        *,
+        pad_token_id: int | None = None,
+        intra_op_threads: int | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        allow_spinning: bool = False,
+    ):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if max_length < 4:
+            raise HardnegError(f"max_length must be >= 4, got {max_length}")
+        if batch_size < 1 or max_batch_tokens < max_length:
+            raise HardnegError(
+                f"batch_size must be >= 1 and max_batch_tokens >= max_length ({max_batch_tokens} < {max_length})"
+            )
+        self.max_length, self.batch_size, self.max_batch_tokens = (
+            int(max_length),
+            int(batch_size),
+            int(max_batch_tokens),
+        )
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
+        self.tokenizer.no_padding()
+        cfg_path = Path(tokenizer_path).parent / TOKENIZER_CONFIG_FILE
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+        self.pad_id = _pad_token_id(self.tokenizer, cfg) if pad_token_id is None else int(pad_token_id)
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if intra_op_threads:
+            so.intra_op_num_threads = int(intra_op_threads)
+        if not allow_spinning:  # busy-waiting threads burn CPU quota (k8s limits, shared nodes)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown:
+            raise HardnegError(f"{onnx_path}: unexpected graph inputs {sorted(unknown)}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "score" not in outputs:
+            raise HardnegError(f"{onnx_path}: the graph has no 'score' output (outputs: {outputs})")
+
+    def encode(self, queries: Sequence[str], docs: Sequence[str]) -> list[Any]:
+        return self.tokenizer.encode_batch(list(zip(queries, docs, strict=True)))
+
+    def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        # longest first: the first batch shows the worst-case memory
+        order = np.argsort(-lengths, kind="stable")
+        batches, cur, cur_max = [], [], 0
+        for i in order:
+            n = int(lengths[i])
+            new_max = max(cur_max, n)
+            if cur and (len(cur) + 1 > self.batch_size or new_max * (len(cur) + 1) > self.max_batch_tokens):
+                batches.append(np.asarray(cur))
+                cur, new_max = [], n
+            cur.append(int(i))
+            cur_max = new_max
+        if cur:
+            batches.append(np.asarray(cur))
+        return batches
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Sigmoid scores for (queries[i], docs[i]), float32 [n]."""
+        if len(queries) != len(docs):
+            raise ValueError(f"queries and docs differ in length: {len(queries)} vs {len(docs)}")
+        if not docs:
+            return np.empty(0, dtype=np.float32)
+        encs = self.encode(queries, docs)
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        out = np.empty(len(encs), dtype=np.float32)
+        for idx in self._batches(lengths):
+            width = int(lengths[idx].max())
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            types = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                e = encs[i]
+                n = len(e.ids)
+                ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            (scores,) = self.session.run(["score"], {k: feed[k] for k in self.input_names})
+            out[idx] = np.asarray(scores, dtype=np.float32).reshape(len(idx))
+        return out
+
+    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
+        return self.score_pairs([query] * len(docs), docs)
+
+
+class OnnxReranker:
+    """A verified export folder, ready to score. ``variant``: "int8" (default, served) or "fp32"."""
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        variant: Variant = "int8",
+        max_length: int | None = None,
+        intra_op_threads: int | None = None,
+        *,
+        batch_size: int = 32,
+        max_batch_tokens: int = 16384,
+        verify: bool = True,
+        allow_spinning: bool = False,
+    ):
+        if variant not in VARIANT_FILES:
+            raise HardnegError(f"unknown variant '{variant}': use one of {sorted(VARIANT_FILES)}")
+        self.export_dir = Path(export_dir)
+        self.variant = variant
+        self.metadata = (
+            verify_export_dir(self.export_dir, [variant]) if verify else read_metadata(self.export_dir)
+        )
+        exported_max = int(self.metadata.get("max_length") or 512)
+        if max_length is not None and not 4 <= max_length <= exported_max:
+            raise HardnegError(
+                f"max_length must be in [4, {exported_max}] (the exported model's limit), got {max_length}"
+            )
+        self.max_length = int(max_length or exported_max)
+        self.scorer = PairScorer(
+            self.export_dir / VARIANT_FILES[variant],
+            self.export_dir / TOKENIZER_FILE,
+            self.max_length,
+            intra_op_threads=intra_op_threads,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            allow_spinning=allow_spinning,
+        )
+        log.info(
+            "loaded %s (%s, version %s, max_length %d, fusion weight %s)",
+            self.export_dir,
+            variant,
+            self.version,
+            self.max_length,
+            self.fusion_weight,
+        )
+
+    @property
+    def model_name(self) -> str:
+        return str(self.metadata.get("model_name") or self.export_dir.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version") or "unknown")
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        return dict(self.metadata.get("lineage") or {})
+
+    @property
+    def fusion_weight(self) -> float | None:
+        fusion = self.metadata.get("fusion") or {}
+        w = fusion.get("weight") if isinstance(fusion, dict) else None
+        return None if w is None else float(w)
+
+    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
+        """Reranker (sigmoid) scores of ``docs`` for ``query``, float32 [len(docs)], in the input order."""
+        return self.scorer.score(query, docs)
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        return self.scorer.score_pairs(queries, docs)
+
+    def rerank(
+        self, query: str, docs: Sequence[str], first_stage_scores: Sequence[float] | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, order): ``order`` lists document indices best first (ties keep the input order).
+
+        With first-stage scores and a fusion weight in the metadata, scores are the fused scores the evaluation
+        tuned (z-normalised per query); otherwise (no first-stage scores, or an export without a weight) they are
+        the reranker's sigmoid scores.
+        """
+        scores = self.score(query, docs).astype(np.float64)
+        if first_stage_scores is not None:
+            fs = np.asarray(first_stage_scores, dtype=np.float64)
+            if fs.shape != scores.shape:
+                raise ValueError(f"first_stage_scores has {fs.size} values for {len(docs)} documents")
+            if self.fusion_weight is not None:
+                scores = fuse(scores, fs, self.fusion_weight)
+        order = np.argsort(-scores, kind="stable")
+        return scores, order

@@ -1,0 +1,74 @@
+"""Container entry point: ``python -m serving --model_dir /mnt/models --http_port 8080 [--model_name NAME]``.
+
+Takes KServe's own server flags (``--http_port``, ``--model_name``, ``--enable_grpc``...) plus ``--model_dir``,
+``--host`` (default 0.0.0.0, KServe's behaviour; use 127.0.0.1 locally), ``--variant`` (int8|fp32),
+``--intra_op_threads`` and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+_argv = sys.argv
+sys.argv = sys.argv[:1]
+try:
+    from kserve import model_server
+finally:
+    sys.argv = _argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", parents=[model_server.parser], description=__doc__
+    )
+    parser.add_argument("--model_dir", default="/mnt/models", help="a `hardneg export` folder")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (KServe binds 0.0.0.0)")
+    parser.add_argument(
+        "--variant", default=None, choices=["int8", "fp32"], help="ONNX graph to serve (default: params)"
+    )
+    parser.add_argument(
+        "--intra_op_threads", type=int, default=None, help="onnxruntime threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--config", default=None, help="params.yaml with a `serve` section (default: packaged defaults)"
+    )
+    parser.set_defaults(enable_grpc=False, model_name=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hardneg.config import load_params
+    from hardneg.errors import HardnegError
+    from serving.predictor import HardnegReranker, Limits
+    from serving.server import serve
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers != 1:
+        print(
+            "error: --workers must be 1 (scale with replicas; onnxruntime already uses every core)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        params = load_params(args.config)
+        name = args.model_name or params["serve"]["model_name"]
+        serve_params = params["serve"]
+        model = HardnegReranker(
+            name,
+            args.model_dir,
+            variant=args.variant or serve_params.get("variant", "int8"),
+            limits=Limits.from_params(params),
+            intra_op_threads=args.intra_op_threads or serve_params.get("intra_op_threads"),
+        )
+        serve(model, http_port=args.http_port, host=args.host, enable_grpc=args.enable_grpc)
+    except HardnegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""KServe predictor: a ``kserve.Model`` that reranks with :class:`hardneg.rerank.OnnxReranker` (no torch).
+
+V1 ``POST /v1/models/<name>:predict``::
+
+    {"instances": [{"query": "...", "documents": ["...", ...], "first_stage_scores": [...]}]}   (scores optional)
+    -> {"predictions": [{"scores": [...], "ranking": [...]}]}
+
+V2 ``POST /v2/models/<name>/infer``: BYTES ``query`` [1], BYTES ``documents`` [n], optional FP32
+``first_stage_scores`` [n] -> FP32 ``scores`` [n] + INT64 ``ranking`` [n] (document indices, best first).
+
+``scores`` are the fused scores evaluation tuned (weight from the export's metadata) when first-stage scores are
+sent, else the reranker's sigmoid scores. Text beyond the model's ``max_length`` tokens is truncated (as in training);
+longer-than-``max_text_chars`` texts are refused (413). Every malformed request raises :class:`RequestError` (an
+``InvalidInput``) with a message naming the field; the server maps it to a 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# `import kserve` parses sys.argv at import time (stack.md 2.4): import it with a clean argv.
+_argv = sys.argv
+sys.argv = sys.argv[:1]
+try:
+    from kserve import InferOutput, InferRequest, InferResponse, Model
+    from kserve.errors import InvalidInput
+    from kserve.utils.utils import generate_uuid
+finally:
+    sys.argv = _argv
+
+from hardneg.rerank import OnnxReranker  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+V2_INPUTS = ("query", "documents", "first_stage_scores")
+V2_OUTPUTS = ("scores", "ranking")
+SCORE_DATATYPES = ("FP32", "FP64")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits (params ``serve``)."""
+
+    max_documents: int = 200
+    max_text_chars: int = 20000
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Limits:
+        s = params.get("serve", {})
+        return cls(int(s["max_documents"]), int(s["max_text_chars"]), int(s["max_body_bytes"]))
+
+
+class RequestError(InvalidInput):
+    """A client error: ``status`` (400/404/413) and a short machine-readable ``reason`` for the error counter."""
+
+    def __init__(self, message: str, reason: str = "invalid_input", status: int = 400):
+        super().__init__(message)
+        self.status, self.code = status, reason
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    query: str
+    documents: list[str]
+    first_stage_scores: list[float] | None = None
+
+
+def _check_text(value: Any, where: str, limits: Limits, allow_empty: bool) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(f"{where} is not valid UTF-8", "bad_encoding") from None
+    if not isinstance(value, str):
+        raise RequestError(f"{where} must be a string, got {_json_type(value)}", "wrong_type")
+    if len(value) > limits.max_text_chars:
+        raise RequestError(
+            f"{where} has {len(value)} characters; the limit is {limits.max_text_chars} "
+            "(send the first part: the model reads only its first max_length tokens anyway)",
+            "text_too_long",
+            413,
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(f"{where} is not valid Unicode text (lone surrogate)", "bad_encoding") from None
+    if not allow_empty and not value.strip():
+        raise RequestError(f"{where} must not be empty", "empty_query")
+    return value
+
+
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float | np.number):
+        return "a number"
+    if isinstance(v, str | bytes):
+        return "a string"
+    if isinstance(v, list | tuple | np.ndarray):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return "an unsupported value"
+
+
+def _check_scores(values: Any, n_docs: int, where: str) -> list[float]:
+    if not isinstance(values, list | tuple | np.ndarray):
+        raise RequestError(f"{where} must be an array of numbers, got {_json_type(values)}", "wrong_type")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+            raise RequestError(f"{where}[{i}] must be a number, got {_json_type(v)}", "wrong_type")
+        f = float(v)
+        if not math.isfinite(f):
+            raise RequestError(f"{where}[{i}] must be a finite number", "wrong_type")
+        out.append(f)
+    if len(out) != n_docs:
+        raise RequestError(f"{where} has {len(out)} values for {n_docs} documents", "length_mismatch")
+    return out
+
+
+def _check_documents(docs: Any, where: str, limits: Limits, budget: int) -> list[str]:
+    if not isinstance(docs, list | tuple | np.ndarray):
+        raise RequestError(f"{where} must be an array of strings, got {_json_type(docs)}", "wrong_type")
+    if len(docs) == 0:
+        raise RequestError(f"{where} must not be empty", "no_documents")
+    if len(docs) > budget:
+        raise RequestError(
+            f"too many documents: {where} brings the request to more than {limits.max_documents} documents "
+            f"(the limit per request); split it",
+            "too_many_documents",
+            413,
+        )
+    return [_check_text(d, f"{where}[{i}]", limits, allow_empty=True) for i, d in enumerate(docs)]
+
+
+def parse_v1(payload: Any, limits: Limits) -> list[RerankRequest]:
+    """Validate a V1 body (already JSON-decoded) into rerank requests; raise RequestError on anything else."""
+    if not isinstance(payload, dict):
+        raise RequestError(
+            f'request body must be a JSON object {{"instances": [...]}}, got {_json_type(payload)}',
+            "bad_request",
+        )
+    if "instances" not in payload:
+        raise RequestError(
+            'missing field "instances" (a list of {"query", "documents"} objects)', "missing_field"
+        )
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise RequestError(f'"instances" must be a list, got {_json_type(instances)}', "wrong_type")
+    if not instances:
+        raise RequestError('"instances" must not be empty', "missing_field")
+    if len(instances) > limits.max_documents:
+        raise RequestError(
+            f'"instances" has {len(instances)} entries; the limit is {limits.max_documents}',
+            "too_many_documents",
+            413,
+        )
+    out, budget = [], limits.max_documents
+    for i, inst in enumerate(instances):
+        where = f"instances[{i}]"
+        if not isinstance(inst, dict):
+            raise RequestError(
+                f"{where} must be an object with query and documents, got {_json_type(inst)}", "wrong_type"
+            )
+        for key in ("query", "documents"):
+            if key not in inst:
+                raise RequestError(f'{where}: missing field "{key}"', "missing_field")
+        query = _check_text(inst["query"], f"{where}.query", limits, allow_empty=False)
+        docs = _check_documents(inst["documents"], f"{where}.documents", limits, budget)
+        budget -= len(docs)
+        fs = inst.get("first_stage_scores")
+        scores = None if fs is None else _check_scores(fs, len(docs), f"{where}.first_stage_scores")
+        out.append(RerankRequest(query, docs, scores))
+    return out
+
+
+def _tensor(inp: Any, where: str) -> np.ndarray:
+    shape = list(inp.shape)
+    if any(not isinstance(s, int) or s < 0 for s in shape):
+        raise RequestError(f"input '{where}': invalid shape {shape}", "bad_tensor")
+    try:
+        arr = inp.as_numpy()
+    except InvalidInput as e:
+        raise RequestError(f"input '{where}': {e}", "bad_tensor") from None
+    except (ValueError, TypeError, OverflowError, IndexError, KeyError, UnicodeError) as e:
+        log.debug("tensor %s: %s", where, e)
+        raise RequestError(
+            f"input '{where}': data does not match shape {shape} and datatype {inp.datatype}", "bad_tensor"
+        ) from None
+    except Exception:  # struct.error and friends from malformed binary tensors
+        log.debug("tensor %s unreadable", where, exc_info=True)
+        raise RequestError(
+            f"input '{where}': data does not match shape {shape} and datatype {inp.datatype}", "bad_tensor"
+        ) from None
+    return arr
+
+
+def parse_v2(req: InferRequest, limits: Limits) -> RerankRequest:
+    """Validate a V2 InferRequest (query [1] BYTES, documents [n] BYTES, optional first_stage_scores [n] FP32)."""
+    by_name: dict[str, Any] = {}
+    for inp in req.inputs:
+        if inp.name in by_name:
+            raise RequestError(f"input '{inp.name}' is given twice", "bad_tensor")
+        if inp.name not in V2_INPUTS:
+            raise RequestError(f"unknown input '{inp.name}'; expected {', '.join(V2_INPUTS)}", "bad_tensor")
+        by_name[inp.name] = inp
+    for name in ("query", "documents"):
+        if name not in by_name:
+            raise RequestError(f"missing input '{name}' (BYTES)", "missing_field")
+    for name in req.request_outputs or []:
+        if name.name not in V2_OUTPUTS:
+            raise RequestError(
+                f"unknown output '{name.name}' requested; outputs: {', '.join(V2_OUTPUTS)}", "bad_tensor"
+            )
+    q, d = by_name["query"], by_name["documents"]
+    for inp in (q, d):
+        if inp.datatype != "BYTES":
+            raise RequestError(
+                f"input '{inp.name}' must have datatype BYTES, got {inp.datatype}", "bad_tensor"
+            )
+    if list(q.shape) != [1]:
+        raise RequestError(f"input 'query' must have shape [1], got {list(q.shape)}", "bad_tensor")
+    if len(d.shape) != 1:
+        raise RequestError(
+            f"input 'documents' must have shape [n] (one dimension), got {list(d.shape)}", "bad_tensor"
+        )
+    if d.shape[0] > limits.max_documents:
+        raise RequestError(
+            f"too many documents: {d.shape[0]} (the limit per request is {limits.max_documents}); split it",
+            "too_many_documents",
+            413,
+        )
+    query = _check_text(_tensor(q, "query").reshape(-1)[0], "input 'query'", limits, allow_empty=False)
+    docs = _check_documents(
+        list(_tensor(d, "documents").reshape(-1)), "input 'documents'", limits, limits.max_documents
+    )
+    scores = None
+    if "first_stage_scores" in by_name:
+        f = by_name["first_stage_scores"]
+        if f.datatype not in SCORE_DATATYPES:
+            raise RequestError(
+                f"input 'first_stage_scores' must have datatype FP32, got {f.datatype}", "bad_tensor"
+            )
+        if list(f.shape) != [len(docs)]:
+            raise RequestError(
+                f"input 'first_stage_scores' must have shape [{len(docs)}] (one per document), got {list(f.shape)}",
+                "bad_tensor",
+            )
+        scores = _check_scores(
+            list(_tensor(f, "first_stage_scores").reshape(-1)), len(docs), "input 'first_stage_scores'"
+        )
+    return RerankRequest(query, docs, scores)
+
+
+class HardnegReranker(Model):
+    """Serves one export folder. ``load()`` verifies its checksums and opens the ONNX session, then sets ``ready``."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str,
+        *,
+        variant: str = "int8",
+        limits: Limits | None = None,
+        intra_op_threads: int | None = None,
+        max_concurrency: int = 1,
+    ):
+        super().__init__(name)
+        self.model_dir, self.variant = model_dir, variant
+        self.limits = limits or Limits()
+        self.intra_op_threads = intra_op_threads
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.reranker: OnnxReranker | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self.ready = False
+
+    def load(self) -> bool:
+        self.reranker = OnnxReranker(self.model_dir, self.variant, intra_op_threads=self.intra_op_threads)
+        self.ready = True
+        return self.ready
+
+    # -- metadata (V2 GET /v2/models/<name>; served by serving.server, which adds versions and parameters)
+    def get_input_types(self) -> list[dict]:
+        return [
+            {"name": "query", "datatype": "BYTES", "shape": [1]},
+            {"name": "documents", "datatype": "BYTES", "shape": [-1]},
+            {"name": "first_stage_scores", "datatype": "FP32", "shape": [-1]},
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [
+            {"name": "scores", "datatype": "FP32", "shape": [-1]},
+            {"name": "ranking", "datatype": "INT64", "shape": [-1]},
+        ]
+
+    def model_metadata(self) -> dict[str, Any]:
+        r = self.reranker
+        meta = r.metadata if r else {}
+        return {
+            "name": self.name,
+            "versions": [r.version] if r else [],
+            "platform": "onnxruntime",
+            "inputs": self.get_input_types(),
+            "outputs": self.get_output_types(),
+            "parameters": {
+                "model_name": meta.get("model_name"),
+                "version": meta.get("version"),
+                "variant": self.variant,
+                "max_length": r.max_length if r else None,
+                "truncation": "longest_first: tokens beyond max_length are dropped",
+                "fusion": meta.get("fusion"),
+                "lineage": meta.get("lineage"),
+                "metrics": meta.get("metrics"),
+                "parity": meta.get("parity"),
+                "created_at": meta.get("created_at"),
+                "limits": {
+                    "max_documents": self.limits.max_documents,
+                    "max_text_chars": self.limits.max_text_chars,
+                    "max_body_bytes": self.limits.max_body_bytes,
+                },
+            },
+        }
+
+    # -- inference
+    def validate(self, payload: Any) -> Any:
+        return payload  # KServe's own check trips over non-dict JSON (e.g. a bare number -> 500); predict validates
+
+    def _score(self, reqs: list[RerankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        assert self.reranker is not None
+        return [self.reranker.rerank(r.query, r.documents, r.first_stage_scores) for r in reqs]
+
+    async def _run(self, reqs: list[RerankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        # onnxruntime already uses every core: queue requests instead of oversubscribing
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(None, self._score, reqs)
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        if isinstance(payload, InferRequest):
+            req = parse_v2(payload, self.limits)
+            ((scores, order),) = await self._run([req])
+            out_scores = InferOutput(name="scores", shape=[len(scores)], datatype="FP32")
+            out_scores.set_data_from_numpy(np.asarray(scores, dtype=np.float32), binary_data=False)
+            out_rank = InferOutput(name="ranking", shape=[len(order)], datatype="INT64")
+            out_rank.set_data_from_numpy(np.asarray(order, dtype=np.int64), binary_data=False)
+            return InferResponse(
+                response_id=payload.id
+                or generate_uuid(),  # V2 without "id" would otherwise be a 500 (stack.md 2.2)
+                model_name=self.name,
+                model_version=self.reranker.version if self.reranker else None,
+                infer_outputs=[out_scores, out_rank],
+                use_binary_outputs=payload.use_binary_outputs,
+                requested_outputs=payload.request_outputs,
+            )
+        if isinstance(payload, bytes | bytearray | str):
+            raise RequestError("request body must be JSON (Content-Type: application/json)", "bad_request")
+        reqs = parse_v1(payload, self.limits)
+        results = await self._run(reqs)
+        return {
+            "predictions": [
+                {"scores": [float(x) for x in s], "ranking": [int(i) for i in o]} for s, o in results
+            ]
+        }

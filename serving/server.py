@@ -1,0 +1,285 @@
+"""KServe ModelServer wiring around :class:`serving.predictor.HardnegReranker`.
+
+What KServe 0.21 lacks and this adds (stack.md 2):
+
+* a host to bind (KServe hard-codes 0.0.0.0): ``HardnegRESTServer`` sets ``config.host``;
+* a request body limit (``serve.max_body_bytes`` -> 413) and Prometheus counters ``hardneg_requests_total{protocol,
+  status}`` / ``hardneg_errors_total{reason}`` on the same ``/metrics`` (``GuardMiddleware``, pure ASGI);
+* 4xx with a plain message for every malformed request (``SafeDataPlane`` + exception handlers): no Python class
+  names or tracebacks in responses; unexpected errors answer a generic 500 and are logged here;
+* ``GET /v2/models/<name>`` with versions and parameters (lineage, fusion weight, limits): KServe's response model
+  has neither, so a route registered before KServe's answers first.
+
+``create_app(model)`` builds a fresh FastAPI app for in-process tests; ``serve(...)`` runs the real server.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+# `import kserve` parses sys.argv at import time (stack.md 2.4): import it with a clean argv.
+_argv = sys.argv
+sys.argv = sys.argv[:1]
+try:
+    import kserve.model_server as ks_model_server
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from kserve import ModelServer
+    from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady, NoModelReady
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.rest.server import RESTServer
+    from prometheus_client import Counter
+finally:
+    sys.argv = _argv
+
+from serving.predictor import HardnegReranker, RequestError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "hardneg_requests_total", "Inference requests by protocol and HTTP status", ["protocol", "status"]
+)
+ERRORS = Counter("hardneg_errors_total", "Failed requests by reason", ["reason"])
+INTERNAL_ERROR = "internal server error (logged server-side)"
+
+
+def _protocol(path: str) -> str | None:
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return "v1"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "v2"
+    return None
+
+
+def _error(status: int, message: str, reason: str) -> JSONResponse:
+    ERRORS.labels(reason).inc()
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+class GuardMiddleware:
+    """Pure ASGI: refuse bodies over ``max_body_bytes`` (413, before any parsing) and count inference requests."""
+
+    def __init__(self, app: Any, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, int(max_body_bytes)
+
+    async def _reply(self, send: Any, status: int, message: str, reason: str) -> None:
+        resp = _error(status, message, reason)
+        await send({"type": "http.response.start", "status": status, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        protocol = _protocol(scope.get("path", ""))
+        status = {"code": 500}
+
+        async def send_and_record(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            too_big = f"request body larger than {self.max_body_bytes} bytes (serve.max_body_bytes)"
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            if length is not None:
+                if not length.isdigit():
+                    await self._reply(send_and_record, 400, "invalid Content-Length header", "bad_request")
+                    return
+                if int(length) > self.max_body_bytes:
+                    await self._reply(send_and_record, 413, too_big, "body_too_large")
+                    return
+            chunks, total = [], 0
+            while True:  # buffer the (bounded) body: also catches chunked uploads without Content-Length
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # client went away
+                body = message.get("body", b"")
+                total += len(body)
+                if total > self.max_body_bytes:
+                    await self._reply(send_and_record, 413, too_big, "body_too_large")
+                    return
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    break
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_and_record)
+        finally:
+            if protocol is not None:
+                REQUESTS.labels(protocol, str(status["code"])).inc()
+
+
+class SafeDataPlane(DataPlane):
+    """Request decoding that never turns a malformed body into a 500: KServe's binary-tensor decoder raises
+    KeyError/TypeError/struct.error on bad input."""
+
+    def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except RequestError:
+            raise
+        except InvalidInput as e:
+            msg = str(e)
+            # FastAPI hands bodies that are not JSON over as bytes, which KServe takes for binary tensors
+            if "inference-header-content-length" in msg.lower():
+                raise RequestError(
+                    "request body is not valid JSON (binary tensor requests need an Inference-Header-Content-Length header)",
+                    "invalid_json",
+                ) from None
+            if msg.startswith("Unrecognized request format"):
+                raise RequestError(
+                    f"request body is not valid JSON (UTF-8): {msg.split(':', 1)[-1].strip()}", "invalid_json"
+                ) from None
+            raise RequestError(msg, "invalid_input") from None
+        except InferenceError as e:  # raised while unpacking binary tensors
+            if "UTF-8" in str(e):
+                raise RequestError("a BYTES input tensor is not valid UTF-8 text", "bad_encoding") from None
+            log.info("undecodable binary tensor", exc_info=True)
+            raise RequestError(
+                "malformed binary tensor data (it does not match the declared shape and datatype)",
+                "bad_tensor",
+            ) from None
+        except Exception:
+            log.info("undecodable request body", exc_info=True)
+            raise RequestError(
+                "malformed inference request body (binary tensor data or headers do not match)",
+                "invalid_input",
+            ) from None
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    errors = [e for e in exc.errors() if tuple(e.get("loc", ()))[:2] != ("body", "bytes")] or exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return "request body is not valid JSON (UTF-8)", "invalid_json"
+    parts = []
+    for e in errors[:5]:
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "InferenceRequest")]
+        parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
+    return "invalid V2 inference request: " + "; ".join(parts), "invalid_v2_request"
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Exception handlers replacing KServe's (which put ``type(exc).__name__`` and raw messages in responses)."""
+
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return _error(exc.status, str(exc), exc.code)
+
+    async def invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
+        return _error(400, str(exc), "invalid_input")
+
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, reason = _validation_message(exc)
+        return _error(400, message, reason)
+
+    async def not_found(_: Request, exc: ModelNotFound) -> JSONResponse:
+        return _error(404, str(exc), "unknown_model")
+
+    async def not_ready(_: Request, exc: ModelNotReady) -> JSONResponse:
+        return _error(503, str(exc), "not_ready")
+
+    async def not_implemented(_: Request, exc: NotImplementedError) -> JSONResponse:
+        return _error(501, "not implemented by this model server", "not_implemented")
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, INTERNAL_ERROR, "internal")
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(InvalidInput, invalid_input)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ModelNotFound, not_found)
+    app.add_exception_handler(ModelNotReady, not_ready)
+    app.add_exception_handler(NotImplementedError, not_implemented)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def install_metadata_route(app: FastAPI, dataplane: DataPlane) -> None:
+    """``GET /v2/models/{name}`` with versions + parameters (lineage...). Must be registered before KServe's."""
+
+    async def model_metadata(model_name: str) -> JSONResponse:
+        model = dataplane.model_registry.get_model(model_name)
+        if model is None:
+            raise ModelNotFound(model_name)
+        if isinstance(model, HardnegReranker):
+            return JSONResponse(model.model_metadata())
+        return JSONResponse(await dataplane.model_metadata(model_name))
+
+    app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"], response_model=None)
+
+
+class HardnegRESTServer(RESTServer):
+    """KServe's REST server + host binding, body limit, counters, safe errors and the metadata route."""
+
+    host = "0.0.0.0"
+    max_body_bytes = 4 * 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.config.host = self.host
+
+    def create_application(self) -> None:
+        app = ks_model_server.app
+        install_metadata_route(app, self.dataplane)  # before KServe's routes: the first match answers
+        super().create_application()
+        install_handlers(app)  # after KServe's: replaces its handlers
+        app.add_middleware(GuardMiddleware, max_body_bytes=self.max_body_bytes)  # outermost user middleware
+
+
+def _fresh_app() -> FastAPI:
+    """KServe keeps one module-global app; replace it so each server/test gets its own routes and handlers."""
+    app = FastAPI(title="hardneg reranker", docs_url=None, redoc_url=None)
+    ks_model_server.app = app
+    return app
+
+
+def _server_class(host: str, max_body_bytes: int) -> type[HardnegRESTServer]:
+    return type(
+        "BoundHardnegRESTServer", (HardnegRESTServer,), {"host": host, "max_body_bytes": int(max_body_bytes)}
+    )
+
+
+def create_app(model: HardnegReranker, *, load: bool = True) -> FastAPI:
+    """In-process app (no port) for tests: ``TestClient(create_app(model), raise_server_exceptions=False)``."""
+    if load and not model.ready:
+        model.load()
+    app = _fresh_app()
+    server = ModelServer(enable_grpc=False, registered_models=None)
+    server.dataplane = SafeDataPlane(model_registry=server.registered_models)
+    server.register_model(model)
+    cls = _server_class("127.0.0.1", model.limits.max_body_bytes)
+    cls(
+        "kserve.model_server:app", server.dataplane, server.model_repository_extension, http_port=0
+    ).create_application()
+    return app
+
+
+def serve(
+    model: HardnegReranker,
+    *,
+    http_port: int,
+    host: str = "127.0.0.1",
+    workers: int = 1,
+    enable_grpc: bool = False,
+) -> None:
+    """Load the model (verifying the export) and run the server until SIGTERM/SIGINT."""
+    model.load()
+    if not model.ready:
+        raise NoModelReady([model])
+    _fresh_app()
+    # ModelServer.start() looks the RESTServer name up in kserve.model_server
+    ks_model_server.RESTServer = _server_class(host, model.limits.max_body_bytes)
+    server = ModelServer(http_port=http_port, workers=workers, enable_grpc=enable_grpc)
+    server.dataplane = SafeDataPlane(model_registry=server.registered_models)
+    log.info("serving %s (%s) on http://%s:%d", model.name, model.model_dir, host, http_port)
+    server.start([model])

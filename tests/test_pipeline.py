@@ -1,0 +1,163 @@
+"""The pipeline's integration test: compile, load the compiled YAML back, run it locally end to end on the fixture
+corpus (tiny models, a throwaway git + DVC repo); plus adapter tests and the submit request."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hardneg.config import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sh(cmd: list[str], cwd: Path) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"})
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict]:
+    """A git + DVC project holding the fixture corpus as data/tiny, with params for tiny models."""
+    proj = tmp_path_factory.mktemp("proj")
+    shutil.copytree(REPO / "tests" / "fixtures" / "tiny", proj / "data" / "tiny")
+    for name in ("tiny-a", "tiny-b"):
+        shutil.copytree(tiny_model_dir, proj / "models" / name)
+    dvc = str(REPO / ".venv" / "bin" / "dvc") if (REPO / ".venv" / "bin" / "dvc").exists() else "dvc"
+    _sh(["git", "init", "-q"], proj)
+    _sh(["git", "config", "user.email", "t@example.com"], proj)
+    _sh(["git", "config", "user.name", "t"], proj)
+    _sh([dvc, "init", "-q"], proj)
+    _sh([dvc, "add", "-q", "data"], proj)
+    _sh(["git", "add", "-A"], proj)
+    _sh(["git", "commit", "-qm", "data"], proj)
+    params = load_params(REPO / "params.yaml")
+    params["data"]["dir"] = "data/tiny"
+    m = {"max_length": 64, "batch_size": 16, "query_prompt": "", "document_prompt": "", "weight": 1.0}
+    params["embed"].update(
+        cache_dir=str(proj / ".cache"),
+        shards=2,
+        models=[{"name": str(proj / "models" / "tiny-a"), **m}, {"name": str(proj / "models" / "tiny-b"), **m}],
+    )
+    params["mine"].update(top_k=50, num_negatives=3)
+    params["retrieve"].update(top_k=50, rerank_depth=10)
+    params["train"].update(base_model=str(proj / "models" / "tiny-a"), max_steps=4, eval_every=2, max_length=64, queries_per_step=2, group_size=4, time_budget_min=5)
+    params["export"].update(parity_int8_max_mrr_drop=1.0)  # a random tiny model: int8 ranking noise is not the subject here
+    params["pipeline"].update(pipeline_root=str(proj / "local_outputs"), min_gain_mrr10=-1.0)
+    params["release"].update(k8s_dir=str(REPO / "k8s"), releases_dir=str(proj / "releases"))
+    return proj, params
+
+
+def test_compiled_pipeline_has_the_stages_and_cluster_settings(tmp_path, tiny_project):
+    from pipelines.run import compile_pipeline
+
+    proj, params = tiny_project
+    out = compile_pipeline(params, tmp_path / "pipeline.yaml", proj)
+    spec, platform = list(yaml.safe_load_all(out.read_text()))
+    execs = set(spec["deploymentSpec"]["executors"])
+    for stage in ("fetch-data", "validate-data", "embed", "reduce", "mine", "train", "evaluate", "export-onnx", "register", "run-summary"):
+        assert f"exec-{stage}" in execs, stage
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-embed"]["pvcMount"][0]["mountPath"] == "/cache"
+    assert k8s["exec-fetch-data"]["secretAsEnv"][0]["secretName"] == "hardneg-dvc-remote"
+    train_res = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert train_res["resourceCpuRequest"] == "8"
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    cluster_params = json.loads(defaults["params_json"]["defaultValue"])
+    assert cluster_params["embed"]["cache_dir"] == "/cache/embeddings"
+    assert defaults["data_version"]["defaultValue"].endswith(".dir")
+
+
+def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tiny_project):
+    from kfp import components, local
+
+    from pipelines.run import compile_pipeline, pipeline_arguments, summarize_run
+
+    proj, params = tiny_project
+    args = pipeline_arguments(params, proj)
+    pkg = compile_pipeline(params, tmp_path / "pipeline.yaml", proj)
+    root = Path(params["pipeline"]["pipeline_root"])
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=True, raise_on_error=True)
+    loaded = components.load_component_from_file(str(pkg))
+    loaded(**args)
+    runs = sorted(root.glob("hardneg-*"))
+    assert len(runs) == 1
+    s = summarize_run(root, runs[0], 0.0, args)
+    assert s["metrics"]["gate_passed"] is True
+    exported = Path(s["onnx_model"])
+    meta = json.loads((exported / "metadata.json").read_text())
+    assert meta["lineage"]["data_version"] == args["data_version"]
+    assert (exported / "model.onnx").exists() and (exported / "model.int8.onnx").exists()
+    manifests = Path(s["release"])
+    assert (manifests / "kustomization.yaml").exists()
+    summary_md = next(runs[0].glob("**/run-summary/summary"))
+    assert "SUCCEEDED" in summary_md.read_text()
+    # second run: nothing changed -> every task from the cache, no new run folder
+    loaded(**args)
+    assert len(sorted(root.glob("hardneg-*"))) == 1
+
+
+def test_failing_validation_stops_the_run_before_embedding(tmp_path, tiny_project):
+    from kfp import local
+
+    from pipelines.hardneg_pipeline import build_pipeline
+    from pipelines.run import pipeline_arguments
+
+    proj, params = tiny_project
+    bad = tmp_path / "badproj"
+    shutil.copytree(proj, bad, ignore=shutil.ignore_patterns("local_outputs", ".cache"))
+    corpus = bad / "data" / "tiny" / "corpus.jsonl"
+    lines = corpus.read_text().splitlines()
+    corpus.write_text("\n".join(lines + [lines[0]]) + "\n")  # duplicate document id
+    dvc = str(REPO / ".venv" / "bin" / "dvc")
+    _sh([dvc, "add", "-q", "data"], bad)
+    p = json.loads(json.dumps(params))
+    p["pipeline"]["pipeline_root"] = str(tmp_path / "lo")
+    args = pipeline_arguments(p, bad)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "lo"), enable_caching=False, raise_on_error=True)
+    with pytest.raises(RuntimeError) as e:
+        build_pipeline(p)(**args)
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e.value))
+    assert "validate-data" in msg
+    run = next((tmp_path / "lo").glob("hardneg-*"))
+    assert not list(run.glob("**/embed")), "embedding must not start after a failed validation"
+    assert "FAILED" in next(run.glob("**/run-summary/summary")).read_text()
+
+
+def test_submit_builds_the_run_request(tiny_project):
+    from pipelines.run import submit
+
+    proj, params = tiny_project
+
+    class FakeClient:
+        def __init__(self):
+            self.calls = []
+
+        def create_experiment(self, name):
+            self.calls.append(("experiment", name))
+            return type("E", (), {"experiment_id": "exp-1"})()
+
+        def create_run_from_pipeline_package(self, path, arguments, run_name, experiment_name):
+            self.calls.append(("run", Path(path).read_text()[:40], arguments, run_name, experiment_name))
+            return type("R", (), {"run_id": "run-1"})()
+
+        def create_recurring_run(self, **kw):
+            self.calls.append(("recurring", kw))
+            return type("R", (), {"recurring_run_id": "rr-1"})()
+
+    c = FakeClient()
+    res = submit(params, "http://kfp.invalid", client=c, repo=proj)
+    assert res == {"run_id": "run-1", "experiment": "hardneg"}
+    _, head, arguments, run_name, exp = c.calls[1]
+    assert head.startswith("# PIPELINE DEFINITION")
+    assert arguments["dvc_repo"] == params["pipeline"]["cluster"]["git_repo"]
+    assert json.loads(arguments["params_json"])["embed"]["cache_dir"] == "/cache/embeddings"
+    assert run_name == f"hardneg-{arguments['model_version']}"
+    res = submit(params, "http://kfp.invalid", client=c, repo=proj, recurring_cron="0 0 3 * * *")
+    assert res["recurring_run_id"] == "rr-1"
+    assert c.calls[-1][1]["cron_expression"] == "0 0 3 * * *"
