@@ -18,11 +18,18 @@ def evaluate(
     import json
     import os
 
-    os.environ.update({"HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"], "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"]})
+    os.environ.update(
+        {
+            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
+            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
+        }
+    )
     from hardneg.stages import evaluate_stage, summary_markdown
 
     params = json.loads(params_json)
-    summary = evaluate_stage(data.path, reduced.path, model.path, params, os.path.dirname(metrics.path) + "/evaluation")
+    summary = evaluate_stage(
+        data.path, reduced.path, model.path, params, os.path.dirname(metrics.path) + "/evaluation"
+    )
     for k, v in summary.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             metrics.log_metric(k, v)

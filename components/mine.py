@@ -4,12 +4,24 @@ from components._env import component
 
 
 @component
-def mine(data: Input[Dataset], reduced: Input[Dataset], params_json: str, lineage_json: str, negatives: Output[Dataset], metrics: Output[Metrics]) -> int:
+def mine(
+    data: Input[Dataset],
+    reduced: Input[Dataset],
+    params_json: str,
+    lineage_json: str,
+    negatives: Output[Dataset],
+    metrics: Output[Metrics],
+) -> int:
     """Hard negatives for the train split (policy from params mine.policy); returns the number of pairs."""
     import json
     import os
 
-    os.environ.update({"HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"], "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"]})
+    os.environ.update(
+        {
+            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
+            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
+        }
+    )
     from hardneg.stages import mine_stage
 
     meta = mine_stage(data.path, reduced.path, json.loads(params_json), negatives.path)

@@ -1,16 +1,26 @@
-
 from kfp.dsl import Dataset, Input, Metrics, Output
 
 from components._env import component
 
 
 @component
-def reduce(embeddings: Input[list[Dataset]], params_json: str, lineage_json: str, reduced: Output[Dataset], metrics: Output[Metrics]) -> int:
+def reduce(
+    embeddings: Input[list[Dataset]],
+    params_json: str,
+    lineage_json: str,
+    reduced: Output[Dataset],
+    metrics: Output[Metrics],
+) -> int:
     """Concatenate the models' vectors and fit PCA to the variance target; returns the kept dimension."""
     import json
     import os
 
-    os.environ.update({"HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"], "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"]})
+    os.environ.update(
+        {
+            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
+            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
+        }
+    )
     from hardneg.stages import reduce_stage
 
     meta = reduce_stage([e.path for e in embeddings], json.loads(params_json), reduced.path)

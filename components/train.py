@@ -17,7 +17,12 @@ def train(
     import json
     import os
 
-    os.environ.update({"HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"], "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"]})
+    os.environ.update(
+        {
+            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
+            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
+        }
+    )
     from hardneg.stages import train_stage
 
     meta = train_stage(data.path, reduced.path, negatives.path, json.loads(params_json), model.path)

@@ -9,7 +9,12 @@ def validate_data(data: Input[Dataset], params_json: str, lineage_json: str, rep
     import json
     import os
 
-    os.environ.update({"HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"], "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"]})
+    os.environ.update(
+        {
+            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
+            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
+        }
+    )
     from hardneg.stages import validate_stage
 
     meta = validate_stage(data.path, json.loads(params_json), report.path)

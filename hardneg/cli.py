@@ -285,7 +285,7 @@ def mine_cmd(
         ["queries with fewer than n", st["queries_with_fewer_than_n"]],
         ["candidates considered", st["candidates_considered"]],
         ["rejected per rule", rej],
-        ["paper exact re-scans", st["paper_exact_rescans"]],
+        ["queries re-scanned exactly", st["rescans"]],
         ["mean d(Q,P) / d(Q,N) / d(P,N)", " / ".join(str(v) for v in st["distance_means"].values())],
         ["seconds (search / select / total)", " / ".join(str(v) for v in st["seconds"].values())],
     ]
@@ -593,7 +593,11 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
         for k, v in m.items()
         if k.endswith(("mrr@10", "mrr@3", "ndcg@10", "recall@100")) or k in ("fusion_weight", "gate_passed")
     ]
-    print_table("hardneg pipeline: test-split metrics", ["metric", "value"], rows)
+    print_table("hardneg pipeline: test-split metrics (torch reranker; fusion weight tuned on dev)", ["metric", "value"], rows)
+    sm = s.get("served_metrics") or {}
+    if sm:
+        srows = [[k, v] for k, v in sm.items() if k.endswith(("mrr@10", "mrr@3", "ndcg@10")) or k in ("variant", "fusion_weight")]
+        print_table("served system (exported ONNX through hardneg.rerank, same fusion weight): test split", ["metric", "value"], srows)
     where = [
         [
             "wall time",

@@ -27,7 +27,9 @@ EMBED_SHARD_FILE = "shard.json"
 # --------------------------------------------------------------------------------------------------------- fetch
 
 
-def fetch_data_stage(dvc_repo: str, rev: str | None, path: str, out_dir: str | os.PathLike, expected_version: str | None = None) -> dict[str, Any]:
+def fetch_data_stage(
+    dvc_repo: str, rev: str | None, path: str, out_dir: str | os.PathLike, expected_version: str | None = None
+) -> dict[str, Any]:
     """Materialise the DVC-tracked dataset ``path`` of ``dvc_repo`` (a local checkout or a git URL) at ``rev``
     (None/"" = workspace) into ``out_dir``. The DVC remote's credentials come from the environment (a Kubernetes
     secret on a cluster). Returns the data version (md5 of the tracked output that contains ``path``)."""
@@ -40,16 +42,22 @@ def fetch_data_stage(dvc_repo: str, rev: str | None, path: str, out_dir: str | o
         version = str((info.get("dvc_info") or {}).get("md5") or info.get("md5") or "untracked")
         fs.get(path, str(out_dir), recursive=True)
     except FileNotFoundError as e:
-        raise HardnegError(f"{dvc_repo}@{rev or 'workspace'}: {path} not found in the DVC-tracked data ({e})") from None
+        raise HardnegError(
+            f"{dvc_repo}@{rev or 'workspace'}: {path} not found in the DVC-tracked data ({e})"
+        ) from None
     if expected_version and version != expected_version:
-        raise HardnegError(f"data version mismatch: {dvc_repo}@{rev or 'workspace'} has {version}, the run expected {expected_version}")
+        raise HardnegError(
+            f"data version mismatch: {dvc_repo}@{rev or 'workspace'} has {version}, the run expected {expected_version}"
+        )
     return {"data_version": version, "dvc_repo": dvc_repo, "rev": rev or "workspace", "path": path}
 
 
 # ------------------------------------------------------------------------------------------------------ validate
 
 
-def validate_stage(data_dir: str | os.PathLike, params: Mapping[str, Any], report_path: str | os.PathLike | None = None) -> dict[str, Any]:
+def validate_stage(
+    data_dir: str | os.PathLike, params: Mapping[str, Any], report_path: str | os.PathLike | None = None
+) -> dict[str, Any]:
     """Validate the data; raise DataValidationError (stopping the pipeline before embedding) when it fails."""
     from hardneg.lineage import data_version
     from hardneg.validate import validate_dataset
@@ -60,17 +68,30 @@ def validate_stage(data_dir: str | os.PathLike, params: Mapping[str, Any], repor
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(validation_markdown(summary), encoding="utf-8")
     if not report.success:
-        lines = [f"{f.file}: {f.check}: {f.message} ({f.count} rows; e.g. {', '.join(map(str, f.examples[:3]))})" for f in report.failures]
+        lines = [
+            f"{f.file}: {f.check}: {f.message} ({f.count} rows; e.g. {', '.join(map(str, f.examples[:3]))})"
+            for f in report.failures
+        ]
         raise DataValidationError(f"{data_dir} failed validation:\n  " + "\n  ".join(lines))
-    return {"data_version": data_version(), "stats": summary.get("stats", {}), "warnings": len(summary.get("warnings", []))}
+    return {
+        "data_version": data_version(),
+        "stats": summary.get("stats", {}),
+        "warnings": len(summary.get("warnings", [])),
+    }
 
 
 def validation_markdown(summary: Mapping[str, Any]) -> str:
     rows = ["| file | check | rows | examples | message |", "|---|---|---|---|---|"]
     for f in list(summary.get("failures", [])) + list(summary.get("warnings", [])):
-        rows.append(f"| {f['file']} | {f['check']} | {f['count']} | {', '.join(map(str, f['examples'][:3]))} | {f['message']} |")
+        rows.append(
+            f"| {f['file']} | {f['check']} | {f['count']} | {', '.join(map(str, f['examples'][:3]))} | {f['message']} |"
+        )
     status = "PASSED" if summary.get("success") else "FAILED"
-    return f"# Data validation: {status}\n\n" + "\n".join(rows) + f"\n\nStats: `{json.dumps(summary.get('stats', {}))}`\n"
+    return (
+        f"# Data validation: {status}\n\n"
+        + "\n".join(rows)
+        + f"\n\nStats: `{json.dumps(summary.get('stats', {}))}`\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- embed
@@ -86,7 +107,12 @@ def embed_items(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def embed_stage(data_dir: str | os.PathLike, params: Mapping[str, Any], item: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Any]:
+def embed_stage(
+    data_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    item: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+) -> dict[str, Any]:
     """Embed one model on one contiguous corpus shard (queries go with shard 0). Writes ``hardneg embed`` layout."""
     from hardneg.data import BeirDataset, load_dataset
     from hardneg.embed import embed_dataset
@@ -98,13 +124,20 @@ def embed_stage(data_dir: str | os.PathLike, params: Mapping[str, Any], item: Ma
     if n > 1:
         ids = list(ds.corpus)
         lo, hi = len(ids) * shard // n, len(ids) * (shard + 1) // n
-        ds = BeirDataset(ds.root, {d: ds.corpus[d] for d in ids[lo:hi]}, ds.queries if shard == 0 else {}, ds.qrels)
+        ds = BeirDataset(
+            ds.root, {d: ds.corpus[d] for d in ids[lo:hi]}, ds.queries if shard == 0 else {}, ds.qrels
+        )
     p = copy.deepcopy(dict(params))
     p["embed"]["models"] = [dict(item["model"])]
     top = embed_dataset(ds, p, out_dir, progress=False)
     meta = {"shard": shard, "num_shards": n, "model": item["model"]["name"]}
     (Path(out_dir) / EMBED_SHARD_FILE).write_text(json.dumps(meta), encoding="utf-8")
-    return {**meta, "slug": top["models"][0], "fingerprint": top["entries"][0]["model_fingerprint"], "dim": top["entries"][0]["dim"]}
+    return {
+        **meta,
+        "slug": top["models"][0],
+        "fingerprint": top["entries"][0]["model_fingerprint"],
+        "dim": top["entries"][0]["dim"],
+    }
 
 
 def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
@@ -118,7 +151,11 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
     order: list[str] = []
     for d in map(Path, shard_dirs):
         top = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
-        shard = json.loads((d / EMBED_SHARD_FILE).read_text(encoding="utf-8")) if (d / EMBED_SHARD_FILE).exists() else {"shard": 0, "num_shards": 1}
+        shard = (
+            json.loads((d / EMBED_SHARD_FILE).read_text(encoding="utf-8"))
+            if (d / EMBED_SHARD_FILE).exists()
+            else {"shard": 0, "num_shards": 1}
+        )
         slug = top["models"][0]
         if slug not in by_slug:
             order.append(slug)
@@ -145,7 +182,10 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
         entries.append(man)
         lin = read_lineage(parts[0][1])
         lineage = lin if lineage is None else lineage.derive(**lin.inputs)
-    atomic_write_json(out / "manifest.json", {"models": order, "entries": entries, "corpus_sha256": entries[0].get("corpus_sha256")})
+    atomic_write_json(
+        out / "manifest.json",
+        {"models": order, "entries": entries, "corpus_sha256": entries[0].get("corpus_sha256")},
+    )
     write_lineage(out, lineage or Lineage("untracked", "unknown", "none"))
     return out
 
@@ -153,7 +193,9 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
 # -------------------------------------------------------------------------------------------------------- reduce
 
 
-def reduce_stage(emb_dirs: Sequence[str | os.PathLike], params: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Any]:
+def reduce_stage(
+    emb_dirs: Sequence[str | os.PathLike], params: Mapping[str, Any], out_dir: str | os.PathLike
+) -> dict[str, Any]:
     from hardneg.reduce import reduce_embeddings
 
     merged = Path(out_dir).parent / (Path(out_dir).name + ".merged-embeddings")
@@ -168,30 +210,24 @@ def reduce_stage(emb_dirs: Sequence[str | os.PathLike], params: Mapping[str, Any
 # ---------------------------------------------------------------------------------------------- first stage
 
 
-def dense_run(reduced_dir: str | os.PathLike, query_ids: Sequence[str], k: int) -> dict[str, dict[str, float]]:
-    """First-stage run (exact inner product in the PCA space) for the given queries: ``{qid: {doc_id: score}}``."""
-    import numpy as np
+def dense_run(
+    dataset, reduced_dir: str | os.PathLike, params: Mapping[str, Any], splits: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """The dense first stage (exact inner product in the PCA space) for the queries of ``splits``."""
+    from hardneg.evaluate import first_stage_runs
 
-    from hardneg.reduce import load_reduced
-    from hardneg.retrieve import dense_search, run_from_arrays
-
-    D, doc_ids, Q, all_qids = load_reduced(reduced_dir)
-    pos = {q: i for i, q in enumerate(all_qids)}
-    wanted = [q for q in query_ids if q in pos]
-    if not wanted:
-        return {}
-    scores, idx = dense_search(np.asarray(Q)[[pos[q] for q in wanted]], np.asarray(D), k)
-    return run_from_arrays(scores, idx, wanted, doc_ids)
-
-
-def split_query_ids(dataset, split: str) -> list[str]:
-    return sorted(dataset.split_qrels(split))
+    return first_stage_runs(dataset, reduced_dir, params, splits=list(splits), bm25=False)["dense"]
 
 
 # ---------------------------------------------------------------------------------------------------------- mine
 
 
-def mine_stage(data_dir: str | os.PathLike, reduced_dir: str | os.PathLike, params: Mapping[str, Any], out_dir: str | os.PathLike) -> dict[str, Any]:
+def mine_stage(
+    data_dir: str | os.PathLike,
+    reduced_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+) -> dict[str, Any]:
     import numpy as np
 
     from hardneg.data import load_dataset
@@ -208,7 +244,15 @@ def mine_stage(data_dir: str | os.PathLike, reduced_dir: str | os.PathLike, para
     except HardnegError:
         inputs = {}
     write_outputs(out_dir, rows, stats, params, inputs)
-    keep = ("policy", "split", "pairs", "pairs_without_negative", "queries_without_negative", "negatives_per_pair_mean", "seconds")
+    keep = (
+        "policy",
+        "split",
+        "pairs",
+        "pairs_without_negative",
+        "queries_without_negative",
+        "negatives_per_pair_mean",
+        "seconds",
+    )
     return {k: stats[k] for k in keep if k in stats}
 
 
@@ -227,9 +271,17 @@ def train_stage(
     from hardneg.train import train_reranker
 
     ds = load_dataset(data_dir)
-    dev = dense_run(reduced_dir, split_query_ids(ds, params["data"]["dev_split"]), int(params["retrieve"]["top_k"]))
+    dev = dense_run(ds, reduced_dir, params, [params["data"]["dev_split"]])
     rows = read_negatives(mined_dir)
-    model_dir = train_reranker(ds, rows, out_dir, params, dev_candidates=dev, negatives_file=Path(mined_dir) / NEGATIVES_FILE, progress=False)
+    model_dir = train_reranker(
+        ds,
+        rows,
+        out_dir,
+        params,
+        dev_candidates=dev,
+        negatives_file=Path(mined_dir) / NEGATIVES_FILE,
+        progress=False,
+    )
     tm = json.loads((Path(model_dir) / "train_metrics.json").read_text(encoding="utf-8"))
     return {k: tm[k] for k in ("steps", "seconds", "best_dev_mrr@10", "best_step") if k in tm}
 
@@ -252,9 +304,10 @@ def evaluate_stage(
 
     ds = load_dataset(data_dir)
     d = params["data"]
-    qids = split_query_ids(ds, d["dev_split"]) + split_query_ids(ds, d["test_split"])
-    run = dense_run(reduced_dir, qids, int(params["retrieve"]["top_k"]))
-    scorer = CrossEncoderScorer(model_dir, max_length=int(params["train"]["max_length"]), bf16=bool(params["train"].get("bf16", True)))
+    run = dense_run(ds, reduced_dir, params, [d["dev_split"], d["test_split"]])
+    scorer = CrossEncoderScorer(
+        model_dir, max_length=int(params["train"]["max_length"]), bf16=bool(params["train"].get("bf16", True))
+    )
     ev = evaluate_reranker(ds, scorer, run, params)
     write_evaluation(ev, out_dir, model_dir=model_dir, lineage=read_lineage(model_dir))
     return headline(ev.metrics, params)
@@ -302,10 +355,39 @@ def export_stage(
     ds = load_dataset(data_dir)
     dev_split = params["data"]["dev_split"]
     depth = int(params["retrieve"]["rerank_depth"])
-    run = dense_run(reduced_dir, split_query_ids(ds, dev_split), depth)
+    run = dense_run(ds, reduced_dir, params, [dev_split])
     dev = DevSet.from_beir(data_dir, split=dev_split, run=run, depth=depth)
-    res = export_from_params(model_dir, out_dir, dict(params), dev, model_name=params["serve"]["model_name"], version=version)
+    res = export_from_params(
+        model_dir, out_dir, dict(params), dev, model_name=params["serve"]["model_name"], version=version
+    )
     return {"export_dir": str(res.out_dir), "parity": res.parity}
+
+
+def served_evaluation_stage(
+    data_dir: str | os.PathLike,
+    reduced_dir: str | os.PathLike,
+    export_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+) -> dict[str, Any]:
+    """Evaluate what is served: the exported ONNX variant (``serve.variant``) through hardneg.rerank, fused with the
+    first stage at the weight recorded in the export's metadata (not re-tuned), on the test split."""
+    from hardneg.data import load_dataset
+    from hardneg.evaluate import OnnxScorer, evaluate_reranker, write_evaluation
+
+    meta = json.loads((Path(export_dir) / "metadata.json").read_text(encoding="utf-8"))
+    weight = (meta.get("fusion") or {}).get("weight")
+    p = copy.deepcopy(dict(params))
+    if weight is not None:
+        p["evaluate"]["fusion_weights"] = [float(weight)]
+    ds = load_dataset(data_dir)
+    d = p["data"]
+    run = dense_run(ds, reduced_dir, p, [d["dev_split"], d["test_split"]])
+    variant = str(p["serve"].get("variant", "int8"))
+    ev = evaluate_reranker(ds, OnnxScorer(export_dir, variant=variant), run, p)
+    ev.metrics["evaluated"] = f"{export_dir} ({variant})"
+    write_evaluation(ev, out_dir)
+    return {"variant": variant, **headline(ev.metrics, p)}
 
 
 def require_gate(summary: Mapping[str, Any]) -> None:
@@ -325,7 +407,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------------ register
 
 
-def register_stage(export_dir: str | os.PathLike, params: Mapping[str, Any], version: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+def register_stage(
+    export_dir: str | os.PathLike, params: Mapping[str, Any], version: str, out_dir: str | os.PathLike
+) -> dict[str, Any]:
     """Render the canary rollout of ``version`` (kustomize overlay + lineage annotations) into ``out_dir``; the
     release history lives under the pipeline root (``<pipeline_root>/releases``)."""
     from hardneg.release import ReleaseSettings, release
@@ -333,4 +417,9 @@ def register_stage(export_dir: str | os.PathLike, params: Mapping[str, Any], ver
     settings = ReleaseSettings.from_params(dict(params))
     settings.releases_dir = Path(params["pipeline"]["pipeline_root"]).resolve() / "releases"
     res = release(version=version, model_dir=export_dir, out=out_dir, params=dict(params), settings=settings)
-    return {"release_dir": str(res.out_dir), "version": version, "traffic": res.release.traffic, "rendered": res.rendered}
+    return {
+        "release_dir": str(res.out_dir),
+        "version": version,
+        "traffic": res.release.traffic,
+        "rendered": res.rendered,
+    }

@@ -6,7 +6,6 @@ params ``pipeline`` at definition time (``build_pipeline(params)``); kfp-kuberne
 secret) only matter on a cluster and are ignored by the local runner.
 """
 
-
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -30,7 +29,9 @@ def _resources(task, spec: dict[str, Any] | None, gpu: bool = False):
     if spec.get("cpu"):
         task.set_cpu_request(str(spec["cpu"])).set_cpu_limit(str(spec.get("cpu_limit", spec["cpu"])))
     if spec.get("memory"):
-        task.set_memory_request(str(spec["memory"])).set_memory_limit(str(spec.get("memory_limit", spec["memory"])))
+        task.set_memory_request(str(spec["memory"])).set_memory_limit(
+            str(spec.get("memory_limit", spec["memory"]))
+        )
     if gpu:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
@@ -44,7 +45,9 @@ def build_pipeline(params: dict[str, Any]):
     gpu_stages = set(pp.get("gpu_stages") or [])
     cluster = pp.get("cluster", {})
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Hard-negative mining -> cross-encoder reranker -> ONNX -> KServe")
+    @dsl.pipeline(
+        name=PIPELINE_NAME, description="Hard-negative mining -> cross-encoder reranker -> ONNX -> KServe"
+    )
     def hardneg_pipeline(
         dvc_repo: str,
         dvc_rev: str,
@@ -57,24 +60,48 @@ def build_pipeline(params: dict[str, Any]):
     ):
         summary = run_summary(lineage_json=lineage_json)
         with dsl.ExitHandler(summary, name="hardneg-run"):
-            fetch = fetch_data(dvc_repo=dvc_repo, dvc_rev=dvc_rev, data_path=data_path, data_version=data_version)
+            fetch = fetch_data(
+                dvc_repo=dvc_repo, dvc_rev=dvc_rev, data_path=data_path, data_version=data_version
+            )
             kubernetes.use_secret_as_env(
                 fetch,
                 secret_name=cluster.get("dvc_secret", "hardneg-dvc-remote"),
-                secret_key_to_env={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+                secret_key_to_env={
+                    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+                },
             )
             data = fetch.outputs["data"]
-            val = _resources(validate_data(data=data, params_json=params_json, lineage_json=lineage_json), res.get("validate"))
+            val = _resources(
+                validate_data(data=data, params_json=params_json, lineage_json=lineage_json),
+                res.get("validate"),
+            )
             with dsl.ParallelFor(items=embed_items, parallelism=2, name="embed-models-x-shards") as item:
-                emb = embed(data=data, params_json=params_json, lineage_json=lineage_json, item=item).after(val)
+                emb = embed(data=data, params_json=params_json, lineage_json=lineage_json, item=item).after(
+                    val
+                )
                 _resources(emb, res.get("embed"), "embed" in gpu_stages)
-                kubernetes.mount_pvc(emb, pvc_name=cluster.get("cache_pvc", "hardneg-embedding-cache"), mount_path=cluster.get("cache_mount", "/cache"))
+                kubernetes.mount_pvc(
+                    emb,
+                    pvc_name=cluster.get("cache_pvc", "hardneg-embedding-cache"),
+                    mount_path=cluster.get("cache_mount", "/cache"),
+                )
             red = _resources(
-                reduce(embeddings=dsl.Collected(emb.outputs["embeddings"]), params_json=params_json, lineage_json=lineage_json),
+                reduce(
+                    embeddings=dsl.Collected(emb.outputs["embeddings"]),
+                    params_json=params_json,
+                    lineage_json=lineage_json,
+                ),
                 res.get("reduce"),
             )
             mn = _resources(
-                mine(data=data, reduced=red.outputs["reduced"], params_json=params_json, lineage_json=lineage_json), res.get("mine")
+                mine(
+                    data=data,
+                    reduced=red.outputs["reduced"],
+                    params_json=params_json,
+                    lineage_json=lineage_json,
+                ),
+                res.get("mine"),
             )
             tr = _resources(
                 train(
@@ -89,7 +116,11 @@ def build_pipeline(params: dict[str, Any]):
             )
             ev = _resources(
                 evaluate(
-                    data=data, reduced=red.outputs["reduced"], model=tr.outputs["model"], params_json=params_json, lineage_json=lineage_json
+                    data=data,
+                    reduced=red.outputs["reduced"],
+                    model=tr.outputs["model"],
+                    params_json=params_json,
+                    lineage_json=lineage_json,
                 ),
                 res.get("evaluate"),
             )

@@ -42,7 +42,9 @@ def _localise(params: dict[str, Any], repo: Path) -> dict[str, Any]:
     return p
 
 
-def pipeline_arguments(params: dict[str, Any], repo: str | os.PathLike = ".", *, cluster: bool = False) -> dict[str, Any]:
+def pipeline_arguments(
+    params: dict[str, Any], repo: str | os.PathLike = ".", *, cluster: bool = False
+) -> dict[str, Any]:
     """The pipeline's run arguments, all derived from params.yaml and the repo's data.dvc / git state."""
     repo = Path(repo).resolve()
     p = copy.deepcopy(params) if cluster else _localise(params, repo)
@@ -51,8 +53,14 @@ def pipeline_arguments(params: dict[str, Any], repo: str | os.PathLike = ".", *,
         p["embed"]["cache_dir"] = f"{c.get('cache_mount', '/cache')}/embeddings"
     dvc_file = repo / "data.dvc"
     if not dvc_file.exists():
-        raise HardnegError(f"{dvc_file} not found: run from the project root (the pipeline pulls its data with DVC)")
-    lineage = {"data_version": data_version(dvc_file), "git_commit": git_commit(repo), "params_hash": params_hash(params)}
+        raise HardnegError(
+            f"{dvc_file} not found: run from the project root (the pipeline pulls its data with DVC)"
+        )
+    lineage = {
+        "data_version": data_version(dvc_file),
+        "git_commit": git_commit(repo),
+        "params_hash": params_hash(params),
+    }
     data_dir = p["data"]["dir"]
     return {
         "dvc_repo": p["pipeline"].get("cluster", {}).get("git_repo", "") if cluster else str(repo),
@@ -80,7 +88,9 @@ def compile_pipeline(params: dict[str, Any], out: str | os.PathLike, repo: str |
     return out
 
 
-def run_local(params: dict[str, Any], repo: str | os.PathLike = ".", *, caching: bool = True) -> dict[str, Any]:
+def run_local(
+    params: dict[str, Any], repo: str | os.PathLike = ".", *, caching: bool = True
+) -> dict[str, Any]:
     """Run the whole pipeline with KFP's local SubprocessRunner (no cluster, no Docker) and return a summary."""
     from kfp import local
 
@@ -91,7 +101,12 @@ def run_local(params: dict[str, Any], repo: str | os.PathLike = ".", *, caching:
     root = Path(lp["pipeline"]["pipeline_root"])
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HARDNEG_IMAGE", lp["pipeline"]["image"])
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=caching, raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=caching,
+        raise_on_error=True,
+    )
     before = set(root.glob("hardneg-*"))
     t0 = time.perf_counter()
     try:
@@ -119,6 +134,7 @@ def summarize_run(root: Path, run_dir: Path | None, seconds: float, args: dict[s
     those of the newest earlier run (the cache entries point there)."""
     cached = run_dir is None or not (run_dir / "evaluate").exists()
     metrics_file = _newest(root, "evaluate/metrics")
+    served_file = _newest(root, "quality-gate-passed/export-onnx/served_metrics")
     summary: dict[str, Any] = {
         "seconds": round(seconds, 1),
         "run_dir": str(run_dir) if run_dir else None,
@@ -126,6 +142,7 @@ def summarize_run(root: Path, run_dir: Path | None, seconds: float, args: dict[s
         "model_version": args["model_version"],
         "lineage": json.loads(args["lineage_json"]),
         "metrics": json.loads(metrics_file.read_text()) if metrics_file else None,
+        "served_metrics": json.loads(served_file.read_text()) if served_file else None,
     }
     for name, rel in (
         ("onnx_model", "quality-gate-passed/export-onnx/onnx_model"),

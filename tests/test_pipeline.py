@@ -18,7 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _sh(cmd: list[str], cwd: Path) -> None:
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"})
+    subprocess.run(
+        cmd,
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "DVC_NO_ANALYTICS": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +49,25 @@ def tiny_project(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict]:
     params["embed"].update(
         cache_dir=str(proj / ".cache"),
         shards=2,
-        models=[{"name": str(proj / "models" / "tiny-a"), **m}, {"name": str(proj / "models" / "tiny-b"), **m}],
+        models=[
+            {"name": str(proj / "models" / "tiny-a"), **m},
+            {"name": str(proj / "models" / "tiny-b"), **m},
+        ],
     )
     params["mine"].update(top_k=50, num_negatives=3)
     params["retrieve"].update(top_k=50, rerank_depth=10)
-    params["train"].update(base_model=str(proj / "models" / "tiny-a"), max_steps=4, eval_every=2, max_length=64, queries_per_step=2, group_size=4, time_budget_min=5)
-    params["export"].update(parity_int8_max_mrr_drop=1.0)  # a random tiny model: int8 ranking noise is not the subject here
+    params["train"].update(
+        base_model=str(proj / "models" / "tiny-a"),
+        max_steps=4,
+        eval_every=2,
+        max_length=64,
+        queries_per_step=2,
+        group_size=4,
+        time_budget_min=5,
+    )
+    params["export"].update(
+        parity_int8_max_mrr_drop=1.0
+    )  # a random tiny model: int8 ranking noise is not the subject here
     params["pipeline"].update(pipeline_root=str(proj / "local_outputs"), min_gain_mrr10=-1.0)
     params["release"].update(k8s_dir=str(REPO / "k8s"), releases_dir=str(proj / "releases"))
     return proj, params
@@ -60,7 +80,18 @@ def test_compiled_pipeline_has_the_stages_and_cluster_settings(tmp_path, tiny_pr
     out = compile_pipeline(params, tmp_path / "pipeline.yaml", proj)
     spec, platform = list(yaml.safe_load_all(out.read_text()))
     execs = set(spec["deploymentSpec"]["executors"])
-    for stage in ("fetch-data", "validate-data", "embed", "reduce", "mine", "train", "evaluate", "export-onnx", "register", "run-summary"):
+    for stage in (
+        "fetch-data",
+        "validate-data",
+        "embed",
+        "reduce",
+        "mine",
+        "train",
+        "evaluate",
+        "export-onnx",
+        "register",
+        "run-summary",
+    ):
         assert f"exec-{stage}" in execs, stage
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-embed"]["pvcMount"][0]["mountPath"] == "/cache"
@@ -82,13 +113,19 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
     args = pipeline_arguments(params, proj)
     pkg = compile_pipeline(params, tmp_path / "pipeline.yaml", proj)
     root = Path(params["pipeline"]["pipeline_root"])
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), enable_caching=True, raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=True,
+        raise_on_error=True,
+    )
     loaded = components.load_component_from_file(str(pkg))
     loaded(**args)
     runs = sorted(root.glob("hardneg-*"))
     assert len(runs) == 1
     s = summarize_run(root, runs[0], 0.0, args)
     assert s["metrics"]["gate_passed"] is True
+    assert s["served_metrics"]["variant"] == "int8" and "fusion/mrr@10" in s["served_metrics"]
     exported = Path(s["onnx_model"])
     meta = json.loads((exported / "metadata.json").read_text())
     assert meta["lineage"]["data_version"] == args["data_version"]
@@ -119,7 +156,12 @@ def test_failing_validation_stops_the_run_before_embedding(tmp_path, tiny_projec
     p = json.loads(json.dumps(params))
     p["pipeline"]["pipeline_root"] = str(tmp_path / "lo")
     args = pipeline_arguments(p, bad)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "lo"), enable_caching=False, raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / "lo"),
+        enable_caching=False,
+        raise_on_error=True,
+    )
     with pytest.raises(RuntimeError) as e:
         build_pipeline(p)(**args)
     msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e.value))
