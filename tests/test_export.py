@@ -1,0 +1,201 @@
+"""ONNX export: files, parity gates, metadata + checksums, lineage in metadata_props, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from _tiny_reranker import (
+    FUSION_WEIGHT,
+    LINEAGE,
+    METRICS,
+    TINY_INT8_MAX_MRR_DROP,
+    tiny_dev_set,
+    tiny_export,
+    trained_tiny_ce,
+)
+from typer.testing import CliRunner
+
+from hardneg.errors import GateFailedError, HardnegError
+from hardneg.export import DevSet, export_model, mrr_at_k, read_export_lineage
+from hardneg.lineage import Lineage, sha256_file
+from hardneg.rerank import ExportIntegrityError, verify_export_dir
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory, tiny_model_dir, tiny_data_dir):
+    return trained_tiny_ce(tmp_path_factory.getbasetemp(), tiny_model_dir, tiny_data_dir)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, tiny_model_dir, tiny_data_dir):
+    return tiny_export(tmp_path_factory.getbasetemp(), tiny_model_dir, tiny_data_dir)
+
+
+def test_export_writes_both_variants_and_passes_the_gates(export_dir):
+    names = {p.name for p in export_dir.iterdir()}
+    assert {
+        "model.onnx",
+        "model.int8.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "metadata.json",
+        "parity.json",
+    } <= names
+    parity = json.loads((export_dir / "parity.json").read_text())
+    assert parity["passed"] is True
+    assert parity["fp32"]["max_abs_diff"] <= 1e-4  # params export.parity_fp32_max_abs
+    assert parity["fp32"]["threshold"] == 1e-4
+    assert parity["sample"]["pairs"] > 0
+    i8 = parity["int8"]
+    assert i8["threshold_mrr_drop"] == TINY_INT8_MAX_MRR_DROP and i8["mrr@10_drop"] <= TINY_INT8_MAX_MRR_DROP
+    assert 0 <= i8["mrr@10_int8"] <= 1 and i8["mrr@10_drop"] == pytest.approx(
+        i8["mrr@10_fp32"] - i8["mrr@10_int8"]
+    )
+    assert i8["dev"]["queries"] == 8 and i8["dev"]["pairs"] == 80
+    assert 0 < i8["max_abs_diff"] < 0.2
+    assert (export_dir / "model.int8.onnx").stat().st_size < (export_dir / "model.onnx").stat().st_size
+
+
+def test_metadata_has_lineage_fusion_metrics_and_checksums_of_every_file(export_dir):
+    meta = json.loads((export_dir / "metadata.json").read_text())
+    assert meta["model_name"] == "tiny-reranker" and meta["version"] == "t1"
+    assert meta["max_length"] == 128
+    assert meta["fusion"] == {"weight": FUSION_WEIGHT, "first_stage": "dense"}
+    assert meta["metrics"] == METRICS
+    lin = Lineage.from_dict(meta["lineage"])
+    assert (lin.data_version, lin.git_commit, lin.params_hash) == (
+        LINEAGE["data_version"],
+        LINEAGE["git_commit"],
+        LINEAGE["params_hash"],
+    )
+    assert lin.inputs["negatives_sha256"] == LINEAGE["inputs"]["negatives_sha256"]
+    assert len(lin.inputs["model_fingerprint"]) == 64
+    others = sorted(p.name for p in export_dir.iterdir() if p.name != "metadata.json")
+    assert sorted(meta["files"]) == others
+    for name, digest in meta["files"].items():
+        assert sha256_file(export_dir / name) == digest
+    assert verify_export_dir(export_dir, ["fp32", "int8"])["version"] == "t1"
+
+
+@pytest.mark.parametrize("variant", ["model.onnx", "model.int8.onnx"])
+def test_onnx_metadata_props_carry_the_lineage(export_dir, variant):
+    m = onnx.load(str(export_dir / variant))
+    props = {p.key: p.value for p in m.metadata_props}
+    assert props["hardneg.data_version"] == LINEAGE["data_version"]
+    assert props["hardneg.git_commit"] == LINEAGE["git_commit"]
+    assert props["hardneg.version"] == "t1"
+    assert props["hardneg.fusion_weight"] == str(FUSION_WEIGHT)
+    meta = json.loads((export_dir / "metadata.json").read_text())
+    assert read_export_lineage(export_dir / variant).to_dict() == meta["lineage"]
+    assert m.opset_import[0].version == 17 or any(
+        o.domain in ("", "ai.onnx") and o.version == 17 for o in m.opset_import
+    )
+
+
+def test_graph_has_dynamic_batch_and_sequence_axes_and_sigmoid_scores(export_dir):
+    sess = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in sess.get_inputs()] == [["batch", "sequence"]] * 3
+    assert [o.name for o in sess.get_outputs()] == ["score", "logits"]
+    for batch, seq in [(1, 5), (3, 40)]:
+        feed = {i.name: np.ones((batch, seq), dtype=np.int64) for i in sess.get_inputs()}
+        feed["token_type_ids"] = np.zeros((batch, seq), dtype=np.int64)
+        score, logits = sess.run(None, feed)
+        assert score.shape == (batch,) and logits.shape == (batch, 1)
+        np.testing.assert_allclose(score, 1 / (1 + np.exp(-logits[:, 0])), rtol=1e-6)
+
+
+def test_a_failing_parity_gate_raises_and_leaves_no_servable_export(trained_dir, tmp_path, monkeypatch):
+    import hardneg.export as export_mod
+
+    real = export_mod._torch_scores
+    monkeypatch.setattr(export_mod, "_torch_scores", lambda ce, pairs: real(ce, pairs) + 0.01)  # a parity bug
+    out = tmp_path / "exp"
+    with pytest.raises(GateFailedError, match=r"fp32 max \|score diff\| 0\.01 > 0\.0001"):
+        export_model(trained_dir, out, None)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] is False and parity["fp32"]["passed"] is False
+    assert parity["fp32"]["max_abs_diff"] == pytest.approx(0.01, abs=1e-4)
+    assert parity["int8"][
+        "skipped"
+    ]  # no dev set given: the MRR gate is reported as skipped, not silently passed
+    assert not (out / "metadata.json").exists()
+    with pytest.raises(ExportIntegrityError, match="parity gate failed"):
+        verify_export_dir(out)
+
+
+def test_the_int8_mrr_gate_fails_when_the_threshold_is_impossible(trained_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "exp"
+    with pytest.raises(GateFailedError, match="int8 MRR@10 drop"):
+        export_model(trained_dir, out, tiny_dev_set(tiny_data_dir), parity_int8_max_mrr_drop=-1.0)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["fp32"]["passed"] is True and parity["int8"]["passed"] is False
+
+
+def test_export_refuses_bad_inputs_fast(tmp_path, trained_dir):
+    with pytest.raises(HardnegError, match="not a CrossEncoder folder"):
+        export_model(tmp_path, tmp_path / "out")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(HardnegError, match="refusing to overwrite"):
+        export_model(trained_dir, busy)
+    assert (busy / "notes.txt").read_text() == "mine"
+    bad = tmp_path / "bad-fusion"
+    shutil.copytree(trained_dir, bad)
+    (bad / "fusion.json").write_text('{"weight": 3}')
+    with pytest.raises(HardnegError, match="fusion.json"):
+        export_model(bad, tmp_path / "out2")
+
+
+def test_dev_set_from_a_run_takes_the_top_depth_candidates(tiny_data_dir, tmp_path):
+    from hardneg.data import load_dataset
+
+    ds = load_dataset(tiny_data_dir)
+    qid = sorted(ds.split_qrels("dev"))[0]
+    docs = sorted(ds.corpus)[:5]
+    run = {qid: {d: float(i) for i, d in enumerate(docs)} | {"no-such-doc": 99.0}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    dev = DevSet.from_beir(tiny_data_dir, "dev", run=tmp_path / "run.json", depth=3)
+    assert dev.candidates == {qid: [docs[4], docs[3], docs[2]]}
+    assert dev.qrels[qid] == ds.split_qrels("dev")[qid]
+
+
+def test_mrr_at_k():
+    dev = DevSet(
+        queries={"q1": "a", "q2": "b"},
+        docs={"d1": "x", "d2": "y", "d3": "z"},
+        candidates={"q1": ["d1", "d2", "d3"], "q2": ["d1", "d2"]},
+        qrels={"q1": {"d3": 1}, "q2": {"d3": 1}},
+    )
+    # q1: d3 ranked 2nd -> 0.5; q2: no relevant candidate -> 0
+    assert mrr_at_k({"q1": [0.9, 0.1, 0.5], "q2": [0.2, 0.1]}, dev) == pytest.approx(0.25)
+    assert mrr_at_k({"q1": [0.9, 0.1, 0.5], "q2": [0.2, 0.1]}, dev, k=1) == 0.0
+
+
+def test_cli_export(trained_dir, tiny_data_dir, tmp_path):
+    from hardneg.cli import app
+
+    out = tmp_path / "cli-export"
+    # a partial params file: the export section only (int8 gate loosened for 8 queries)
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(f"export:\n  parity_int8_max_mrr_drop: {TINY_INT8_MAX_MRR_DROP}\n")
+    args = ["--config", str(cfg), "export", "--model-dir", str(trained_dir), "--out", str(out)]
+    res = CliRunner().invoke(
+        app, [*args, "--data-dir", str(tiny_data_dir), "--depth", "10", "--version", "cli1"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "int8 MRR@10 drop" in res.output
+    assert json.loads((out / "metadata.json").read_text())["version"] == "cli1"
+    assert (
+        json.loads((out / "parity.json").read_text())["int8"]["threshold_mrr_drop"] == TINY_INT8_MAX_MRR_DROP
+    )
+    res = CliRunner().invoke(
+        app, ["export", "--model-dir", str(tmp_path / "nope"), "--out", str(out), "--no-dev"]
+    )
+    text = " ".join(res.output.split())  # rich wraps long lines
+    assert res.exit_code == 1 and "not a CrossEncoder folder" in text and "Traceback" not in text
