@@ -11,10 +11,14 @@ Policies (``mine.policy``):
   (so it is closer to Q than the closest positive, and closer to Q than to any positive); every (Q, P) row of that
   query gets the same negatives. *Top-K vs the paper's full scan*: every D meeting condition 1 scores above the best
   positive, so the top-K list holds all of them whenever it reaches the best positive's score; otherwise, when fewer
-  than n negatives were found, the query is re-scanned over the whole corpus (``paper_exact``), so the result equals
-  the paper's full scan. Queries with no qualifying D get rows with ``negative_ids: []`` and are counted.
+  than n negatives were found, that query's condition-1 region is re-scanned exactly over the whole corpus
+  (``rescan``), so the result equals the paper's full scan. Queries with no qualifying D get rows with
+  ``negative_ids: []`` and are counted.
 - ``positive-aware`` (NV-Retriever TopK-PercPos): drop D with ``sim(Q,D) > perc_pos * sim(Q,P)`` against the least
-  similar positive (sign-safe: ``s - (1 - perc_pos) * |s|``), take the top n by ``sim(Q,D)``.
+  similar positive (sign-safe: ``s - (1 - perc_pos) * |s|``), take the top n by ``sim(Q,D)``. When the top-K window
+  lies entirely above the cap (the positive ranks far down), ``rescan`` takes the top-K documents *below* the cap
+  instead (the NV-Retriever definition; a fixed rank window, as in sentence-transformers' ``range_max``, would return
+  nothing for exactly the queries the first stage gets most wrong). Same for ``hybrid``.
 - ``hybrid`` (ours): condition 2 against each positive + the positive-aware cap, ranked by closeness to Q, n
   negatives (group losses need several), and negatives that are near-duplicates of an already chosen negative are
   skipped (``dedup_negatives``), so a group does not spend slots on the same text twice.
@@ -198,7 +202,7 @@ class MineConfig:
     index: str = "flat"
     num_negatives: int = 7
     paper_num_negatives: int = 1
-    paper_exact: bool = True
+    rescan: bool = True
     perc_pos: float = 0.95
     dedup_sim: float = 0.98
     dedup_negatives: bool = True
@@ -366,27 +370,85 @@ class _Miner:
         sims = s_qd[sel] if self.cfg.policy != "bm25" else (self.D[chosen] @ q).astype(np.float32)
         return _QueryResult(chosen, sims, count_codes(code, sel), len(cand), eligible_unused)
 
-    def paper_rescan_needed(
-        self, res: _QueryResult, s_qp_max: float, s_qd_all: np.ndarray, k_searched: int
-    ) -> bool:
-        """True when the top-K list may have cut off condition-1 documents (see module doc)."""
-        if self.cfg.policy != "paper" or not self.cfg.paper_exact or len(res.selected) >= self.cfg.n:
-            return False
-        if k_searched >= len(self.doc_ids) or len(s_qd_all) == 0:
-            return False
-        return bool(s_qd_all[-1] > s_qp_max)
+    def rescan_region(
+        self, res: _QueryResult, s_qp: np.ndarray, s_qd_all: np.ndarray, k_searched: int
+    ) -> tuple[float | None, float | None, int | None] | None:
+        """The exact score region to re-scan when the top-K window ended before the policy's region, else None.
 
-    def full_candidates(self, q: np.ndarray, s_min: float) -> tuple[np.ndarray, np.ndarray]:
-        """Every document with ``sim(Q,D) > s_min``, best first (exact, blockwise over the corpus)."""
-        idx, sims = [], []
-        for s in range(0, len(self.doc_ids), 262144):
-            sc = self.D[s : s + 262144] @ q
-            keep = np.flatnonzero(sc > s_min)
-            idx.append(keep + s)
-            sims.append(sc[keep])
-        ix, sc = np.concatenate(idx), np.concatenate(sims).astype(np.float32)
-        order = np.lexsort((ix, -sc))
-        return ix[order], sc[order]
+        paper: every D with ``sim > best positive`` (condition 1 region; all of it); positive-aware/hybrid: the
+        ``k_searched`` best D with ``sim <= cap`` (NV-Retriever takes the top negatives *below* the cap, wherever they rank).
+        Returns ``(lo, hi, limit)`` for :meth:`scan`.
+        """
+        cfg = self.cfg
+        if (
+            not cfg.rescan
+            or len(res.selected) >= cfg.n
+            or k_searched >= len(self.doc_ids)
+            or len(s_qd_all) == 0
+        ):
+            return None
+        last = float(s_qd_all[-1])
+        if cfg.policy == "paper" and last > float(s_qp.max()):
+            return float(s_qp.max()), None, None
+        if cfg.policy in ("positive-aware", "hybrid"):
+            cap = perc_pos_threshold(s_qp, cfg.perc_pos) + 1e-7
+            if last > cap:
+                return None, cap, k_searched
+        return None
+
+    def scan_many(
+        self,
+        Qr: np.ndarray,
+        regions: Sequence[tuple[float | None, float | None, int | None]],
+        q_batch: int = 256,
+        block: int = 65536,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Exact scan for several queries at once: per query the documents with ``lo < sim <= hi``, best first, at most
+        ``limit`` (None = all). One blockwise pass over the corpus per ``q_batch`` queries (the corpus is read once
+        per batch, not once per query: at 1M x 384 a per-query scan is memory-bound at ~0.1 s)."""
+        nr = len(regions)
+        lo = np.array([-np.inf if r[0] is None else r[0] for r in regions], np.float32)
+        hi = np.array([np.inf if r[1] is None else r[1] for r in regions], np.float32)
+        parts_i: list[list[np.ndarray]] = [[] for _ in range(nr)]
+        parts_s: list[list[np.ndarray]] = [[] for _ in range(nr)]
+        for b in range(0, nr, q_batch):
+            rows = np.arange(b, min(b + q_batch, nr))
+            Qb = np.ascontiguousarray(Qr[rows], dtype=np.float32)
+            limited = [j for j, r in enumerate(rows) if regions[r][2] is not None]
+            unlimited = [j for j, r in enumerate(rows) if regions[r][2] is None]
+            L = max((int(regions[rows[j]][2]) for j in limited), default=0)
+            for s in range(0, len(self.doc_ids), block):
+                S = Qb @ self.D[s : s + block].T  # [batch, block]
+                M = (S > lo[rows, None]) & (S <= hi[rows, None])
+                if unlimited:
+                    rr, cc = np.nonzero(M[unlimited])
+                    for j_local, j in enumerate(unlimited):
+                        sel = cc[rr == j_local]
+                        parts_i[rows[j]].append(sel + s)
+                        parts_s[rows[j]].append(S[j, sel])
+                if limited and L > 0:
+                    Sm = np.where(M[limited], S[limited], -np.inf)
+                    top = (
+                        np.argpartition(-Sm, L - 1, axis=1)[:, :L]
+                        if Sm.shape[1] > L
+                        else np.argsort(-Sm, axis=1)
+                    )
+                    vals = np.take_along_axis(Sm, top, axis=1)
+                    for j_local, j in enumerate(limited):
+                        ok = np.isfinite(vals[j_local])
+                        parts_i[rows[j]].append(top[j_local][ok] + s)
+                        parts_s[rows[j]].append(vals[j_local][ok])
+        out = []
+        for r in range(nr):
+            ix = np.concatenate(parts_i[r]) if parts_i[r] else np.zeros(0, np.int64)
+            sc = np.concatenate(parts_s[r]).astype(np.float32) if parts_s[r] else np.zeros(0, np.float32)
+            limit = regions[r][2]
+            if limit is not None and len(ix) > limit:
+                top = np.argpartition(-sc, limit - 1)[:limit]
+                ix, sc = ix[top], sc[top]
+            order = np.lexsort((ix, -sc))
+            out.append((ix[order].astype(np.int64), sc[order]))
+        return out
 
     def random_select(self, qid: str, q: np.ndarray) -> _QueryResult:
         n_docs = len(self.doc_ids)
@@ -504,7 +566,9 @@ def mine_negatives(
         from tqdm.auto import tqdm
 
         it = tqdm(work, desc=f"mine {cfg.policy}", unit="q", leave=False)
-    for w_i, (qid, qi, rule_pos, pos_ids) in enumerate(it):
+    results: list[_QueryResult] = []
+    pending: list[tuple[int, tuple[float | None, float | None, int | None]]] = []
+    for w_i, (qid, qi, rule_pos, _) in enumerate(it):
         q = Qv[qi]
         if cfg.policy == "random":
             res = miner.random_select(qid, q)
@@ -513,12 +577,19 @@ def mine_negatives(
             valid = Ix[w_i] >= 0
             cand, s_qd = Ix[w_i][valid], S[w_i][valid]
             res = miner.select(qid, q, rule_pos, cand, s_qd)
-            s_qp_max = float((D[rule_pos] @ q).max())
-            if miner.paper_rescan_needed(res, s_qp_max, s_qd, k):
-                cand, s_qd = miner.full_candidates(q, s_qp_max)
-                res = miner.select(qid, q, rule_pos, cand, s_qd)
-                res.rescanned = True
-                rescans += 1
+            region = miner.rescan_region(res, D[rule_pos] @ q, s_qd, k)
+            if region is not None:
+                pending.append((w_i, region))
+        results.append(res)
+    if pending:  # exact re-scan of the queries whose top-K window ended before the policy's region (batched)
+        scans = miner.scan_many(Qv[[work[w_i][1] for w_i, _ in pending]], [r for _, r in pending])
+        for (w_i, _), (cand, s_qd) in zip(pending, scans, strict=True):
+            qid, qi, rule_pos, _ = work[w_i]
+            results[w_i] = miner.select(qid, Qv[qi], rule_pos, cand, s_qd)
+            results[w_i].rescanned = True
+        rescans = len(pending)
+    for (qid, qi, rule_pos, pos_ids), res in zip(work, results, strict=True):
+        q = Qv[qi]
         considered += res.considered
         eligible_unused += res.eligible_unused
         for r, c in res.counts.items():
@@ -576,7 +647,7 @@ def mine_negatives(
         "candidates_considered": considered,
         "rejected": rejected,
         "eligible_unused": eligible_unused,
-        "paper_exact_rescans": rescans,
+        "rescans": rescans,
         "missing": {"query_vectors": missing_q, "positive_vectors": missing_p},
         "histograms": {
             "bin_edges": [round(float(b), 4) for b in HIST_BINS],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,50 @@ Run = dict[str, dict[str, float]]
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _blas_env_for_faiss() -> dict[str, str]:
+    """Environment for the OpenBLAS + libgomp bundled in the faiss-cpu wheel (read once, when faiss is imported).
+
+    The wheel's OpenBLAS (0.3.15) predates Sapphire Rapids and falls back to a slow generic kernel there: forcing the
+    AVX-512 (SkylakeX) or AVX2 (Haswell) kernel family made IndexFlatIP search 3.5x faster on the 2-core dev box
+    (1024 x 200k x 384, k=110: 5.9 s -> 1.7 s). A passive OpenMP wait policy stops idle threads from spinning, which
+    halved search time on a shared machine. Values the user set win.
+    """
+    env = {}
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        env["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        env["OPENBLAS_CORETYPE"] = "Haswell"
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
+def _faiss():
+    """Import faiss with :func:`_blas_env_for_faiss` set only while its libraries load (torch, numpy and
+    subprocesses keep the caller's environment)."""
+    if "faiss" in sys.modules:
+        return sys.modules["faiss"]
+    env = _blas_env_for_faiss()
+    os.environ.update(env)
+    try:
+        import faiss
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+    return faiss
+
+
 def build_index(
     D: np.ndarray, index: IndexKind = "flat", *, nlist: int | None = None, hnsw_m: int = 32, seed: int = 13
 ):
@@ -29,7 +74,7 @@ def build_index(
     ``flat`` is exact (``IndexFlatIP``); ``ivf`` (``IndexIVFFlat``, ``nlist ~ 4*sqrt(n)``, trained on at most 256
     points per list) and ``hnsw`` (``IndexHNSWFlat``, inner product) are approximate.
     """
-    import faiss
+    faiss = _faiss()
 
     D = np.ascontiguousarray(D, dtype=np.float32)
     if D.ndim != 2 or D.shape[0] == 0:
