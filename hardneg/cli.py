@@ -48,7 +48,7 @@ def main(
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers", "numexpr"):
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers", "numexpr", "faiss.loader", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state.config = config
     state.params = None
@@ -769,6 +769,10 @@ def evaluate_cmd(
     first_stage_only: Annotated[
         bool, typer.Option("--first-stage-only", help="no reranker: dense and BM25 alone")
     ] = False,
+    first_stage: Annotated[
+        str | None,
+        typer.Option("--first-stage", help="candidates to rerank: dense | bm25 (default: params evaluate)"),
+    ] = None,
 ) -> None:
     """Evaluate first stage, reranking and fusion (weight tuned on dev) on the test split; per-query results saved."""
     from hardneg.data import load_dataset
@@ -780,8 +784,10 @@ def evaluate_cmd(
         write_evaluation,
     )
     from hardneg.lineage import current_lineage
+    from hardneg.train import apply_torch_threads
 
     params = get_params()
+    apply_torch_threads(params)
     ds = load_dataset(_dataset_root(data_dir))
     runs = first_stage_runs(ds, reduced_dir, params)
     scorer = None
@@ -796,9 +802,12 @@ def evaluate_cmd(
                 )
             scorer = CrossEncoderScorer(model_dir, bf16=bool(params["train"].get("bf16", True)))
             target_model_dir = model_dir
-    ev = evaluate_reranker(
-        ds, scorer, runs["dense"], params, extra_first_stages={"bm25": runs["bm25"]}, depth=depth
-    )
+    fs_name = first_stage or params["evaluate"].get("first_stage", "dense")
+    if fs_name not in runs:
+        raise HardnegError(f"--first-stage must be one of {sorted(runs)}, got {fs_name!r}")
+    others = {k: v for k, v in runs.items() if k != fs_name}
+    ev = evaluate_reranker(ds, scorer, runs[fs_name], params, extra_first_stages=others, depth=depth)
+    ev.metrics["first_stage_name"] = fs_name
     ev.metrics["evaluated"] = str(onnx_dir or model_dir) if scorer is not None else "first stage"
     write_evaluation(ev, out_dir, model_dir=target_model_dir, lineage=current_lineage(params))
     rows = [[name, *(f"{v:.4f}" for v in m.values())] for name, m in ev.metrics["systems"].items()]
@@ -839,12 +848,20 @@ def compare_cmd(
         Path | None, typer.Option("--reduced-dir", help="reuse `hardneg reduce` output")
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="only rewrite the table + report from compare_results.json")
+    ] = False,
 ) -> None:
     """Train and evaluate one reranker per negative strategy x seed (same model, budget, seeds); table + HTML report."""
-    from hardneg.compare import REPORT_HTML, RESULTS_MD, run_compare
+    from hardneg.compare import REPORT_HTML, RESULTS_MD, regenerate, run_compare
 
     for noisy in ("faiss", "bm25s", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if report_only:
+        regenerate(out_dir)
+        out.print((out_dir / RESULTS_MD).read_text(encoding="utf-8"), highlight=False)
+        out.print(f"report: {out_dir / REPORT_HTML}", highlight=False)
+        return
     params = get_params()
     try:
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None

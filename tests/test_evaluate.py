@@ -1,0 +1,197 @@
+"""Metrics against hand-computed values, reranking/fusion runs, the fusion weight, paired tests, full evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hardneg.config import default_params
+from hardneg.data import load_dataset
+from hardneg.errors import HardnegError
+from hardneg.evaluate import (
+    combine,
+    evaluate_reranker,
+    evaluate_run,
+    paired_test,
+    rerank_scores,
+    top_candidates,
+    tune_fusion_weight,
+    write_evaluation,
+)
+
+QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"z": 1}}
+RUN = {
+    "q1": {"x": 0.9, "a": 0.8, "y": 0.1},  # relevant at rank 2
+    "q2": {"b": 0.9, "d": 0.8, "c": 0.7},  # relevant at ranks 1 and 3
+    "q3": {"x1": 0.9, "x2": 0.8, "x3": 0.7, "z": 0.6},  # relevant at rank 4
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads are several times slower for these tiny models."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_metrics_match_hand_computed_values():
+    res = evaluate_run(RUN, QRELS)
+    assert res.mean["mrr@3"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert res.mean["mrr@10"] == pytest.approx((1 / 2 + 1 + 1 / 4) / 3)
+    ndcg_q1 = 1 / math.log2(3)
+    ndcg_q2 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    ndcg_q3 = 1 / math.log2(5)
+    assert res.mean["ndcg@10"] == pytest.approx((ndcg_q1 + ndcg_q2 + ndcg_q3) / 3)
+    assert res.mean["recall@100"] == pytest.approx(1.0)
+    assert res.per_query["mrr@10"] == pytest.approx({"q1": 0.5, "q2": 1.0, "q3": 0.25})
+    assert res.n_queries == 3
+
+
+def test_queries_missing_from_the_run_score_zero_and_extra_queries_are_ignored():
+    run = {"q1": {"a": 1.0}, "other": {"a": 1.0}}
+    res = evaluate_run(run, QRELS, ("mrr@10", "recall@100"))
+    assert res.mean["mrr@10"] == pytest.approx(1 / 3)
+    assert res.per_query["mrr@10"] == {"q1": 1.0, "q2": 0.0, "q3": 0.0}
+    with pytest.raises(HardnegError):
+        evaluate_run(run, {"q1": {"a": 0}})
+
+
+def test_combine_reorders_only_the_head_and_keeps_the_tail():
+    fs = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    rr = {"q": {"a": 0.1, "b": 0.9}}
+    order = lambda run: [d for d, _ in sorted(run["q"].items(), key=lambda kv: -kv[1])]  # noqa: E731
+    assert order(combine(fs, rr, depth=2)) == ["b", "a", "c"]
+    assert order(combine(fs, rr, depth=2, weight=0.0)) == ["a", "b", "c"]  # first stage only
+    assert order(combine(fs, rr, depth=2, weight=1.0)) == ["b", "a", "c"]
+    with pytest.raises(HardnegError, match="no reranker score"):
+        combine(fs, {"q": {"a": 1.0}}, depth=2)
+
+
+def test_tune_fusion_weight_picks_the_best_weight():
+    # the reranker puts the relevant doc first for q1, the first stage does for q2: the middle weights win both
+    fs = {"q1": {"x": 0.9, "a": 0.1}, "q2": {"b": 0.9, "y": 0.1}}
+    rr = {"q1": {"x": 0.1, "a": 0.9}, "q2": {"b": 0.2, "y": 0.3}}
+    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
+    w, curve = tune_fusion_weight(fs, rr, qrels, 2, [0.0, 0.5, 1.0])
+    assert curve["0"] == pytest.approx(0.75) and curve["1"] == pytest.approx(0.75)
+    assert curve[f"{w:g}"] == max(curve.values())
+
+
+def test_paired_test_sanity():
+    rng = np.random.default_rng(0)
+    a = {f"q{i}": float(v) for i, v in enumerate(rng.random(60))}
+    same = paired_test(a, dict(a))
+    assert same["p_ttest"] == 1.0 and same["p_randomization"] == 1.0 and same["diff"] == 0.0
+    better = {q: min(1.0, v + 0.3 + 0.05 * rng.standard_normal()) for q, v in a.items()}
+    res = paired_test(better, a, n_resamples=2000)
+    assert res["diff"] > 0.2 and res["p_ttest"] < 1e-6 and res["p_randomization"] < 0.01
+    assert res["ci95"][0] > 0.0
+    noise = {q: v + 0.01 * rng.standard_normal() for q, v in a.items()}
+    assert paired_test(noise, a)["p_randomization"] > 0.01
+    with pytest.raises(HardnegError):
+        paired_test({"x": 1.0}, {"y": 1.0})
+
+
+def test_rerank_scores_maps_pairs_back_to_ids():
+    cand = {"q1": ["a", "b"], "q2": ["b"]}
+    got = rerank_scores(
+        lambda pairs: np.array([len(d) for _, d in pairs], float),
+        {"q1": "Q1", "q2": "Q2"},
+        {"a": "aa", "b": "bbb"},
+        cand,
+    )
+    assert got == {"q1": {"a": 2.0, "b": 3.0}, "q2": {"b": 3.0}}
+    assert top_candidates({"q": {"a": 1.0, "b": 2.0, "c": 2.0}}, 2) == {"q": ["b", "c"]}
+
+
+class OracleScorer:
+    """Scores 1 for labelled (query, doc) pairs and 0 otherwise: reranking must reach the first stage's ceiling."""
+
+    def __init__(self, ds):
+        self.rel = {
+            (ds.queries[q].text, ds.corpus[d].full_text)
+            for s in ds.qrels
+            for q, docs in ds.split_qrels(s).items()
+            for d in docs
+        }
+
+    def score_pairs(self, pairs):
+        return np.array([1.0 if p in self.rel else 0.0 for p in pairs], dtype=np.float32)
+
+
+def test_evaluate_reranker_end_to_end_with_an_oracle(tiny_data_dir, tmp_path):
+    from hardneg.retrieve import bm25_search
+
+    ds = load_dataset(tiny_data_dir)
+    params = default_params()
+    params["retrieve"]["rerank_depth"] = 20
+    qids = list(ds.split_qrels("dev")) + list(ds.split_qrels("test"))
+    fs = bm25_search(ds.corpus, {q: ds.queries[q] for q in qids}, 50)
+    ev = evaluate_reranker(ds, OracleScorer(ds), fs, params, extra_first_stages={"bm25_again": fs})
+    sysm = ev.metrics["systems"]
+    assert set(sysm) == {"first_stage", "bm25_again", "rerank", "fusion"}
+    assert sysm["bm25_again"] == sysm["first_stage"]
+    # the oracle puts every relevant candidate of the top-20 first
+    test_qrels = ds.split_qrels("test")
+    hits = [q for q in test_qrels if any(d in test_qrels[q] for d in top_candidates(fs, 20)[q])]
+    assert sysm["rerank"]["mrr@10"] == pytest.approx(len(hits) / len(test_qrels))
+    assert sysm["rerank"]["mrr@10"] >= sysm["first_stage"]["mrr@10"]
+    assert ev.metrics["fusion_weight"] > 0.0
+    assert set(ev.per_query) == {"first_stage", "bm25_again", "rerank", "fusion"}
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    write_evaluation(ev, tmp_path / "eval", model_dir=model_dir)
+    fusion = json.loads((model_dir / "fusion.json").read_text())
+    assert fusion["weight"] == ev.metrics["fusion_weight"] and fusion["score"] == "sigmoid"
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["systems"]["fusion"] == sysm["fusion"]
+    pq = json.loads((tmp_path / "eval" / "per_query.json").read_text())
+    assert set(pq["fusion"]["mrr@10"]) == set(test_qrels)
+
+
+def test_torch_scorer_returns_sigmoid_scores_in_input_order(copy_model):
+    from sentence_transformers import CrossEncoder
+
+    from hardneg.evaluate import CrossEncoderScorer
+
+    ce = CrossEncoder(str(copy_model()), num_labels=1, max_length=32, device="cpu")
+    pairs = [("short query", "a document"), ("another query", "a much longer document " * 10), ("q", "d")]
+    s = CrossEncoderScorer(ce, 32, batch_size=2, bf16=False).score_pairs(pairs)
+    ref = ce.predict(pairs, convert_to_numpy=True)  # ST applies the sigmoid of the 1-logit head
+    assert s.shape == (3,) and np.all((s > 0) & (s < 1))
+    np.testing.assert_allclose(s, ref, atol=1e-5)
+
+
+def test_an_onnx_export_measures_like_the_torch_model(tmp_path_factory, tiny_model_dir, tiny_data_dir):
+    """What is served is what is measured: the exported fp32 graph, scored through hardneg.rerank, gives the torch
+    model's scores and therefore the same metrics and fusion weight."""
+    from _tiny_reranker import tiny_export, trained_tiny_ce
+
+    from hardneg.evaluate import CrossEncoderScorer, OnnxScorer
+    from hardneg.retrieve import bm25_search
+
+    base = tmp_path_factory.getbasetemp()
+    model_dir = trained_tiny_ce(base, tiny_model_dir, tiny_data_dir)
+    export_dir = tiny_export(base, tiny_model_dir, tiny_data_dir)
+    ds = load_dataset(tiny_data_dir)
+    params = default_params()
+    params["retrieve"]["rerank_depth"] = 10
+    qids = list(ds.split_qrels("dev")) + list(ds.split_qrels("test"))
+    fs = bm25_search(ds.corpus, {q: ds.queries[q] for q in qids}, 30)
+    torch_scorer = CrossEncoderScorer(model_dir, bf16=False)
+    onnx_scorer = OnnxScorer(export_dir, variant="fp32")
+    pairs = [
+        (ds.queries[q].text, ds.corpus[d].full_text) for q in qids[:5] for d in top_candidates(fs, 10)[q]
+    ]
+    np.testing.assert_allclose(onnx_scorer.score_pairs(pairs), torch_scorer.score_pairs(pairs), atol=1e-4)
+    a = evaluate_reranker(ds, torch_scorer, fs, params)
+    b = evaluate_reranker(ds, onnx_scorer, fs, params)
+    assert a.metrics["fusion_weight"] == b.metrics["fusion_weight"]
+    for system in ("rerank", "fusion"):
+        assert a.metrics["systems"][system] == pytest.approx(b.metrics["systems"][system], abs=1e-6)
