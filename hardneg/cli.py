@@ -79,7 +79,7 @@ def friendly_errors(fn):
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, show_lines=False)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")  # paths and ids stay whole (wrapped, never cut with an ellipsis)
     for r in rows:
         t.add_row(*[str(x) for x in r])
     out.print(t)

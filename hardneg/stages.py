@@ -370,24 +370,48 @@ def served_evaluation_stage(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
-    """Evaluate what is served: the exported ONNX variant (``serve.variant``) through hardneg.rerank, fused with the
-    first stage at the weight recorded in the export's metadata (not re-tuned), on the test split."""
+    """Evaluate what is served on the test split: the exported ONNX variant (``serve.variant``) through
+    hardneg.rerank, fused with the first stage at the weight recorded in the export's metadata (not re-tuned, so the
+    dev split is not rescored)."""
     from hardneg.data import load_dataset
-    from hardneg.evaluate import OnnxScorer, evaluate_reranker, write_evaluation
+    from hardneg.evaluate import (
+        OnnxScorer,
+        combine,
+        doc_texts_of,
+        evaluate_run,
+        query_texts_of,
+        rerank_scores,
+        restrict,
+        top_candidates,
+    )
 
     meta = json.loads((Path(export_dir) / "metadata.json").read_text(encoding="utf-8"))
     weight = (meta.get("fusion") or {}).get("weight")
-    p = copy.deepcopy(dict(params))
-    if weight is not None:
-        p["evaluate"]["fusion_weights"] = [float(weight)]
     ds = load_dataset(data_dir)
-    d = p["data"]
-    run = dense_run(ds, reduced_dir, p, [d["dev_split"], d["test_split"]])
-    variant = str(p["serve"].get("variant", "int8"))
-    ev = evaluate_reranker(ds, OnnxScorer(export_dir, variant=variant), run, p)
-    ev.metrics["evaluated"] = f"{export_dir} ({variant})"
-    write_evaluation(ev, out_dir)
-    return {"variant": variant, **headline(ev.metrics, p)}
+    test_qrels = ds.split_qrels(params["data"]["test_split"])
+    depth = int(params["retrieve"]["rerank_depth"])
+    fs = restrict(dense_run(ds, reduced_dir, params, [params["data"]["test_split"]]), test_qrels)
+    variant = str(params["serve"].get("variant", "int8"))
+    scores = rerank_scores(
+        OnnxScorer(export_dir, variant=variant),
+        query_texts_of(ds),
+        doc_texts_of(ds),
+        top_candidates(fs, depth),
+    )
+    systems = {"first_stage": fs, "rerank": combine(fs, scores, depth)}
+    if weight is not None:
+        systems["fusion"] = combine(fs, scores, depth, float(weight))
+    metrics: dict[str, Any] = {
+        "split": params["data"]["test_split"],
+        "rerank_depth": depth,
+        "fusion_weight": weight,
+        "evaluated": f"{export_dir} ({variant})",
+        "systems": {name: evaluate_run(run, test_qrels).mean for name, run in systems.items()},
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return {"variant": variant, **headline(metrics, params)}
 
 
 def require_gate(summary: Mapping[str, Any]) -> None:

@@ -134,7 +134,7 @@ def summarize_run(root: Path, run_dir: Path | None, seconds: float, args: dict[s
     those of the newest earlier run (the cache entries point there)."""
     cached = run_dir is None or not (run_dir / "evaluate").exists()
     metrics_file = _newest(root, "evaluate/metrics")
-    served_file = _newest(root, "quality-gate-passed/export-onnx/served_metrics")
+    served_file = _newest(root, "export-onnx/served_metrics")
     summary: dict[str, Any] = {
         "seconds": round(seconds, 1),
         "run_dir": str(run_dir) if run_dir else None,
@@ -145,13 +145,13 @@ def summarize_run(root: Path, run_dir: Path | None, seconds: float, args: dict[s
         "served_metrics": json.loads(served_file.read_text()) if served_file else None,
     }
     for name, rel in (
-        ("onnx_model", "quality-gate-passed/export-onnx/onnx_model"),
-        ("release", "quality-gate-passed/register/manifests"),
+        ("onnx_model", "export-onnx/onnx_model"),
+        ("release", "register/manifests"),
         ("evaluation", "evaluate/evaluation"),
         ("model", "train/model"),
         ("negatives", "mine/negatives"),
     ):
-        hit = _newest(root, rel) or _newest(root, rel.split("/", 1)[-1])
+        hit = _newest(root, rel)
         summary[name] = str(hit) if hit else None
     return summary
 
