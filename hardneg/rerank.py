@@ -222,6 +222,10 @@ class OnnxReranker:
         self.metadata = (
             verify_export_dir(self.export_dir, [variant]) if verify else read_metadata(self.export_dir)
         )
+        if variant == "int8" and (self.metadata.get("parity") or {}).get("int8_passed") is False:
+            raise HardnegError(
+                f"{self.export_dir}: the int8 variant failed its parity gate at export (see parity.json); serve fp32"
+            )
         exported_max = int(self.metadata.get("max_length") or 512)
         if max_length is not None and not 4 <= max_length <= exported_max:
             raise HardnegError(

@@ -125,7 +125,7 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
     assert len(runs) == 1
     s = summarize_run(root, runs[0], 0.0, args)
     assert s["metrics"]["gate_passed"] is True
-    assert s["served_metrics"]["variant"] == "int8" and "fusion/mrr@10" in s["served_metrics"]
+    assert s["served_metrics"]["variant"] == params["serve"]["variant"] and "fusion/mrr@10" in s["served_metrics"]
     exported = Path(s["onnx_model"])
     meta = json.loads((exported / "metadata.json").read_text())
     assert meta["lineage"]["data_version"] == args["data_version"]
