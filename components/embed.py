@@ -9,16 +9,11 @@ def embed(
 ) -> str:
     """One (model, corpus shard) of the fan-out; the fingerprinted cache (params embed.cache_dir) makes reruns free."""
     import json
-    import os
 
-    os.environ.update(
-        {
-            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
-            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
-        }
-    )
-    from hardneg.stages import embed_stage
+    from hardneg.stages import embed_stage, use_lineage
+
+    lineage = use_lineage(lineage_json)
 
     meta = embed_stage(data.path, json.loads(params_json), item, embeddings.path)
-    embeddings.metadata.update({**json.loads(lineage_json), **meta})
+    embeddings.metadata.update({**lineage, **meta})
     return meta["fingerprint"]

@@ -18,24 +18,16 @@ def evaluate(
     import json
     import os
 
-    os.environ.update(
-        {
-            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
-            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
-        }
-    )
-    from hardneg.stages import evaluate_stage, summary_markdown
+    from hardneg.stages import evaluate_stage, record_metrics, summary_markdown, use_lineage
+
+    lineage = use_lineage(lineage_json)
 
     params = json.loads(params_json)
     summary = evaluate_stage(
         data.path, reduced.path, model.path, params, os.path.dirname(metrics.path) + "/evaluation"
     )
-    for k, v in summary.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            metrics.log_metric(k, v)
-    with open(metrics.path, "w") as fh:
-        json.dump(summary, fh)
+    record_metrics(metrics, summary)
     with open(report.path, "w") as fh:
         fh.write(summary_markdown(summary))
-    metrics.metadata["summary"] = summary
+    metrics.metadata.update({**lineage, "summary": summary})
     return bool(summary["gate_passed"])

@@ -19,17 +19,13 @@ def export_onnx(
     import json
     import os
 
-    os.environ.update(
-        {
-            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
-            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
-        }
-    )
-    from hardneg.stages import export_stage, served_evaluation_stage
+    from hardneg.stages import export_stage, record_metrics, served_evaluation_stage, use_lineage
+
+    lineage = use_lineage(lineage_json)
 
     params = json.loads(params_json)
     meta = export_stage(data.path, reduced.path, model.path, params, onnx_model.path, version=version)
-    onnx_model.metadata.update({**json.loads(lineage_json), "version": version, "parity": meta["parity"]})
+    onnx_model.metadata.update({**lineage, "version": version, "parity": meta["parity"]})
     served = served_evaluation_stage(
         data.path,
         reduced.path,
@@ -37,9 +33,5 @@ def export_onnx(
         params,
         os.path.dirname(served_metrics.path) + "/served-evaluation",
     )
-    for k, v in served.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            served_metrics.log_metric(k, v)
-    with open(served_metrics.path, "w") as fh:
-        json.dump(served, fh)
+    record_metrics(served_metrics, served)
     return meta["export_dir"]

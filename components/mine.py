@@ -14,21 +14,12 @@ def mine(
 ) -> int:
     """Hard negatives for the train split (policy from params mine.policy); returns the number of pairs."""
     import json
-    import os
 
-    os.environ.update(
-        {
-            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
-            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
-        }
-    )
-    from hardneg.stages import mine_stage
+    from hardneg.stages import mine_stage, record_metrics, use_lineage
+
+    lineage = use_lineage(lineage_json)
 
     meta = mine_stage(data.path, reduced.path, json.loads(params_json), negatives.path)
-    negatives.metadata.update({**json.loads(lineage_json), **meta})
-    for k, v in meta.items():
-        if isinstance(v, (int, float)):
-            metrics.log_metric(k, v)
-    with open(metrics.path, "w") as fh:
-        json.dump(meta, fh)
+    negatives.metadata.update({**lineage, **meta})
+    record_metrics(metrics, meta)
     return int(meta.get("pairs", 0))

@@ -13,20 +13,12 @@ def reduce(
 ) -> int:
     """Concatenate the models' vectors and fit PCA to the variance target; returns the kept dimension."""
     import json
-    import os
 
-    os.environ.update(
-        {
-            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
-            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
-        }
-    )
-    from hardneg.stages import reduce_stage
+    from hardneg.stages import record_metrics, reduce_stage, use_lineage
+
+    lineage = use_lineage(lineage_json)
 
     meta = reduce_stage([e.path for e in embeddings], json.loads(params_json), reduced.path)
-    reduced.metadata.update({**json.loads(lineage_json), **meta})
-    metrics.log_metric("pca_components", meta["n_components"])
-    metrics.log_metric("explained_variance_kept", meta["explained_variance_kept"])
-    with open(metrics.path, "w") as fh:  # materialise: KFP's local cache misses on an unwritten Metrics file
-        json.dump(meta, fh)
+    reduced.metadata.update({**lineage, **meta})
+    record_metrics(metrics, meta)
     return int(meta["n_components"])

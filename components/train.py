@@ -15,20 +15,12 @@ def train(
 ) -> float:
     """Fine-tune the cross-encoder on the mined groups (best dev checkpoint kept); returns best dev MRR@10."""
     import json
-    import os
 
-    os.environ.update(
-        {
-            "HARDNEG_DATA_VERSION": json.loads(lineage_json)["data_version"],
-            "HARDNEG_GIT_COMMIT": json.loads(lineage_json)["git_commit"],
-        }
-    )
-    from hardneg.stages import train_stage
+    from hardneg.stages import record_metrics, train_stage, use_lineage
+
+    lineage = use_lineage(lineage_json)
 
     meta = train_stage(data.path, reduced.path, negatives.path, json.loads(params_json), model.path)
-    model.metadata.update({**json.loads(lineage_json), **meta})
-    for k, v in meta.items():
-        metrics.log_metric(k, v)
-    with open(metrics.path, "w") as fh:
-        json.dump(meta, fh)
+    model.metadata.update({**lineage, **meta})
+    record_metrics(metrics, meta)
     return float(meta.get("best_dev_mrr@10") or 0.0)

@@ -26,7 +26,9 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="params.yaml (default: ./params.yaml if present)")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="params.yaml (default: ./params.yaml if present)")
+]
 
 
 class _State:
@@ -48,7 +50,16 @@ def main(
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers", "numexpr", "faiss.loader", "bm25s"):
+    for noisy in (
+        "httpx",
+        "urllib3",
+        "filelock",
+        "huggingface_hub",
+        "sentence_transformers",
+        "numexpr",
+        "faiss.loader",
+        "bm25s",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state.config = config
     state.params = None
@@ -525,6 +536,8 @@ def export_cmd(
         rows.append(["int8 MRR@10 gate", p["int8"].get("skipped", "skipped")])
     for v, info in m.get("variants", {}).items():
         rows.append([f"{v} file", f"{info['file']} ({info['bytes'] / 1e6:.1f} MB)"])
+    sv = p.get("served_variant", {})
+    rows.append(["served variant", f"{sv.get('served')} (serve.variant: {sv.get('policy')})"])
     print_table(f"exported {model_dir} -> {out}", ["", ""], rows)
 
 
@@ -550,22 +563,22 @@ def serve_cmd(
         str | None, typer.Option("--model-name", help="name in the URL (default: params serve.model_name)")
     ] = None,
     host: Annotated[str, typer.Option(help="address to bind (0.0.0.0 for all interfaces)")] = "127.0.0.1",
-    variant: Annotated[str | None, typer.Option(help="int8 | fp32 (default: params serve.variant)")] = None,
+    variant: Annotated[
+        str | None, typer.Option(help="int8 | fp32 (default: the export's served_variant, see metadata.json)")
+    ] = None,
     intra_op_threads: Annotated[
         int | None, typer.Option(help="onnxruntime threads (default: params serve.intra_op_threads)")
     ] = None,
 ) -> None:
     """Run the KServe reranker server (V1 + V2 REST, /metrics) on an export folder; no torch needed."""
     _import_serving()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when imported (stack.md 2.4)
-    try:
+    from serving import clean_argv
+
+    with clean_argv():  # kserve parses sys.argv when imported (stack.md 2.4)
         from serving.predictor import HardnegReranker, Limits
         from serving.server import serve
-    finally:
-        sys.argv = argv
     params = get_params()
-    variant = variant or params["serve"].get("variant", "int8")
-    if variant not in ("int8", "fp32"):
+    if variant is not None and variant not in ("int8", "fp32"):
         raise HardnegError(f"--variant must be int8 or fp32, got {variant}")
     model = HardnegReranker(
         model_name or params["serve"]["model_name"],
@@ -593,11 +606,23 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
         for k, v in m.items()
         if k.endswith(("mrr@10", "mrr@3", "ndcg@10", "recall@100")) or k in ("fusion_weight", "gate_passed")
     ]
-    print_table("hardneg pipeline: test-split metrics (torch reranker; fusion weight tuned on dev)", ["metric", "value"], rows)
+    print_table(
+        "hardneg pipeline: test-split metrics (torch reranker; fusion weight tuned on dev)",
+        ["metric", "value"],
+        rows,
+    )
     sm = s.get("served_metrics") or {}
     if sm:
-        srows = [[k, v] for k, v in sm.items() if k.endswith(("mrr@10", "mrr@3", "ndcg@10")) or k in ("variant", "fusion_weight")]
-        print_table("served system (exported ONNX through hardneg.rerank, same fusion weight): test split", ["metric", "value"], srows)
+        srows = [
+            [k, v]
+            for k, v in sm.items()
+            if k.endswith(("mrr@10", "mrr@3", "ndcg@10")) or k in ("variant", "fusion_weight")
+        ]
+        print_table(
+            "served system (exported ONNX through hardneg.rerank, same fusion weight): test split",
+            ["metric", "value"],
+            srows,
+        )
     where = [
         [
             "wall time",
@@ -756,7 +781,9 @@ def evaluate_cmd(
     onnx_dir: Annotated[
         Path | None, typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served)")
     ] = None,
-    variant: Annotated[str, typer.Option(help="ONNX variant with --onnx-dir: int8 | fp32")] = "int8",
+    variant: Annotated[
+        str | None, typer.Option(help="ONNX variant with --onnx-dir: int8 | fp32 (default: the served one)")
+    ] = None,
     reduced_dir: Annotated[
         Path, typer.Option("--reduced-dir", help="`hardneg reduce` output (dense first stage)")
     ] = Path("runs/reduced"),

@@ -54,7 +54,9 @@ class BeirDataset:
     def split_qrels(self, split: str, min_score: int = 1) -> Qrels:
         """Qrels of a split restricted to relevant pairs (score >= min_score)."""
         if split not in self.qrels:
-            raise DataFormatError(self.root / "qrels", f"no qrels for split '{split}' (have: {sorted(self.qrels)})")
+            raise DataFormatError(
+                self.root / "qrels", f"no qrels for split '{split}' (have: {sorted(self.qrels)})"
+            )
         return {
             q: {d: s for d, s in docs.items() if s >= min_score}
             for q, docs in self.qrels[split].items()
@@ -82,13 +84,17 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield lineno, raw.decode("utf-8", errors="strict")
             except UnicodeDecodeError as e:
-                raise DataFormatError(path, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", lineno) from None
+                raise DataFormatError(
+                    path, f"not valid UTF-8 ({e.reason} at byte {e.start} of the line)", lineno
+                ) from None
 
 
 def _iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     for lineno, line in _iter_lines(path):
         if lineno == 1 and line.startswith("\ufeff"):
-            raise DataFormatError(path, "starts with a UTF-8 byte-order mark (BOM); save the file without BOM", 1)
+            raise DataFormatError(
+                path, "starts with a UTF-8 byte-order mark (BOM); save the file without BOM", 1
+            )
         if line.endswith("\r\n"):
             raise DataFormatError(path, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", lineno)
         if not line.strip():
@@ -135,7 +141,11 @@ def iter_corpus(path: str | os.PathLike) -> Iterator[Document]:
 def iter_queries(path: str | os.PathLike) -> Iterator[Query]:
     p = Path(path)
     for lineno, obj in _iter_jsonl(p, ("_id", "text")):
-        yield Query(id=_as_id(p, lineno, obj["_id"]), text=_as_text(p, lineno, obj, "text"), metadata=obj.get("metadata") or {})
+        yield Query(
+            id=_as_id(p, lineno, obj["_id"]),
+            text=_as_text(p, lineno, obj, "text"),
+            metadata=obj.get("metadata") or {},
+        )
 
 
 def iter_qrels(path: str | os.PathLike) -> Iterator[tuple[str, str, int]]:
@@ -149,8 +159,12 @@ def iter_qrels(path: str | os.PathLike) -> Iterator[tuple[str, str, int]]:
         raise DataFormatError(p, "Windows (CRLF) line endings; convert to LF (e.g. dos2unix)", 1)
     cols = header.rstrip("\n").split("\t")
     if tuple(cols) != QRELS_HEADER:
-        hint = " (the file is not TAB-separated)" if len(cols) == 1 and ("," in header or " " in header) else ""
-        raise DataFormatError(p, f"header must be {'<TAB>'.join(QRELS_HEADER)!r}, got {header.strip()!r}{hint}", 1)
+        hint = (
+            " (the file is not TAB-separated)" if len(cols) == 1 and ("," in header or " " in header) else ""
+        )
+        raise DataFormatError(
+            p, f"header must be {'<TAB>'.join(QRELS_HEADER)!r}, got {header.strip()!r}{hint}", 1
+        )
     for lineno, line in lines:
         if not line.strip():
             continue
@@ -213,7 +227,9 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def save_corpus(path: str | os.PathLike, docs: Iterable[Document]) -> None:
-    _write_jsonl(Path(path), ({"_id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in docs))
+    _write_jsonl(
+        Path(path), ({"_id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata} for d in docs)
+    )
 
 
 def save_queries(path: str | os.PathLike, queries: Iterable[Query]) -> None:

@@ -195,7 +195,7 @@ def score_pairs(
 class OnnxScorer:
     """Scores pairs with an exported ONNX folder through :mod:`hardneg.rerank` (what is served is what is measured)."""
 
-    def __init__(self, export_dir: str | os.PathLike, variant: str = "int8"):
+    def __init__(self, export_dir: str | os.PathLike, variant: str | None = None):
         try:
             from hardneg.rerank import OnnxReranker
         except ImportError as e:  # pragma: no cover - depends on the export stage being installed

@@ -17,7 +17,11 @@ def zscore(x: Sequence[float] | np.ndarray) -> np.ndarray:
     return (a - a.mean()) / sd if sd > 1e-12 else np.zeros_like(a)
 
 
-def fuse(reranker_scores: Sequence[float] | np.ndarray, first_stage_scores: Sequence[float] | np.ndarray, weight: float) -> np.ndarray:
+def fuse(
+    reranker_scores: Sequence[float] | np.ndarray,
+    first_stage_scores: Sequence[float] | np.ndarray,
+    weight: float,
+) -> np.ndarray:
     """Fused scores for one query's candidates. weight=1: reranker only; weight=0: first stage only."""
     r, f = np.asarray(reranker_scores, dtype=np.float64), np.asarray(first_stage_scores, dtype=np.float64)
     if r.shape != f.shape:

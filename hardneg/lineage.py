@@ -57,8 +57,16 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
     if env:
         return env
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -86,7 +94,9 @@ class Lineage:
     data_version: str
     git_commit: str
     params_hash: str
-    inputs: dict[str, str] = field(default_factory=dict)  # e.g. {"negatives_sha256": ..., "model_fingerprint": ...}
+    inputs: dict[str, str] = field(
+        default_factory=dict
+    )  # e.g. {"negatives_sha256": ..., "model_fingerprint": ...}
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. metrics
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,10 +114,14 @@ class Lineage:
 
     def derive(self, **inputs: str) -> Lineage:
         """A copy with more input hashes (a later stage adds what it consumed)."""
-        return Lineage(self.data_version, self.git_commit, self.params_hash, {**self.inputs, **inputs}, dict(self.extra))
+        return Lineage(
+            self.data_version, self.git_commit, self.params_hash, {**self.inputs, **inputs}, dict(self.extra)
+        )
 
 
-def current_lineage(params: dict[str, Any] | None = None, dvc_file: str | os.PathLike | None = None) -> Lineage:
+def current_lineage(
+    params: dict[str, Any] | None = None, dvc_file: str | os.PathLike | None = None
+) -> Lineage:
     from hardneg.config import params_hash
 
     return Lineage(

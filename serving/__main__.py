@@ -1,7 +1,8 @@
 """Container entry point: ``python -m serving --model_dir /mnt/models --http_port 8080 [--model_name NAME]``.
 
 Takes KServe's own server flags (``--http_port``, ``--model_name``, ``--enable_grpc``...) plus ``--model_dir``,
-``--host`` (default 0.0.0.0, KServe's behaviour; use 127.0.0.1 locally), ``--variant`` (int8|fp32),
+``--host`` (default 0.0.0.0, KServe's behaviour; use 127.0.0.1 locally), ``--variant`` (int8|fp32; default: the
+export's ``served_variant``, chosen at export by params ``serve.variant``),
 ``--intra_op_threads`` and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
 """
 
@@ -11,12 +12,10 @@ import argparse
 import logging
 import sys
 
-_argv = sys.argv
-sys.argv = sys.argv[:1]
-try:
+from serving import clean_argv
+
+with clean_argv():
     from kserve import model_server
-finally:
-    sys.argv = _argv
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_dir", default="/mnt/models", help="a `hardneg export` folder")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (KServe binds 0.0.0.0)")
     parser.add_argument(
-        "--variant", default=None, choices=["int8", "fp32"], help="ONNX graph to serve (default: params)"
+        "--variant",
+        default=None,
+        choices=["int8", "fp32"],
+        help="ONNX graph to serve (default: the export's served_variant)",
     )
     parser.add_argument(
         "--intra_op_threads", type=int, default=None, help="onnxruntime threads (default: all cores)"
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         model = HardnegReranker(
             name,
             args.model_dir,
-            variant=args.variant or serve_params.get("variant", "int8"),
+            variant=args.variant,
             limits=Limits.from_params(params),
             intra_op_threads=args.intra_op_threads or serve_params.get("intra_op_threads"),
         )

@@ -19,23 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-# `import kserve` parses sys.argv at import time (stack.md 2.4): import it with a clean argv.
-_argv = sys.argv
-sys.argv = sys.argv[:1]
-try:
+from hardneg.rerank import OnnxReranker
+from serving import clean_argv
+
+with clean_argv():
     from kserve import InferOutput, InferRequest, InferResponse, Model
     from kserve.errors import InvalidInput
     from kserve.utils.utils import generate_uuid
-finally:
-    sys.argv = _argv
-
-from hardneg.rerank import OnnxReranker  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +266,7 @@ class HardnegReranker(Model):
         name: str,
         model_dir: str,
         *,
-        variant: str = "int8",
+        variant: str | None = None,
         limits: Limits | None = None,
         intra_op_threads: int | None = None,
         max_concurrency: int = 1,
@@ -287,6 +282,7 @@ class HardnegReranker(Model):
 
     def load(self) -> bool:
         self.reranker = OnnxReranker(self.model_dir, self.variant, intra_op_threads=self.intra_op_threads)
+        self.variant = self.reranker.variant  # None -> the export's served_variant
         self.ready = True
         return self.ready
 

@@ -16,13 +16,11 @@ What KServe 0.21 lacks and this adds (stack.md 2):
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
-# `import kserve` parses sys.argv at import time (stack.md 2.4): import it with a clean argv.
-_argv = sys.argv
-sys.argv = sys.argv[:1]
-try:
+from serving import clean_argv
+
+with clean_argv():
     import kserve.model_server as ks_model_server
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -32,8 +30,6 @@ try:
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.server import RESTServer
     from prometheus_client import Counter
-finally:
-    sys.argv = _argv
 
 from serving.predictor import HardnegReranker, RequestError  # noqa: E402
 

@@ -92,10 +92,9 @@ def tiny_dev_set(data_dir: Path):
     return DevSet.from_beir(data_dir, "dev", depth=10)
 
 
-# The int8 gate on the tiny model is loosened: its dev set has 8 queries (one swapped rank moves MRR@10 by >= 0.01),
-# and conftest's WordPiece vocab differs from run to run (tokenizers' trainer is not deterministic), so the tiny
-# model's quality does too. 0.25 still catches a broken int8 graph on most runs; the default 0.005 is meant for real
-# dev sets, and test_export checks that the gate fails and raises on its own.
+# The int8 gate on the tiny model is loosened: its dev set has 8 queries (one swapped rank moves MRR@10 by >= 0.01).
+# 0.25 still catches a broken int8 graph; the default 0.005 is meant for real dev sets, and test_export checks that
+# the gate fails and raises on its own. (conftest's vocab is counted deterministically, so runs are reproducible.)
 TINY_INT8_MAX_MRR_DROP = 0.25
 
 

@@ -52,9 +52,33 @@ def tiny_data_copy(tmp_path, tiny_data_dir) -> Path:
     return dst
 
 
+def _wordpiece_vocab(lines: list[str], size: int) -> list[str]:
+    """A deterministic WordPiece vocab: specials, every character (alone and as ``##`` continuation), then the most
+    frequent whole words (ties by spelling). The tokenizers trainer is not reproducible across processes (its merge
+    ties depend on hash order), which made tiny-model tests flaky, so the vocab is counted here instead."""
+    from collections import Counter
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    norm, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for line in lines:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(line)))
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+    seen = set(vocab)
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= size:
+            break
+        if w not in seen:
+            vocab.append(w)
+            seen.add(w)
+    return vocab
+
+
 def _build_tiny_bert(out: Path, corpus_dir: Path) -> Path:
     import torch
-    from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from hardneg.data import iter_corpus, iter_queries
@@ -62,10 +86,10 @@ def _build_tiny_bert(out: Path, corpus_dir: Path) -> Path:
     lines = [d.full_text for d in iter_corpus(corpus_dir / "corpus.jsonl")]
     lines += [q.text for q in iter_queries(corpus_dir / "queries.jsonl")]
     out.mkdir(parents=True, exist_ok=True)
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(lines, vocab_size=600, min_frequency=1, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    wp.save_model(str(out))
-    tok = BertTokenizerFast(vocab=str(out / "vocab.txt"), model_max_length=128)  # vocab=, not vocab_file= (stack.md 3.2)
+    (out / "vocab.txt").write_text("\n".join(_wordpiece_vocab(lines, 600)) + "\n", encoding="utf-8")
+    tok = BertTokenizerFast(
+        vocab=str(out / "vocab.txt"), model_max_length=128
+    )  # vocab=, not vocab_file= (stack.md 3.2)
     cfg = BertConfig(
         vocab_size=tok.vocab_size,
         hidden_size=32,

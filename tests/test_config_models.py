@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_packaged_defaults_match_repo_params():
     packaged = (REPO / "hardneg" / "resources" / "params.default.yaml").read_text()
-    assert packaged == (REPO / "params.yaml").read_text(), "run: cp params.yaml hardneg/resources/params.default.yaml"
+    assert packaged == (REPO / "params.yaml").read_text(), (
+        "run: cp params.yaml hardneg/resources/params.default.yaml"
+    )
 
 
 def test_partial_params_file_merges_over_defaults(tmp_path):

@@ -128,12 +128,49 @@ def test_a_failing_parity_gate_raises_and_leaves_no_servable_export(trained_dir,
         verify_export_dir(out)
 
 
-def test_the_int8_mrr_gate_fails_when_the_threshold_is_impossible(trained_dir, tiny_data_dir, tmp_path):
+def test_the_int8_mrr_gate_blocks_the_export_when_int8_is_required(trained_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "exp"
     with pytest.raises(GateFailedError, match="int8 MRR@10 drop"):
-        export_model(trained_dir, out, tiny_dev_set(tiny_data_dir), parity_int8_max_mrr_drop=-1.0)
+        export_model(
+            trained_dir, out, tiny_dev_set(tiny_data_dir), parity_int8_max_mrr_drop=-1.0, serve_variant="int8"
+        )
     parity = json.loads((out / "parity.json").read_text())
     assert parity["fp32"]["passed"] is True and parity["int8"]["passed"] is False
+    assert parity["int8"]["required"] is True and not (out / "metadata.json").exists()
+
+
+@pytest.mark.parametrize("policy", ["auto", "fp32"])
+def test_a_failed_int8_gate_serves_fp32_under_auto_and_fp32(
+    trained_dir, tiny_data_dir, tmp_path, policy, caplog
+):
+    from hardneg.rerank import OnnxReranker
+
+    out = tmp_path / "exp"
+    with caplog.at_level("WARNING", logger="hardneg.export"):
+        res = export_model(
+            trained_dir, out, tiny_dev_set(tiny_data_dir), parity_int8_max_mrr_drop=-1.0, serve_variant=policy
+        )
+    assert "int8 variant FAILED its parity gate" in caplog.text
+    assert res.parity["passed"] is True and res.parity["int8"]["passed"] is False
+    assert res.parity["served_variant"] == {"policy": policy, "served": "fp32"}
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["served_variant"] == "fp32" and meta["parity"]["int8_passed"] is False
+    assert OnnxReranker(out).variant == "fp32"  # the default is the served variant
+    with pytest.raises(HardnegError, match="int8 variant failed its parity gate"):
+        OnnxReranker(out, "int8")
+
+
+def test_auto_serves_int8_when_it_passes_and_unknown_policies_are_refused(
+    trained_dir, tiny_data_dir, tmp_path
+):
+    from hardneg.rerank import OnnxReranker
+
+    out = tmp_path / "exp"
+    res = export_model(trained_dir, out, tiny_dev_set(tiny_data_dir), parity_int8_max_mrr_drop=1.0)
+    assert res.parity["served_variant"] == {"policy": "auto", "served": "int8"}
+    assert res.metadata["served_variant"] == "int8" and OnnxReranker(out).variant == "int8"
+    with pytest.raises(HardnegError, match="serve variant must be one of"):
+        export_model(trained_dir, tmp_path / "x", None, serve_variant="bf16")
 
 
 def test_export_refuses_bad_inputs_fast(tmp_path, trained_dir):

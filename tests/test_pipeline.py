@@ -125,9 +125,12 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
     assert len(runs) == 1
     s = summarize_run(root, runs[0], 0.0, args)
     assert s["metrics"]["gate_passed"] is True
-    assert s["served_metrics"]["variant"] == params["serve"]["variant"] and "fusion/mrr@10" in s["served_metrics"]
     exported = Path(s["onnx_model"])
     meta = json.loads((exported / "metadata.json").read_text())
+    # what was evaluated on test is what the export serves (auto policy: int8 if it passed its gate, else fp32)
+    assert meta["served_variant_policy"] == params["serve"]["variant"]
+    assert meta["served_variant"] == ("int8" if meta["parity"]["int8_passed"] else "fp32")
+    assert s["served_metrics"]["variant"] == meta["served_variant"] and "fusion/mrr@10" in s["served_metrics"]
     assert meta["lineage"]["data_version"] == args["data_version"]
     assert (exported / "model.onnx").exists() and (exported / "model.int8.onnx").exists()
     manifests = Path(s["release"])

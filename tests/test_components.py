@@ -1,0 +1,177 @@
+"""Components as adapters: each KFP component's Python body calls the right ``hardneg.stages`` function with the
+artifact paths and parameters it was given, pins the lineage, and copies the results onto its outputs.
+
+The stage functions are replaced by recorders (the stages themselves are tested on real data elsewhere, and the
+whole pipeline end to end in test_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import hardneg.stages as stages
+
+LINEAGE = {"data_version": "abc123.dir", "git_commit": "feedface", "params_hash": "p0"}
+PARAMS = {"serve": {"model_name": "m"}, "data": {"train_split": "train"}}
+
+
+class Art:
+    """What a KFP artifact gives a component body: a path, a metadata dict and, for Metrics, log_metric."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.metadata: dict = {}
+        self.logged: dict = {}
+
+    def log_metric(self, key: str, value: float) -> None:
+        self.logged[key] = value
+
+
+@pytest.fixture()
+def record(monkeypatch):
+    """record(name, result) replaces hardneg.stages.<name>; the calls land in the returned list."""
+    monkeypatch.delenv("HARDNEG_DATA_VERSION", raising=False)
+    monkeypatch.delenv("HARDNEG_GIT_COMMIT", raising=False)
+
+    def _record(name: str, result):
+        calls: list = []
+
+        def fake(*args, **kwargs):
+            calls.append(
+                (args, kwargs, os.environ.get("HARDNEG_DATA_VERSION"), os.environ.get("HARDNEG_GIT_COMMIT"))
+            )
+            return result
+
+        monkeypatch.setattr(stages, name, fake)
+        return calls
+
+    return _record
+
+
+def _lineage_was_pinned(call) -> None:
+    assert call[2:] == ("abc123.dir", "feedface")
+
+
+def test_fetch_data(record, tmp_path):
+    from components.fetch import fetch_data
+
+    calls = record("fetch_data_stage", {"data_version": "abc123.dir", "files": 4})
+    data = Art(tmp_path / "data")
+    assert fetch_data.python_func("/repo", "HEAD", "data/scifact", "abc123.dir", data) == "abc123.dir"
+    assert calls[0][0] == ("/repo", "HEAD", "data/scifact", data.path)
+    assert calls[0][1] == {"expected_version": "abc123.dir"}
+    assert data.metadata == {"data_version": "abc123.dir", "files": 4}
+
+
+def test_validate_data(record, tmp_path):
+    from components.validate import validate_data
+
+    calls = record("validate_stage", {"data_version": "abc123.dir", "warnings": 1})
+    data, report = Art(tmp_path / "d"), Art(tmp_path / "r")
+    assert validate_data.python_func(data, json.dumps(PARAMS), json.dumps(LINEAGE), report) == "abc123.dir"
+    assert calls[0][0] == (data.path, PARAMS, report.path)
+    _lineage_was_pinned(calls[0])
+    assert report.metadata == {**LINEAGE, "warnings": 1}
+
+
+def test_embed(record, tmp_path):
+    from components.embed import embed
+
+    item = {"model": "tiny", "shard": 1, "shards": 2}
+    calls = record("embed_stage", {"fingerprint": "f00d", "docs": 10})
+    data, out = Art(tmp_path / "d"), Art(tmp_path / "e")
+    assert embed.python_func(data, json.dumps(PARAMS), json.dumps(LINEAGE), item, out) == "f00d"
+    assert calls[0][0] == (data.path, PARAMS, item, out.path)
+    _lineage_was_pinned(calls[0])
+    assert out.metadata == {**LINEAGE, "fingerprint": "f00d", "docs": 10}
+
+
+def test_reduce(record, tmp_path):
+    from components.reduce import reduce
+
+    meta = {"models": ["a", "b"], "n_components": 42, "explained_variance_kept": 0.95}
+    calls = record("reduce_stage", meta)
+    shards = [Art(tmp_path / "e0"), Art(tmp_path / "e1")]
+    reduced, metrics = Art(tmp_path / "r"), Art(tmp_path / "m")
+    assert reduce.python_func(shards, json.dumps(PARAMS), json.dumps(LINEAGE), reduced, metrics) == 42
+    assert calls[0][0] == ([shards[0].path, shards[1].path], PARAMS, reduced.path)
+    _lineage_was_pinned(calls[0])
+    assert reduced.metadata == {**LINEAGE, **meta}
+    assert metrics.logged == {"n_components": 42, "explained_variance_kept": 0.95}  # numbers only
+    assert json.loads(Path(metrics.path).read_text()) == meta  # written: KFP's local cache needs the file
+
+
+def test_mine(record, tmp_path):
+    from components.mine import mine
+
+    calls = record("mine_stage", {"policy": "hybrid", "pairs": 7, "negatives_per_pair_mean": 2.5})
+    data, reduced, neg, metrics = (Art(tmp_path / n) for n in ("d", "r", "n", "m"))
+    assert mine.python_func(data, reduced, json.dumps(PARAMS), json.dumps(LINEAGE), neg, metrics) == 7
+    assert calls[0][0] == (data.path, reduced.path, PARAMS, neg.path)
+    _lineage_was_pinned(calls[0])
+    assert neg.metadata["policy"] == "hybrid" and neg.metadata["git_commit"] == "feedface"
+    assert metrics.logged == {"pairs": 7, "negatives_per_pair_mean": 2.5}
+
+
+def test_train(record, tmp_path):
+    from components.train import train
+
+    calls = record("train_stage", {"steps": 10, "best_dev_mrr@10": 0.5, "best_step": 6})
+    data, reduced, neg, model, metrics = (Art(tmp_path / n) for n in ("d", "r", "n", "mo", "me"))
+    assert (
+        train.python_func(data, reduced, neg, json.dumps(PARAMS), json.dumps(LINEAGE), model, metrics) == 0.5
+    )
+    assert calls[0][0] == (data.path, reduced.path, neg.path, PARAMS, model.path)
+    _lineage_was_pinned(calls[0])
+    assert model.metadata["best_step"] == 6 and model.metadata["data_version"] == "abc123.dir"
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_evaluate_returns_the_gate(record, tmp_path, gate):
+    from components.evaluate import evaluate
+
+    summary = {"gate_passed": gate, "served_mrr@10": 0.6, "first_stage_mrr@10": 0.59}
+    calls = record("evaluate_stage", summary)
+    data, reduced, model, metrics, report = (Art(tmp_path / n) for n in ("d", "r", "mo", "me", "rep"))
+    assert (
+        evaluate.python_func(data, reduced, model, json.dumps(PARAMS), json.dumps(LINEAGE), metrics, report)
+        is gate
+    )
+    args = calls[0][0]
+    assert args[:4] == (data.path, reduced.path, model.path, PARAMS)
+    assert args[4] == str(tmp_path / "evaluation")  # next to the metrics file
+    _lineage_was_pinned(calls[0])
+    assert "gate_passed" not in metrics.logged and metrics.logged["served_mrr@10"] == 0.6
+    assert "0.6" in Path(report.path).read_text()
+
+
+def test_export_then_evaluates_what_it_exported(record, tmp_path):
+    from components.export import export_onnx
+
+    parity = {"passed": True, "served_variant": {"policy": "auto", "served": "int8"}}
+    exp_calls = record("export_stage", {"export_dir": str(tmp_path / "o"), "parity": parity})
+    served_calls = record("served_evaluation_stage", {"variant": "int8", "fusion/mrr@10": 0.64})
+    data, reduced, model, onnx, served = (Art(tmp_path / n) for n in ("d", "r", "mo", "o", "s"))
+    out = export_onnx.python_func(
+        data, reduced, model, json.dumps(PARAMS), json.dumps(LINEAGE), "v7", onnx, served
+    )
+    assert out == str(tmp_path / "o")
+    assert exp_calls[0][0] == (data.path, reduced.path, model.path, PARAMS, onnx.path)
+    assert exp_calls[0][1] == {"version": "v7"}
+    assert served_calls[0][0][:4] == (data.path, reduced.path, onnx.path, PARAMS)
+    _lineage_was_pinned(exp_calls[0])
+    assert onnx.metadata == {**LINEAGE, "version": "v7", "parity": parity}
+    assert served.logged == {"fusion/mrr@10": 0.64}
+
+
+def test_register(record, tmp_path):
+    from components.register import register
+
+    calls = record("register_stage", {"release_dir": "/rel/v7", "canary_percent": 10})
+    onnx, manifests = Art(tmp_path / "o"), Art(tmp_path / "m")
+    assert register.python_func(onnx, json.dumps(PARAMS), "v7", manifests) == "/rel/v7"
+    assert calls[0][0] == (onnx.path, PARAMS, "v7", manifests.path)
+    assert manifests.metadata == {"release_dir": "/rel/v7", "canary_percent": 10}
