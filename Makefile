@@ -29,8 +29,9 @@ data: $(STAMP)
 	$(BIN)/dvc pull -q data.dvc
 	$(BIN)/dvc status data.dvc
 
+# RUN_ARGS: extra `hardneg pipeline run` flags, e.g. make run RUN_ARGS="--summary-json run.json"
 run: setup
-	$(BIN)/hardneg pipeline run
+	$(BIN)/hardneg pipeline run $(RUN_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

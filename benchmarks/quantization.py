@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--export-dir", type=Path, required=True)
     ap.add_argument("--reduced-dir", type=Path, required=True)
     ap.add_argument("--data-dir", type=Path, default=Path("data/scifact"))
+    ap.add_argument("--fusion-weight", type=float, default=None, help="default: the export's metadata")
+    ap.add_argument("--max-length", type=int, default=None, help="default: the export's metadata")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantization.json"))
     a = ap.parse_args()
 
@@ -44,20 +46,29 @@ def main() -> None:
     from hardneg.stages import dense_run
 
     params = load_params()
-    meta = json.loads((a.export_dir / "metadata.json").read_text())
-    weight = (meta.get("fusion") or {}).get("weight")
+    meta_file = a.export_dir / "metadata.json"
+    # an export that failed its int8 gate has no metadata.json: then pass --fusion-weight and --max-length
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    weight = a.fusion_weight if a.fusion_weight is not None else (meta.get("fusion") or {}).get("weight")
+    if not meta and (a.max_length is None or weight is None):
+        ap.error(f"{meta_file} missing: pass --fusion-weight and --max-length")
     ds = load_dataset(a.data_dir)
     split = params["data"]["dev_split"]
     run = dense_run(ds, a.reduced_dir, params, [split])
     dev = DevSet.from_beir(a.data_dir, split=split, run=run, depth=int(params["retrieve"]["rerank_depth"]))
-    tok, max_length = a.export_dir / "tokenizer.json", int(meta["max_length"])
+    tok, max_length = a.export_dir / "tokenizer.json", int(a.max_length or meta["max_length"])
     result = {
         "benchmark": "quantization",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_at_start": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_at_start": os.getloadavg(),
+        },
         "export_dir": str(a.export_dir),
         "dev": {"source": dev.source, "queries": len(dev.candidates), "pairs": dev.n_pairs},
         "fusion_weight": weight,
+        "max_length": max_length,
         "variants": {},
     }
 
@@ -82,7 +93,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, options in VARIANTS.items():
             dst = Path(tmp) / f"{name}.onnx"
-            quantize_dynamic(str(a.export_dir / "model.onnx"), str(dst), weight_type=QuantType.QInt8, **options)
+            quantize_dynamic(
+                str(a.export_dir / "model.onnx"), str(dst), weight_type=QuantType.QInt8, **options
+            )
             score(name, dst, options)
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

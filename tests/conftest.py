@@ -119,3 +119,14 @@ def copy_model(tmp_path, tiny_model_dir):
         return dst
 
     return _copy
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads are several times slower for tiny models."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
