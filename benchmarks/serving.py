@@ -84,7 +84,11 @@ class Results:
                 "platform": platform.platform(),
                 "python": platform.python_version(),
                 "loadavg_at_start": loadavg(),
-                "note": "shared 2-core development VM: other jobs ran concurrently; absolute numbers are noisy",
+                "note": (
+                    "busy at start (1-min load average >= 0.5): other jobs may share the CPU; absolute numbers are noisy"
+                    if loadavg()[0] >= 0.5
+                    else "idle at start (1-min load average < 0.5); compare loadavg_at_end for what ran meanwhile"
+                ),
             },
         }
         self.save()

