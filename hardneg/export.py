@@ -519,7 +519,11 @@ def export_model(
                     "onnx": onnx.__version__,
                     "onnxruntime": onnxruntime.__version__,
                     "method": "torch.onnx.export(dynamo=False)",
-                    "int8": {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8", **INT8_OPTIONS},
+                    "int8": {
+                        "method": "onnxruntime quantize_dynamic",
+                        "weight_type": "QInt8",
+                        **INT8_OPTIONS,
+                    },
                 },
                 "source": {"model_dir": str(src.resolve()), "model_fingerprint": fingerprint},
                 "lineage": lineage.to_dict(),
