@@ -637,6 +637,7 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
         ["evaluation (metrics, HTML report)", s.get("evaluation") or "-"],
         ["trained model", s.get("model") or "-"],
         ["negatives", s.get("negatives") or "-"],
+        ["full log (KFP executor output)", s.get("log") or "shown above (--verbose)"],
     ]
     print_table("where things are", ["what", "value"], where)
 
@@ -646,11 +647,17 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
 def pipeline_run(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="disable KFP's local cache")] = False,
     summary_json: Annotated[Path | None, typer.Option(help="also write the run summary JSON here")] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="show KFP's executor logs (default: in <pipeline_root>/logs/run-*.log)"
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline locally with KFP's SubprocessRunner (no cluster) on params data.dir, offline."""
     from pipelines.run import run_local
 
-    s = run_local(get_params(), ".", caching=not no_cache)
+    s = run_local(get_params(), ".", caching=not no_cache, verbose=verbose)
     _print_pipeline_summary(s)
     if summary_json:
         summary_json.write_text(json.dumps(s, indent=2) + "\n", encoding="utf-8")

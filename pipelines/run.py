@@ -88,18 +88,82 @@ def compile_pipeline(params: dict[str, Any], out: str | os.PathLike, repo: str |
     return out
 
 
-def run_local(
-    params: dict[str, Any], repo: str | os.PathLike = ".", *, caching: bool = True
-) -> dict[str, Any]:
-    """Run the whole pipeline with KFP's local SubprocessRunner (no cluster, no Docker) and return a summary."""
-    from kfp import local
+class ExecutorLogFilter:
+    """A stdout wrapper for local runs: KFP's SubprocessRunner echoes every task's executor log, including the whole
+    executor input JSON (hundreds of lines per task). Those lines go to ``full_log`` only; the task's own output
+    (our progress and summaries, errors, tracebacks) still reaches the terminal. KFP's task start/finish lines are
+    logged by the parent process on stderr and are not touched."""
 
-    from pipelines.hardneg_pipeline import build_pipeline
+    NOISE = ("Looking for component", "Loading KFP component", "Wrote executor output file")
+
+    def __init__(self, stream: Any, full_log: Any):
+        self.stream, self.full_log = stream, full_log
+        self._buf = ""
+        self._skip_until: str | None = None  # the closing brace of the executor-input JSON being skipped
+
+    def write(self, text: str) -> int:
+        self.full_log.write(text)
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if self._keep(line):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def _keep(self, line: str) -> bool:
+        body = line.strip()
+        if self._skip_until is not None:
+            if line.rstrip() == self._skip_until:
+                self._skip_until = None
+            return False
+        if body.endswith("Got executor_input:"):
+            self._skip_until = line[: len(line) - len(line.lstrip())] + "}"
+            return False
+        return not (body.startswith("[KFP Executor") and any(n in body for n in self.NOISE))
+
+    def flush(self) -> None:
+        if self._buf and self._keep(self._buf):
+            self.stream.write(self._buf)
+        self._buf = ""
+        self.stream.flush()
+        self.full_log.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def run_local(
+    params: dict[str, Any], repo: str | os.PathLike = ".", *, caching: bool = True, verbose: bool = False
+) -> dict[str, Any]:
+    """Run the whole pipeline with KFP's local SubprocessRunner (no cluster, no Docker) and return a summary.
+    Unless ``verbose``, KFP's executor chatter is kept out of the terminal (:class:`ExecutorLogFilter`) and written
+    whole to ``<pipeline_root>/logs/run-<timestamp>.log`` (its path is in the summary as ``log``)."""
+    import contextlib
+    import sys
 
     args = pipeline_arguments(params, repo)
     lp = json.loads(args["params_json"])
     root = Path(lp["pipeline"]["pipeline_root"])
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    from datetime import datetime
+
+    log_file = root / "logs" / f"run-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.log"
+    with contextlib.ExitStack() as stack:
+        if not verbose:
+            fh = stack.enter_context(log_file.open("w", encoding="utf-8"))
+            filt = ExecutorLogFilter(sys.stdout, fh)
+            stack.enter_context(contextlib.redirect_stdout(filt))
+            stack.callback(filt.flush)
+        summary = _run_local(lp, args, root, caching)
+    summary["log"] = None if verbose else str(log_file)
+    return summary
+
+
+def _run_local(lp: dict[str, Any], args: dict[str, Any], root: Path, caching: bool) -> dict[str, Any]:
+    from kfp import local
+
+    from pipelines.hardneg_pipeline import build_pipeline
+
     os.environ.setdefault("HARDNEG_IMAGE", lp["pipeline"]["image"])
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
