@@ -496,6 +496,13 @@ def run_compare(
     if (Path(fs["reduced_dir"]) / "reduce.json").exists():
         results["reduce"] = json.loads((Path(fs["reduced_dir"]) / "reduce.json").read_text(encoding="utf-8"))
 
+    def evaluate_arm(model: Any, name: str) -> Any:
+        """Rerank the dense candidates with ``model`` (a CrossEncoder or its folder); written to arms/<name>."""
+        scorer = CrossEncoderScorer(model, cfg["max_length"], bf16=bool(params["train"].get("bf16", True)))
+        ev = evaluate_reranker(ds, scorer, fs["dense"], params_eval)
+        write_evaluation(ev, out / "arms" / name)
+        return ev
+
     # references: first stages alone, then the untrained reranker
     if "first_stage" not in results["references"]:
         ev = evaluate_reranker(ds, None, fs["dense"], params_eval, extra_first_stages={"bm25": fs["bm25"]})
@@ -522,13 +529,7 @@ def run_compare(
             device="cpu",
         )
         t0 = time.perf_counter()
-        ev = evaluate_reranker(
-            ds,
-            CrossEncoderScorer(ce, cfg["max_length"], bf16=bool(params["train"].get("bf16", True))),
-            fs["dense"],
-            params_eval,
-        )
-        write_evaluation(ev, out / "arms" / "untrained")
+        ev = evaluate_arm(ce, "untrained")
         results["references"]["untrained"] = {
             "systems": ev.metrics["systems"],
             "fusion_weight": ev.metrics.get("fusion_weight"),
@@ -646,13 +647,7 @@ def run_compare(
             )
             tm = json.loads((mdir / "train_metrics.json").read_text(encoding="utf-8"))
             t1 = time.perf_counter()
-            ev = evaluate_reranker(
-                ds,
-                CrossEncoderScorer(mdir, cfg["max_length"], bf16=bool(params["train"].get("bf16", True))),
-                fs["dense"],
-                params_eval,
-            )
-            write_evaluation(ev, out / "arms" / name)
+            ev = evaluate_arm(mdir, name)
             results["arms"][name] = {
                 "name": name,
                 "strategy": s,

@@ -408,14 +408,12 @@ def served_evaluation_stage(
         top_candidates,
     )
 
-    meta = json.loads((Path(export_dir) / "metadata.json").read_text(encoding="utf-8"))
-    weight = (meta.get("fusion") or {}).get("weight")
+    scorer = OnnxScorer(export_dir)  # verified export; its served_variant and recorded fusion weight
+    variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight
     ds = load_dataset(data_dir)
     test_qrels = ds.split_qrels(params["data"]["test_split"])
     depth = int(params["retrieve"]["rerank_depth"])
     fs = restrict(dense_run(ds, reduced_dir, params, [params["data"]["test_split"]]), test_qrels)
-    scorer = OnnxScorer(export_dir)  # the export's served_variant
-    variant = scorer.reranker.variant
     scores = rerank_scores(
         scorer,
         query_texts_of(ds),
