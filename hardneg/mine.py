@@ -25,10 +25,14 @@ Policies (``mine.policy``):
 - ``rank-window``: the candidates ranked ``rank_min .. rank_max - 1`` after the guards, top n.
 - ``random``: uniform from the corpus minus the guarded documents. ``bm25``: BM25 top-k minus the guarded documents.
 
-Guards (all policies): never a labelled positive of the query from ANY split; never a document with the same
-(whitespace/case-normalised) text as a positive; never a near-duplicate of a positive (``cos(P,D) >= dedup_sim``);
-with ``exclude_eval_positives``, never a positive of a dev/test query (leakage guard). Every candidate that is not
-selected is attributed to the first rule that rejected it (``mine_stats.json`` ``rejected``).
+Guards (all policies): never a labelled positive of the query (in the mined split: the only labels mining reads);
+never a document with the same (whitespace/case-normalised) text as a positive; never a near-duplicate of a positive
+(``cos(P,D) >= dedup_sim``). Every candidate that is not selected is attributed to the first rule that rejected it
+(``mine_stats.json`` ``rejected``).
+
+Honest protocol: mining reads the qrels of the mined split (train) only. An earlier version also removed every dev/test
+positive from the candidate pools ("leakage guard"): that made the training data depend on test labels, which no real
+user has, so it is gone; a test checks that changing dev/test qrels does not change the mined negatives.
 
 The selection rules are small pure numpy functions (``paper_conditions``, ``positive_aware_keep``, ...) over the
 arrays of one query, unit-tested on hand-made vectors.
@@ -58,9 +62,8 @@ POLICIES: tuple[str, ...] = ("paper", "positive-aware", "hybrid", "rank-window",
 
 # rejection rules, in the order they are checked (a candidate is attributed to the first that rejects it)
 RULES: tuple[str, ...] = (
-    "labelled_positive",  # a positive of this query in any split
+    "labelled_positive",  # a positive of this query (mined split)
     "duplicate_text",  # same normalised text as a positive of this query (another id)
-    "eval_positive",  # a positive of a dev/test query (leakage guard)
     "near_duplicate",  # cos(P, D) >= dedup_sim for a positive P
     "cond1_not_closer_than_positive",  # paper: d(Q,D) >= d(Q,P) for some positive
     "cond2_closer_to_positive",  # paper/hybrid: d(Q,D) >= d(P,D) for some positive
@@ -208,7 +211,6 @@ class MineConfig:
     dedup_negatives: bool = True
     rank_min: int = 0
     rank_max: int = 30
-    exclude_eval_positives: bool = True
     seed: int = 13
     search_batch_size: int = 4096
 
@@ -289,31 +291,24 @@ class _Miner:
         doc_ids: Sequence[str],
         split: str,
         cfg: MineConfig,
-        eval_splits: Sequence[str],
     ):
         self.ds, self.D, self.doc_ids, self.cfg = dataset, D, list(doc_ids), cfg
         self.doc_index = {d: i for i, d in enumerate(self.doc_ids)}
         if len(self.doc_index) != len(self.doc_ids):
             raise HardnegError("doc_ids contains duplicates")
-        self.all_pos = dataset.all_positives()
+        # labels of the mined split only: dev/test qrels never influence training data
+        self.all_pos = {q: set(docs) for q, docs in dataset.split_qrels(split).items()}
         texts = (dataset.corpus[d].full_text if d in dataset.corpus else "" for d in self.doc_ids)
         self.groups = text_duplicate_groups(texts)
         members: dict[int, list[int]] = {}
         for i in np.flatnonzero(self.groups >= 0):
             members.setdefault(int(self.groups[i]), []).append(int(i))
         self.group_members = {g: np.asarray(m, np.int64) for g, m in members.items()}
-        self.eval_pos = np.zeros(len(self.doc_ids), bool)
-        if cfg.exclude_eval_positives:
-            for s in eval_splits:
-                for docs in dataset.split_qrels(s).values():
-                    for d in docs:
-                        if d in self.doc_index:
-                            self.eval_pos[self.doc_index[d]] = True
         self.rng_seed = int(cfg.seed)
 
     # -- guards -----------------------------------------------------------------------------------------
     def guard_sets(self, qid: str) -> tuple[np.ndarray, np.ndarray]:
-        """(labelled positive indices of the query over all splits, indices sharing their text)."""
+        """(labelled positive indices of the query in the mined split, indices sharing their text)."""
         pos = np.asarray(
             sorted(self.doc_index[d] for d in self.all_pos.get(qid, ()) if d in self.doc_index), np.int64
         )
@@ -328,7 +323,6 @@ class _Miner:
         checks = [
             ("labelled_positive", np.isin(cand, guard_pos)),
             ("duplicate_text", np.isin(cand, dups)),
-            ("eval_positive", self.eval_pos[cand]),
             ("near_duplicate", near_duplicate(s_gd, self.cfg.dedup_sim)),
         ]
         return checks, s_gd
@@ -470,12 +464,6 @@ class _Miner:
         return _QueryResult(cand[sel], s_qd, count_codes(code[:upto], sel), upto, 0)
 
 
-def _eval_splits(dataset, params: Mapping[str, Any], split: str) -> list[str]:
-    data = params.get("data", {}) if isinstance(params, Mapping) else {}
-    names = {data.get("dev_split", "dev"), data.get("test_split", "test")} - {split}
-    return sorted(s for s in names if s in dataset.qrels)
-
-
 def mine_negatives(
     dataset,
     doc_vecs: np.ndarray,
@@ -520,7 +508,7 @@ def mine_negatives(
         )
     _check_unit("doc_vecs", D)
     _check_unit("query_vecs", Qv)
-    miner = _Miner(dataset, D, doc_ids, split, cfg, _eval_splits(dataset, params, split))
+    miner = _Miner(dataset, D, doc_ids, split, cfg)
     q_index = {q: i for i, q in enumerate(query_ids)}
     qrels = dataset.split_qrels(split)
 
@@ -629,7 +617,6 @@ def mine_negatives(
         "policy": cfg.policy,
         "split": split,
         "config": {**cfg.__dict__, "n": cfg.n},
-        "eval_splits_excluded": _eval_splits(dataset, params, split) if cfg.exclude_eval_positives else [],
         "n_docs": len(doc_ids),
         "candidate_depth": int(k) if cfg.policy != "random" else None,
         "queries": len(qrels),

@@ -218,3 +218,30 @@ def load_run(path: str | os.PathLike) -> Run:
     if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
         raise HardnegError(f"{p}: a run must be {{query_id: {{doc_id: score}}}}")
     return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in obj.items()}
+
+
+# --------------------------------------------------------------------------------------------------- hybrid
+
+
+def fuse_runs(primary: Mapping, secondary: Mapping, weight: float, k: int) -> Run:
+    """Hybrid first stage: per query, the union of both runs' candidates scored ``weight * z(primary) +
+    (1 - weight) * z(secondary)`` (:func:`hardneg.fusion.fuse`, the served fusion), top ``k``. A candidate missing
+    from one run takes that run's lowest score for the query (it ranked below the run's cut-off). The hybrid is
+    ``fuse_runs(bm25, dense, w_bm25, k)``; ``w`` is chosen on dev (:func:`hardneg.quality.tune_hybrid`)."""
+    from hardneg.fusion import fuse
+
+    out: Run = {}
+    for q in sorted(set(primary) | set(secondary)):
+        a, b = primary.get(q) or {}, secondary.get(q) or {}
+        cands = sorted(set(a) | set(b))
+        if not cands:
+            out[q] = {}
+            continue
+        amin = min(a.values()) if a else 0.0
+        bmin = min(b.values()) if b else 0.0
+        fa = np.array([a.get(d, amin) for d in cands], np.float64)
+        fb = np.array([b.get(d, bmin) for d in cands], np.float64)
+        s = fuse(fa, fb, float(weight))
+        order = sorted(range(len(cands)), key=lambda i: (-s[i], cands[i]))[: int(k)]
+        out[q] = {cands[i]: float(s[i]) for i in order}
+    return out

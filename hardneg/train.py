@@ -8,8 +8,8 @@ Each training example is a *query group*: the query with [positive, negative_1, 
 - ``bce``: binary cross-entropy with labels [1, 0, ..., 0];
 - ``margin``: the paper's triplet hinge, ``mean_n relu(m - s[0] + s[n])``.
 
-AdamW with linear warmup and linear decay; a wall-clock budget (``time_budget_min``) shortens the decay horizon once
-the step time is known (so a time-limited run still ends with a decayed learning rate) and stops training when spent.
+AdamW with linear warmup and linear decay over ``max_steps`` (the training length: same commit + data + params = same
+model on any machine); ``time_cap_min`` is only a safety net that stops early and is recorded (``stopped_by``).
 With a dev run, MRR@10 of reranking its top ``eval_depth`` is measured every ``eval_every`` steps and at the end
 (also at step 0 with ``eval_at_start``); the best checkpoint is kept in memory and saved. Output: the CrossEncoder folder + ``lineage.json`` +
 ``train_metrics.json``.
@@ -225,7 +225,8 @@ def train_reranker(
     lr = float(cfg.get("lr", 1e-4))
     max_length = int(cfg.get("max_length", 192))
     max_steps = int(cfg.get("max_steps", 100))
-    budget_s = float(cfg.get("time_budget_min") or 0) * 60.0
+    # a safety net only: training length is max_steps (reproducible); the cap stops early and is recorded
+    budget_s = float(cfg.get("time_cap_min") or 0) * 60.0
     eval_every = int(cfg.get("eval_every") or 0)
     eval_depth = int(cfg.get("eval_depth") or params.get("retrieve", {}).get("rerank_depth", 30))
     bf16 = bool(cfg.get("bf16", True))
@@ -270,7 +271,6 @@ def train_reranker(
     eval_seconds = 0.0
     step_seconds = 0.0
     step_times: list[float] = []
-    fitted = False
     pairs_seen = 0
     stopped_by = "max_steps"
 
@@ -304,7 +304,8 @@ def train_reranker(
     model.train()
     while step < horizon:
         if budget_s and time.perf_counter() - t_start >= budget_s:
-            stopped_by = "time_budget"
+            stopped_by = "time_cap"
+            log.warning("train.time_cap_min reached at step %d of %d (recorded as stopped_by: time_cap)", step, horizon)
             break
         t0 = time.perf_counter()
         batch_q, batch_d = [], []
@@ -343,43 +344,6 @@ def train_reranker(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(loss_curve[-10:]):.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        # every 10 steps, fit the decay horizon into the time budget at the recent pace (it may shrink or grow, never
-        # past max_steps; a run whose budget does not bind keeps horizon == max_steps, so stays deterministic)
-        if budget_s and step < horizon and step % 10 == 0:
-            per_step = float(np.mean(step_times[-10:]))
-            if dev_curve:
-                per_eval = eval_seconds / len(dev_curve)
-            elif dev_qrels is not None:
-                # not measured yet: forward-only scoring is ~3x faster per pair than a training step
-                n_dev_pairs = sum(min(eval_depth, len(v)) for v in dev_candidates.values())
-                per_eval = n_dev_pairs * per_step / (qps * group_size) / 3.0
-            else:
-                per_eval = 0.0
-            # remaining time = steps * (step time + amortized periodic evaluations) + the final evaluation
-            amortized = per_step + (per_eval / eval_every if (eval_every and dev_qrels is not None) else 0.0)
-            left = budget_s - (time.perf_counter() - t_start) - per_eval
-            # at least 10 more steps while time is left (the next fit may grow it; the budget check stops training)
-            fit = min(max_steps, step + max(10, int(max(0.0, left) / amortized)))
-            if (
-                fit != horizon
-                and (fit < max_steps or horizon < max_steps)
-                and abs(fit - horizon) > 0.05 * horizon
-            ):
-                if not fitted:
-                    warmup = max(1, round(warmup_ratio * fit))
-                    fitted = True
-                horizon = fit
-                log.info(
-                    "time budget %.1f min: %d of %d steps fit (%.2f s/step); decaying to step %d",
-                    budget_s / 60,
-                    horizon,
-                    max_steps,
-                    per_step,
-                    horizon,
-                )
-                if bar is not None:
-                    bar.total = horizon
-                    bar.refresh()
         if eval_every and step % eval_every == 0 and step < horizon:
             run_eval(step)
             model.train()

@@ -63,7 +63,7 @@ def tiny_project(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict]:
         max_length=64,
         queries_per_step=2,
         group_size=4,
-        time_budget_min=5,
+        time_cap_min=5,
     )
     params["export"].update(
         parity_int8_max_mrr_drop=1.0
