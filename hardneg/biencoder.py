@@ -61,7 +61,9 @@ class BiEncoderConfig:
     seed: int = 13
     torch_threads: int | None = 1
     time_cap_min: float = 0.0  # safety net only (0: none); recorded when it binds
-    eval_every: int = 0  # dev evaluation every N steps (+ at the end) and best-checkpoint keeping; 0: final model
+    eval_every: int = (
+        0  # dev evaluation every N steps (+ at the end) and best-checkpoint keeping; 0: final model
+    )
     eval_depth: int = 30
     batch_size: int = 64  # encoding batch size (evaluation)
 
@@ -74,7 +76,11 @@ class BiEncoderConfig:
         for k in ("eval_every", "eval_depth"):
             if k in t:
                 common[k] = t[k]
-        sec = {**common, **dict(t.get("bi_encoder") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        sec = {
+            **common,
+            **dict(t.get("bi_encoder") or {}),
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(sec) - known)
         if unknown:
@@ -213,7 +219,9 @@ def training_set(
         for n in r["negative_ids"]:
             n = str(n)
             if n not in dataset.corpus:
-                raise HardnegError(f"negatives row for query '{q}' names document '{n}', which is not in the corpus")
+                raise HardnegError(
+                    f"negatives row for query '{q}' names document '{n}', which is not in the corpus"
+                )
             if n not in negatives[q] and n not in qrels[q]:
                 negatives[q].append(n)
     qids = sorted(q for q in positives if positives[q] and q in dataset.queries)
@@ -223,7 +231,11 @@ def training_set(
     if not qids:
         raise HardnegError(
             f"no training query: split '{train_split}' has no query with a positive"
-            + (" and a mined negative (train.bi_encoder.drop_without_negative is true)" if drop_without_negative else "")
+            + (
+                " and a mined negative (train.bi_encoder.drop_without_negative is true)"
+                if drop_without_negative
+                else ""
+            )
         )
     stats = {
         "train_queries": len(qrels),
@@ -236,7 +248,11 @@ def training_set(
 
 
 def batch_plan(
-    ts: TrainingSet, queries_per_step: int, negatives_per_query: int, rng: np.random.Generator, order: list[int]
+    ts: TrainingSet,
+    queries_per_step: int,
+    negatives_per_query: int,
+    rng: np.random.Generator,
+    order: list[int],
 ) -> tuple[list[str], list[str], list[int], list[list[int]]]:
     """One step's batch: ``(query_ids, doc_ids (unique), target index per query, masked doc indices per query)``."""
     qids: list[str] = []
@@ -262,11 +278,16 @@ def batch_plan(
             take = rng.choice(len(negs), size=min(negatives_per_query, len(negs)), replace=False)
             for i in sorted(int(x) for x in take):
                 add(negs[i])
-    masks = [[index[d] for d in ts.positives[q] if d in index and index[d] != t] for q, t in zip(qids, targets, strict=True)]
+    masks = [
+        [index[d] for d in ts.positives[q] if d in index and index[d] != t]
+        for q, t in zip(qids, targets, strict=True)
+    ]
     return qids, docs, targets, masks
 
 
-def contrastive_loss(q: Any, d: Any, targets: Sequence[int], masks: Sequence[Sequence[int]], scale: float) -> Any:
+def contrastive_loss(
+    q: Any, d: Any, targets: Sequence[int], masks: Sequence[Sequence[int]], scale: float
+) -> Any:
     """Softmax cross-entropy of ``scale * q @ d.T`` (unit vectors) with the masked documents removed."""
     import torch
     import torch.nn.functional as F
@@ -335,7 +356,13 @@ def train_biencoder(
         dev_curve.append({"step": step, "mrr@10": round(m, 5)})
         log.info("step %d: dev MRR@10 %.4f", step, m)
         if m > best["mrr@10"]:
-            best.update({"mrr@10": m, "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+            best.update(
+                {
+                    "mrr@10": m,
+                    "step": step,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
+            )
 
     bar = None
     if progress:
@@ -347,7 +374,12 @@ def train_biencoder(
     while step < cfg.max_steps:
         if cfg.time_cap_min and time.perf_counter() - t0 >= cfg.time_cap_min * 60:
             stopped_by = "time_cap"
-            log.warning("train.time_cap_min (%.1f min) reached at step %d of %d", cfg.time_cap_min, step, cfg.max_steps)
+            log.warning(
+                "train.time_cap_min (%.1f min) reached at step %d of %d",
+                cfg.time_cap_min,
+                step,
+                cfg.max_steps,
+            )
             break
         qids, docs, targets, masks = batch_plan(ts, cfg.queries_per_step, cfg.negatives_per_query, rng, order)
         for g in opt.param_groups:
@@ -366,8 +398,13 @@ def train_biencoder(
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(loss_curve[-10:]):.3f}")
         elif step % 10 == 0:
-            log.info("step %d/%d loss %.4f (%.1f s/step)", step, cfg.max_steps, np.mean(loss_curve[-10:]),
-                     (time.perf_counter() - t0 - eval_s) / step)
+            log.info(
+                "step %d/%d loss %.4f (%.1f s/step)",
+                step,
+                cfg.max_steps,
+                np.mean(loss_curve[-10:]),
+                (time.perf_counter() - t0 - eval_s) / step,
+            )
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
             evaluate(step)
             model.train()
@@ -383,7 +420,10 @@ def train_biencoder(
     out.mkdir(parents=True, exist_ok=True)
     model.save(str(out))
     (out / KIND_FILE).write_text(
-        json.dumps({"kind": "bi-encoder", "max_length": cfg.max_length, "base_model": cfg.base_model}, indent=2) + "\n",
+        json.dumps(
+            {"kind": "bi-encoder", "max_length": cfg.max_length, "base_model": cfg.base_model}, indent=2
+        )
+        + "\n",
         encoding="utf-8",
     )
     lin = current_lineage(None)
@@ -405,6 +445,8 @@ def train_biencoder(
         "training_set": ts.stats,
         "config": asdict(cfg),
     }
-    (out / TRAIN_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / TRAIN_METRICS_FILE).write_text(
+        json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     log.info("trained %d steps in %.0f s; saved %s", step, seconds, out)
     return out

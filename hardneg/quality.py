@@ -3,7 +3,7 @@
 One command (``benchmarks/quality.py`` / ``hardneg compare``), resumable, writes ``quality.json`` (the report contract),
 ``quality_per_query.json`` and ``quality_report.html``. Protocol (also in README "Reranker quality"):
 
-1. Splits: dev is topped up from train to ``data.dev_min_queries`` (seeded, :mod:`hardneg.splits`); every choice below
+1. Splits: dev is topped up from train to ``data.dev_min_queries`` (seeded, :func:`hardneg.data.top_up_dev_split`); every choice below
    is made on dev; test is read once per configuration, at the end.
 2. No-training systems: BM25, each embedding model alone, the PCA ensemble, and BM25 fused with each dense system
    (weight chosen on dev). The ensemble weights are chosen on dev too (:func:`choose_ensemble_weights`). The best of
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.errors import ConfigError, HardnegError
+from hardneg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ NOT_MINED = ("untuned", "in-batch", "random")  # T3 compares the best *mined* po
 # ---------------------------------------------------------------------------------------------------- vectors
 
 
-def model_vectors(emb_dir: str | os.PathLike, slug: str) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+def model_vectors(
+    emb_dir: str | os.PathLike, slug: str
+) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """One embedding model's (corpus, doc_ids, queries, query_ids) from ``hardneg embed`` output (unit rows)."""
     from hardneg.embed import l2_normalize
 
@@ -85,11 +87,21 @@ def ensemble_vectors(
 
     parts = [model_vectors(emb_dir, s) for s in slugs]
     proj = fit_projection([p[0] for p in parts], weights, list(slugs), variance=variance, seed=seed)
-    return proj.transform([p[0] for p in parts]), parts[0][1], proj.transform([p[2] for p in parts]), parts[0][3]
+    return (
+        proj.transform([p[0] for p in parts]),
+        parts[0][1],
+        proj.transform([p[2] for p in parts]),
+        parts[0][3],
+    )
 
 
 def dense_run(
-    D: np.ndarray, doc_ids: Sequence[str], Q: np.ndarray, query_ids: Sequence[str], qids: Sequence[str], k: int
+    D: np.ndarray,
+    doc_ids: Sequence[str],
+    Q: np.ndarray,
+    query_ids: Sequence[str],
+    qids: Sequence[str],
+    k: int,
 ) -> Run:
     from hardneg.retrieve import dense_search, run_from_arrays
 
@@ -150,7 +162,9 @@ def choose_ensemble_weights(
     for w in combos:
         proj = fit_projection([p[0] for p in parts], w, list(slugs), variance=variance)
         D, Q = proj.transform([p[0] for p in parts]), proj.transform([p[2] for p in parts])
-        m = evaluate_run(dense_run(D, parts[0][1], Q, parts[0][3], qids, k), dev_qrels, ("mrr@10", "ndcg@10")).mean
+        m = evaluate_run(
+            dense_run(D, parts[0][1], Q, parts[0][3], qids, k), dev_qrels, ("mrr@10", "ndcg@10")
+        ).mean
         curve["/".join(f"{x:g}" for x in w)] = round(m["mrr@10"], 5)
         key = (round(m["mrr@10"], 10), round(m["ndcg@10"], 10), -sum(w))
         if best is None or key > best:
@@ -217,16 +231,37 @@ def arm_negatives(
         from hardneg.compare import st_negatives
 
         return st_negatives(
-            dataset, split, params, emb_dir, work / "st-cache", relative_margin=None, num_negatives=pool,
+            dataset,
+            split,
+            params,
+            emb_dir,
+            work / "st-cache",
+            relative_margin=None,
+            num_negatives=pool,
             strategy=arm,
         )
     policy = "paper" if arm.startswith("paper") else arm
-    space = {"paper-single-model": "single", "paper-pca80": "pca80", "paper-no-pca": "no-pca"}.get(arm, "ensemble")
+    space = {"paper-single-model": "single", "paper-pca80": "pca80", "paper-no-pca": "no-pca"}.get(
+        arm, "ensemble"
+    )
     D, doc_ids, Q, query_ids = vectors[space]
     rows, stats = mine_negatives(
-        dataset, D, doc_ids, Q, query_ids, split, params, bm25_run=bm25_train, policy=policy, num_negatives=pool
+        dataset,
+        D,
+        doc_ids,
+        Q,
+        query_ids,
+        split,
+        params,
+        bm25_run=bm25_train,
+        policy=policy,
+        num_negatives=pool,
     )
-    stats = {k: stats[k] for k in ("pairs", "pairs_with_negatives", "queries_without_negative", "rejected") if k in stats}
+    stats = {
+        k: stats[k]
+        for k in ("pairs", "pairs_with_negatives", "queries_without_negative", "rejected")
+        if k in stats
+    }
     stats["space"] = space
     return rows, stats
 
@@ -259,7 +294,10 @@ def evaluate_model(
     out: dict[str, Any] = {"fusion_weight": w, "fusion_dev_curve": curve}
     for split in ("dev", "test"):
         fs = restrict(first_stage, qrels[split])
-        for name, run in (("alone", restrict(alone, qrels[split])), ("served", combine(fs, scores, depth, w))):
+        for name, run in (
+            ("alone", restrict(alone, qrels[split])),
+            ("served", combine(fs, scores, depth, w)),
+        ):
             mean, pq = metrics_of(run, qrels[split])
             out.setdefault(name, {})[split] = mean
             out.setdefault("per_query", {}).setdefault(name, {})[split] = pq
@@ -311,7 +349,9 @@ def summarize(results: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
         for system in ("served", "alone"):
             a = seed_mean([pq[best][s][system]["test"] for s in shared])
             b = seed_mean([pq[arm][s][system]["test"] for s in shared])
-            per_seed = [randomization_p(pq[best][s][system]["test"], pq[arm][s][system]["test"]) for s in shared]
+            per_seed = [
+                randomization_p(pq[best][s][system]["test"], pq[arm][s][system]["test"]) for s in shared
+            ]
             key = "p_vs_best" if system == "served" else "p_vs_best_alone"
             row[key] = round(randomization_p(a, b), 5)
             row[key + "_per_seed"] = [round(p, 5) for p in per_seed]
@@ -324,7 +364,9 @@ def summarize(results: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
 # --------------------------------------------------------------------------------------------------- the study
 
 
-def study_config(params: Mapping[str, Any], arms: Sequence[str] | None, seeds: Sequence[int] | None) -> dict[str, Any]:
+def study_config(
+    params: Mapping[str, Any], arms: Sequence[str] | None, seeds: Sequence[int] | None
+) -> dict[str, Any]:
     c = dict(params["compare"])
     cfg = {
         "arms": list(arms or c["arms"]),
@@ -360,8 +402,8 @@ def run_study(
     ``out_dir/runs.json`` and skipped on a rerun with the same configuration."""
     from hardneg.biencoder import BiEncoderConfig, load_biencoder, train_biencoder
     from hardneg.config import params_hash
+    from hardneg.data import load_dataset_for
     from hardneg.lineage import current_lineage
-    from hardneg.splits import load_dataset_for
 
     t_all = time.perf_counter()
     out = Path(out_dir)
@@ -377,7 +419,9 @@ def run_study(
     k = int(params["retrieve"]["top_k"])
 
     # 1. ensemble weights and no-training systems, chosen on dev
-    ens_w, ens_curve = choose_ensemble_weights(emb, slugs, qrels["dev"], cfg["ensemble_weight_grid"], variance, k)
+    ens_w, ens_curve = choose_ensemble_weights(
+        emb, slugs, qrels["dev"], cfg["ensemble_weight_grid"], variance, k
+    )
     systems = no_training_systems(ds, emb, slugs, ens_w, params, qids)
     baseline: dict[str, Any] = {}
     for name, s in systems.items():
@@ -403,8 +447,12 @@ def run_study(
     bm25_train = bm25_search(ds.corpus, {q: ds.queries[q] for q in train_q}, k + 50)
 
     # 3. arms x seeds (resumable)
-    key = {"cfg": {k_: v for k_, v in cfg.items() if k_ not in ("arms", "seeds")}, "params": params_hash(
-        dict(params), ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"])}
+    key = {
+        "cfg": {k_: v for k_, v in cfg.items() if k_ not in ("arms", "seeds")},
+        "params": params_hash(
+            dict(params), ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]
+        ),
+    }
     runs_path = out / "runs.json"
     state = json.loads(runs_path.read_text(encoding="utf-8")) if runs_path.exists() else {}
     if state.get("key") != key:
@@ -431,13 +479,22 @@ def run_study(
                 mdir = out / "models" / f"{arm}-{seed}"
                 train_biencoder(ds, rows, mdir, bcfg, train_split=d["train_split"], progress=progress)
                 tm = json.loads((mdir / "train_metrics.json").read_text(encoding="utf-8"))
-                steps, tstats = tm["steps"], {"stopped_by": tm["stopped_by"], "s_per_step": tm["s_per_step"],
-                                             "training_set": tm["training_set"]}
+                steps, tstats = (
+                    tm["steps"],
+                    {
+                        "stopped_by": tm["stopped_by"],
+                        "s_per_step": tm["s_per_step"],
+                        "training_set": tm["training_set"],
+                    },
+                )
                 model = load_biencoder(mdir, bcfg.max_length)
             ev = evaluate_model(model, ds, first_stage, qrels, params)
             pq = ev.pop("per_query")
             state["arms"].setdefault(arm, {})[str(seed)] = {
-                **ev, "steps": steps, "negatives": nstats, "train": tstats,
+                **ev,
+                "steps": steps,
+                "negatives": nstats,
+                "train": tstats,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             state["per_query"].setdefault(arm, {})[str(seed)] = pq
@@ -447,8 +504,12 @@ def run_study(
 
                 shutil.rmtree(out / "models" / f"{arm}-{seed}", ignore_errors=True)
             log.info(
-                "%s seed %d: served test MRR@10 %.4f, alone %.4f (%.0f s)", arm, seed,
-                ev["served"]["test"]["mrr@10"], ev["alone"]["test"]["mrr@10"], time.perf_counter() - t0,
+                "%s seed %d: served test MRR@10 %.4f, alone %.4f (%.0f s)",
+                arm,
+                seed,
+                ev["served"]["test"]["mrr@10"],
+                ev["alone"]["test"]["mrr@10"],
+                time.perf_counter() - t0,
             )
 
     # 4. summary
@@ -495,14 +556,17 @@ def report_html(q: Mapping[str, Any]) -> str:
 
     rows = []
     for name, b in q["no_training"].items():
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{cell(b['dev']['mrr@10'])}</td>"
-                    f"<td>{cell(b['test']['mrr@10'])}</td><td>{cell(b['test']['ndcg@10'])}</td>"
-                    f"<td>{cell(b.get('weight'))}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{cell(b['dev']['mrr@10'])}</td>"
+            f"<td>{cell(b['test']['mrr@10'])}</td><td>{cell(b['test']['ndcg@10'])}</td>"
+            f"<td>{cell(b.get('weight'))}</td></tr>"
+        )
     arms = []
     for name, a in sorted(q["arms"].items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
         s, al = a["served"], a["alone"]
+        bold = " style='font-weight:bold'" if name == q["best_policy"] else ""
         arms.append(
-            f"<tr{' style=\"font-weight:bold\"' if name == q['best_policy'] else ''}><td>{html.escape(name)}</td>"
+            f"<tr{bold}><td>{html.escape(name)}</td>"
             f"<td>{cell(s['dev']['mrr@10']['mean'])}</td>"
             f"<td>{cell(s['test']['mrr@10']['mean'])} ± {cell(s['test']['mrr@10']['std'])}</td>"
             f"<td>{', '.join(cell(x) for x in s['test']['mrr@10']['seeds'])}</td>"
@@ -515,8 +579,8 @@ def report_html(q: Mapping[str, Any]) -> str:
         "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
         "td{text-align:right}td:first-child{text-align:left}</style>"
         f"<h1>hardneg quality study</h1><p>dataset {html.escape(q['dataset'])}, commit {html.escape(q['commit'])}, "
-        f"params {html.escape(q['params_hash'])}; dev = {q['splits']['dev_queries']} queries "
-        f"({q['splits']['moved_from_train']} carved from train, seed {q['splits']['seed']}). Choices on dev, test read once.</p>"
+        f"params {html.escape(q['params_hash'])}; dev = {q['splits']['top_up']['dev_queries']} queries "
+        f"(topped up from train: {q['splits']['top_up']['moved']}, seed {q['splits']['top_up']['seed']}). Choices on dev, test read once.</p>"
         f"<p>Best no-training system (dev): <b>{html.escape(q['no_training_hybrid']['system'])}</b>; "
         f"best mined policy (dev): <b>{html.escape(q['best_policy'])}</b>.</p>"
         "<h2>No-training systems (MRR@10)</h2><table><tr><th>system</th><th>dev</th><th>test</th><th>test nDCG@10</th>"

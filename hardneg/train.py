@@ -305,7 +305,11 @@ def train_reranker(
     while step < horizon:
         if budget_s and time.perf_counter() - t_start >= budget_s:
             stopped_by = "time_cap"
-            log.warning("train.time_cap_min reached at step %d of %d (recorded as stopped_by: time_cap)", step, horizon)
+            log.warning(
+                "train.time_cap_min reached at step %d of %d (recorded as stopped_by: time_cap)",
+                step,
+                horizon,
+            )
             break
         t0 = time.perf_counter()
         batch_q, batch_d = [], []

@@ -12,9 +12,16 @@ Two layers:
    the suite is ~40 s; the boolean column is ~0.1 s, stack.md section 4).
 
 Each expectation carries ``meta={"check": NAME}``; failed expectations become :class:`Failure` rows with a few example
-ids. The encoding check (U+FFFD / control characters) uses GX ``mostly``: up to ``validate.max_bad_encoding_frac``
+ids, and every failure message ends with ``fix: ...`` (the params.yaml key to change, or what to do to the file).
+The encoding check (U+FFFD / control characters) uses GX ``mostly``: up to ``validate.max_bad_encoding_frac``
 of the rows may be affected (BEIR's SciFact, byte-identical to upstream, has 8 of 5,183 such abstracts); those rows
 are reported as warnings, above the threshold the check fails. Validation only reads the input folder.
+
+Public BEIR collections are accepted as published, with warnings: CRLF line endings (``line_endings``, normalised by
+the readers), empty documents / queries under ``validate.empty_documents`` / ``validate.empty_queries: drop``
+(``empty_text`` with GX ``mostly=0``, plus ``qrels_to_dropped`` for the qrels rows that go with them), and a missing
+dev split (``no_dev_split``: ``hardneg.data.load_dataset_for`` carves one from train). Graded scores pass up to
+``validate.score_max``.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hardneg.data import available_splits, iter_corpus, iter_qrels, iter_queries
-from hardneg.errors import DataFormatError
+from hardneg.data import EMPTY_POLICIES, ReadStats, available_splits, iter_corpus, iter_qrels, iter_queries
+from hardneg.errors import ConfigError, DataFormatError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,9 +53,13 @@ DEFAULTS: dict[str, Any] = {
     "max_text_chars": 100_000,
     "max_query_chars": 2_000,
     "score_min": 0,
-    "score_max": 3,
+    "score_max": 4,
+    "empty_documents": "drop",
+    "empty_queries": "drop",
     "max_bad_encoding_frac": 0.005,
 }
+# which params.yaml key decides what happens to an empty text, per table
+EMPTY_KEY = {"corpus": "empty_documents", "queries": "empty_queries"}
 
 
 @dataclass(slots=True)
@@ -99,6 +110,11 @@ def validation_params(params: dict[str, Any] | None) -> dict[str, Any]:
     section = params["validate"] if isinstance(params.get("validate"), dict) else params
     out = dict(DEFAULTS)
     out.update({k: v for k, v in section.items() if k in DEFAULTS and v is not None})
+    for key in EMPTY_KEY.values():
+        if out[key] not in EMPTY_POLICIES:
+            raise ConfigError(
+                f"validate.{key} must be one of {' | '.join(EMPTY_POLICIES)}, got {out[key]!r} (params.yaml)"
+            )
     return out
 
 
@@ -137,24 +153,24 @@ def _text_table(items: Iterable[tuple[str, str]]) -> pd.DataFrame:
     return df
 
 
-def _corpus_items(path: Path) -> Iterator[tuple[str, str]]:
-    for d in iter_corpus(path):
+def _corpus_items(path: Path, stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
+    for d in iter_corpus(path, stats):
         yield d.id, d.full_text
 
 
-def _query_items(path: Path) -> Iterator[tuple[str, str]]:
-    for q in iter_queries(path):
+def _query_items(path: Path, stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
+    for q in iter_queries(path, stats):
         yield q.id, q.text
 
 
-def _qrels_table(path: Path) -> pd.DataFrame:
+def _qrels_table(path: Path, stats: ReadStats | None = None) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
     qs: list[str] = []
     ds: list[str] = []
     scores = array("q")
-    for q, d, s in iter_qrels(path):
+    for q, d, s in iter_qrels(path, stats):
         qs.append(q)
         ds.append(d)
         scores.append(s)
@@ -184,13 +200,17 @@ def _gx():
     return gx, gxe
 
 
-def _text_suite(gx, gxe, name: str, what: str, max_chars: int, p: dict[str, Any]):
+def _text_suite(gx, gxe, name: str, what: str, max_chars: int, p: dict[str, Any], empty_key: str):
     suite = gx.ExpectationSuite(name=name)
+    # empty texts: validate.empty_documents / empty_queries "drop" = reported (mostly=0: never fails), "refuse" = fail
+    empty_mostly = {"mostly": 0.0} if p[empty_key] == "drop" else {}
     for e in (
         gxe.ExpectTableRowCountToBeBetween(min_value=1, meta={"check": "row_count"}),
         gxe.ExpectColumnValueLengthsToBeBetween(column="_id", min_value=1, meta={"check": "empty_id"}),
         gxe.ExpectColumnValuesToBeUnique(column="_id", meta={"check": "duplicate_id"}),
-        gxe.ExpectColumnValuesToNotBeNull(column="text_chars", meta={"check": "empty_text", "what": what}),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="text_chars", meta={"check": "empty_text", "what": what}, **empty_mostly
+        ),
         gxe.ExpectColumnValuesToBeBetween(
             column="text_chars",
             min_value=p["min_text_chars"],
@@ -239,24 +259,60 @@ def _qrels_suite(gx, gxe, p: dict[str, Any], have_queries: bool, have_corpus: bo
     return suite
 
 
-def _message(check: str, meta: dict, kind: str, p: dict[str, Any], max_chars: int | None) -> str:
+def _message(
+    check: str, meta: dict, kind: str, p: dict[str, Any], max_chars: int | None, observed: dict[str, Any]
+) -> str:
+    """What failed and how to fix it (a params.yaml key or what to do to the file)."""
     what = meta.get("what", "text")
+    file = {"corpus": "corpus.jsonl", "queries": "queries.jsonl"}.get(kind, "the qrels file")
+    limit_key = "validate.max_text_chars" if kind == "corpus" else "validate.max_query_chars"
+    if check == "row_count":
+        return {
+            "corpus": "no documents; fix: corpus.jsonl needs one JSON object per line",
+            "queries": "no queries; fix: queries.jsonl needs one JSON object per line",
+        }.get(
+            kind,
+            "no qrels rows; fix: add query-id<TAB>corpus-id<TAB>score rows, or delete the file (a missing dev "
+            "split is carved from train: data.dev_fraction in params.yaml)",
+        )
+    if check == "empty_text":
+        key = EMPTY_KEY.get(kind, "empty_documents")
+        return (
+            f"empty {what}; fix: set validate.{key}: drop in params.yaml to leave them out (with the qrels rows "
+            f"pointing at them), or fill them in {file}"
+        )
+    if check == "score_range":
+        lo, hi = observed.get("score_min"), observed.get("score_max")
+        msg = f"score outside [{p['score_min']}, {p['score_max']}]"
+        fixes = []
+        if hi is not None and hi > p["score_max"]:
+            msg += f": found {hi} (above validate.score_max {p['score_max']})"
+            fixes.append(f"set validate.score_max: {hi} in params.yaml if the collection grades that high")
+        if lo is not None and lo < p["score_min"]:
+            msg += f"{', ' if fixes else ': '}found {lo} (below validate.score_min {p['score_min']})"
+            fixes.append(
+                f"set validate.score_min: {lo} in params.yaml to accept negative grades (scores < 1 are "
+                "never positives)"
+            )
+        return (
+            msg
+            + "; fix: "
+            + ("; or ".join(fixes) or "set validate.score_min / validate.score_max in params.yaml")
+        )
     return {
-        "row_count": "no documents"
-        if kind == "corpus"
-        else "no queries"
-        if kind == "queries"
-        else "no qrels rows",
-        "empty_id": "empty _id",
-        "duplicate_id": "duplicate _id",
-        "empty_text": f"empty {what}",
-        "text_length": f"{what} length outside [{p['min_text_chars']}, {max_chars}] characters",
-        "encoding": f"U+FFFD replacement or control characters in {what} (broken encoding?)",
-        "score_range": f"score outside [{p['score_min']}, {p['score_max']}]",
-        "duplicate_pair": "duplicate (query-id, corpus-id) row",
-        "query_in_multiple_splits": "query-id also appears in another split (train/eval leakage)",
-        "unknown_query_id": "query-id not in queries.jsonl",
-        "unknown_doc_id": "corpus-id not in corpus.jsonl",
+        "empty_id": f"empty _id; fix: give every record in {file} a non-empty _id",
+        "duplicate_id": f"duplicate _id; fix: keep one record per _id in {file} (ids must be unique)",
+        "text_length": f"{what} length outside [{p['min_text_chars']}, {max_chars}] characters; fix: set "
+        f"{limit_key} (or validate.min_text_chars) in params.yaml, or shorten the texts",
+        "encoding": f"U+FFFD replacement or control characters in {what} (broken encoding?); fix: re-export "
+        f"{file} as UTF-8 (e.g. `iconv -f cp1252 -t utf-8`), or raise validate.max_bad_encoding_frac in "
+        "params.yaml to tolerate them",
+        "duplicate_pair": "duplicate (query-id, corpus-id) row; fix: keep one row per pair "
+        "(e.g. `awk -F'\\t' '!seen[$1 FS $2]++' FILE`)",
+        "query_in_multiple_splits": "query-id also appears in another split (train/eval leakage); fix: keep each "
+        "query's rows in one qrels file",
+        "unknown_query_id": "query-id not in queries.jsonl; fix: add the query to queries.jsonl or remove its rows",
+        "unknown_doc_id": "corpus-id not in corpus.jsonl; fix: add the document to corpus.jsonl or remove the rows",
     }.get(check, check)
 
 
@@ -276,7 +332,16 @@ def _example(check: str, row: dict, other_splits: dict[str, list[str]]) -> str:
     return f"{q} -> {d}"
 
 
-def _collect(result, file: str, kind: str, p, max_chars, other_splits, report: ValidationReport) -> None:
+def _collect(
+    result,
+    file: str,
+    kind: str,
+    p,
+    max_chars,
+    other_splits,
+    report: ValidationReport,
+    observed: dict[str, Any] | None = None,
+) -> None:
     """Turn one GX suite result into Failure rows (errors and below-`mostly` warnings)."""
     for er in result.results:
         cfg = er.expectation_config
@@ -303,15 +368,35 @@ def _collect(result, file: str, kind: str, p, max_chars, other_splits, report: V
                 examples.append(ex)
             if len(examples) >= MAX_EXAMPLES:
                 break
-        msg = _message(check, meta, kind, p, max_chars)
-        if check == "row_count":
-            msg += f" (observed {res.get('observed_value')})"
-        f = Failure(file, check, count, examples, msg, severity="error" if not er.success else "warning")
         if er.success:
-            f.message += f" (tolerated: <= {p['max_bad_encoding_frac']:g} of rows)"
-            report.warnings.append(f)
-        else:
-            report.failures.append(f)
+            report.warnings.append(
+                Failure(
+                    file, check, count, examples, _warning(check, meta, kind, p, count), severity="warning"
+                )
+            )
+            continue
+        msg = _message(check, meta, kind, p, max_chars, observed or {})
+        if check == "row_count":
+            msg = msg.replace(";", f" (observed {res.get('observed_value')});", 1)
+        report.failures.append(Failure(file, check, count, examples, msg))
+
+
+def _warning(check: str, meta: dict, kind: str, p: dict[str, Any], count: int) -> str:
+    """Message of a check that passed under its ``mostly`` threshold but still found rows."""
+    what = meta.get("what", "text")
+    if check == "empty_text":
+        key = EMPTY_KEY.get(kind, "empty_documents")
+        noun = "document(s) (empty title and text)" if kind == "corpus" else "quer(y/ies) (empty text)"
+        return (
+            f"{count} empty {noun}: left out by hardneg with the qrels rows pointing at them "
+            f"(validate.{key}: drop); set validate.{key}: refuse in params.yaml to fail instead"
+        )
+    if check == "encoding":
+        return (
+            f"U+FFFD replacement or control characters in {what} (broken encoding?) "
+            f"(tolerated: <= {p['max_bad_encoding_frac']:g} of rows, validate.max_bad_encoding_frac)"
+        )
+    return f"{check}: {count} row(s) (tolerated)"
 
 
 class _GxRunner:
@@ -374,14 +459,60 @@ class _GxRunner:
 # ---------------------------------------------------------------------------------------------------- main
 
 
+# how to fix each reader error (DataFormatError.detail prefix -> hint); the readers' own messages stay terse
+_FORMAT_HINTS: tuple[tuple[str, str], ...] = (
+    ("file not found", "the folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv (BEIR layout)"),
+    ("file is empty", "re-export the file (DVC-tracked data: `dvc pull` or `dvc checkout`)"),
+    ("not valid UTF-8", "re-encode the file as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 IN > OUT`)"),
+    ("starts with a UTF-8 byte-order mark", "remove the BOM (e.g. `sed -i '1s/^\\xEF\\xBB\\xBF//' FILE`)"),
+    (
+        "header must be",
+        "the first line must be query-id<TAB>corpus-id<TAB>score (e.g. `sed -i 's/,/\\t/g' FILE` "
+        "for a comma-separated file)",
+    ),
+    ("expected 3 TAB-separated", "each row is query-id<TAB>corpus-id<TAB>score: fix or remove that line"),
+    ("score must be an integer", "qrels scores are integer grades (0 = not relevant): round or map them"),
+    (
+        "no qrels/*.tsv",
+        "add qrels/train.tsv and qrels/test.tsv (query-id<TAB>corpus-id<TAB>score); a missing "
+        "dev split is carved from train (data.dev_fraction in params.yaml)",
+    ),
+    ("dataset folder not found", "pass the BEIR folder as the argument or set data.dir in params.yaml"),
+)
+_JSONL_HINT = 'each line must be one JSON object with string "_id" and "text": fix or remove that line'
+
+
+def _format_hint(detail: str) -> str:
+    for prefix, hint in _FORMAT_HINTS:
+        if prefix in detail:
+            return hint
+    return _JSONL_HINT
+
+
+def _with_hint(detail: str) -> str:
+    return f"{detail}; fix: {_format_hint(detail)}"
+
+
 def _format_failure(e: DataFormatError, root: Path) -> Failure:
     return Failure(
         file=_rel(e.path, root),
         check="format",
         count=1,
         examples=[f"line {e.line}"] if e.line is not None else [],
-        message=e.detail,
+        message=_with_hint(e.detail),
         line=e.line,
+    )
+
+
+def _crlf_warning(file: str, stats: ReadStats) -> Failure:
+    return Failure(
+        file,
+        "line_endings",
+        stats.crlf_lines,
+        [f"line {stats.first_crlf_line}"],
+        f"Windows (CRLF) line endings on {stats.crlf_lines} of {stats.lines} lines: read as LF, nothing to do "
+        "(`dos2unix FILE` converts the file)",
+        severity="warning",
     )
 
 
@@ -397,6 +528,7 @@ def _text_stats(df) -> dict[str, Any]:
     n = df["text_chars"].dropna()
     return {
         "count": int(len(df)),
+        "empty": int(len(df) - len(n)),
         "unique_ids": int(df["_id"].nunique()),
         "chars_mean": round(float(n.mean()), 1) if len(n) else 0.0,
         "chars_max": int(n.max()) if len(n) else 0,
@@ -410,11 +542,17 @@ def validate_dataset(
 ) -> ValidationReport:
     """Validate a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``); never raises for bad data.
 
-    ``params``: the full params dict (its ``validate`` section is used) or ``None`` for ``load_params()``.
+    ``params``: the full params dict (its ``validate`` section is used, and ``data`` for the split names) or
+    ``None`` for ``load_params()``.
     ``data_docs_dir``: also build GX Data Docs there (static HTML; it loads CSS/JS from CDNs, so offline it renders
     unstyled).
     """
+    if params is None:
+        from hardneg.config import load_params
+
+        params = load_params()
     p = validation_params(params)
+    data_p = params.get("data") if isinstance(params.get("data"), dict) else {}
     r = Path(root)
     report = ValidationReport(root=str(r), success=False)
     if not r.is_dir():
@@ -424,7 +562,7 @@ def validate_dataset(
                 "format",
                 1,
                 [],
-                "dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/)",
+                _with_hint("dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/)"),
             )
         )
         return report
@@ -433,9 +571,10 @@ def validate_dataset(
     gx, gxe = runner.gx, runner.gxe
 
     tables: dict[str, pd.DataFrame | None] = {}
+    stats_of = {"corpus": ReadStats(), "queries": ReadStats()}
     for name, items, what, max_chars in (
-        ("corpus", _corpus_items(r / "corpus.jsonl"), "title+text", p["max_text_chars"]),
-        ("queries", _query_items(r / "queries.jsonl"), "text", p["max_query_chars"]),
+        ("corpus", _corpus_items(r / "corpus.jsonl", stats_of["corpus"]), "title+text", p["max_text_chars"]),
+        ("queries", _query_items(r / "queries.jsonl", stats_of["queries"]), "text", p["max_query_chars"]),
     ):
         file = f"{name}.jsonl"
         try:
@@ -444,22 +583,42 @@ def validate_dataset(
             report.failures.append(_format_failure(e, r))
             tables[name] = None
             continue
+        finally:
+            if stats_of[name].crlf_lines:
+                report.warnings.append(_crlf_warning(file, stats_of[name]))
         tables[name] = df
         report.stats["docs" if name == "corpus" else "queries"] = _text_stats(df)
-        suite = runner.add_suite(_text_suite(gx, gxe, f"{name}_suite", what, max_chars, p))
+        suite = runner.add_suite(_text_suite(gx, gxe, f"{name}_suite", what, max_chars, p, EMPTY_KEY[name]))
         res = runner.run(name, suite, df, ["record", "_id"])
         report.gx[file] = _gx_summary(res)
         _collect(res, file, name, p, max_chars, {}, report)
+        if len(df) and p[EMPTY_KEY[name]] == "drop" and df["text_chars"].isna().all():
+            report.failures.append(
+                Failure(
+                    file,
+                    "all_empty",
+                    int(len(df)),
+                    [str(x) for x in df["_id"].head(MAX_EXAMPLES)],
+                    f"every record of {file} has an empty text: nothing would be left after dropping them; fix: "
+                    f"re-export {file} with its texts",
+                )
+            )
 
     splits = available_splits(r)
     qrels: dict[str, pd.DataFrame] = {}
     if not splits:
-        report.failures.append(Failure("qrels", "format", 1, [], "no qrels/*.tsv files found"))
+        report.failures.append(Failure("qrels", "format", 1, [], _with_hint("no qrels/*.tsv files found")))
     for split in splits:
+        file = f"qrels/{split}.tsv"
+        st = ReadStats()
         try:
-            qrels[split] = _qrels_table(r / "qrels" / f"{split}.tsv")
+            qrels[split] = _qrels_table(r / "qrels" / f"{split}.tsv", st)
         except DataFormatError as e:
             report.failures.append(_format_failure(e, r))
+        if st.crlf_lines:
+            report.warnings.append(_crlf_warning(file, st))
+    if splits:
+        _split_warnings(splits, data_p, report)
 
     # cross-file boolean columns (never ExpectColumnValuesToBeInSet with the id set itself: stack.md section 4)
     splits_of: dict[str, list[str]] = {}
@@ -470,6 +629,8 @@ def validate_dataset(
     corpus_df, queries_df = tables.get("corpus"), tables.get("queries")
     suite = runner.add_suite(_qrels_suite(gx, gxe, p, queries_df is not None, corpus_df is not None))
     report.stats["qrels"] = {}
+    dropped_docs = _empty_ids(corpus_df) if p["empty_documents"] == "drop" else set()
+    dropped_queries = _empty_ids(queries_df) if p["empty_queries"] == "drop" else set()
     for split, df in qrels.items():
         file = f"qrels/{split}.tsv"
         df["query_one_split"] = ~df["query-id"].isin(list(multi))
@@ -485,7 +646,25 @@ def validate_dataset(
         res = runner.run(f"qrels_{split}", suite, df, ["record", "query-id", "corpus-id"])
         report.gx[file] = _gx_summary(res)
         others = {q: [s for s in multi[q] if s != split] for q in multi}
-        _collect(res, file, "qrels", p, None, others, report)
+        observed = (
+            {"score_min": int(df["score"].min()), "score_max": int(df["score"].max())} if len(df) else {}
+        )
+        _collect(res, file, "qrels", p, None, others, report, observed)
+        if dropped_docs or dropped_queries:
+            gone = df["corpus-id"].isin(dropped_docs) | df["query-id"].isin(dropped_queries)
+            if gone.any():
+                rows = df[gone].head(MAX_EXAMPLES)
+                report.warnings.append(
+                    Failure(
+                        file,
+                        "qrels_to_dropped",
+                        int(gone.sum()),
+                        [f"{q} -> {d}" for q, d in zip(rows["query-id"], rows["corpus-id"], strict=True)],
+                        "qrels rows pointing at an empty document / query: left out with it "
+                        "(validate.empty_documents / validate.empty_queries: drop)",
+                        severity="warning",
+                    )
+                )
 
     try:
         report.data_docs = runner.build_docs()
@@ -493,6 +672,31 @@ def validate_dataset(
         log.warning("could not build GX Data Docs in %s: %s", data_docs_dir, e)
     report.success = not report.failures
     return report
+
+
+def _empty_ids(df) -> set[str]:
+    if df is None:
+        return set()
+    return set(df.loc[df["text_chars"].isna(), "_id"].astype(str))
+
+
+def _split_warnings(splits: list[str], data_p: dict[str, Any], report: ValidationReport) -> None:
+    """A folder without a dev split is accepted (public BEIR sets ship train + test): say what the pipeline does."""
+    dev, train = data_p.get("dev_split") or "dev", data_p.get("train_split") or "train"
+    if dev in splits:
+        return
+    if train in splits:
+        msg = (
+            f"no qrels/{dev}.tsv: the pipeline carves a {dev} split from {train} in memory "
+            f"(data.dev_fraction {data_p.get('dev_fraction', 0.1)}, data.dev_seed {data_p.get('dev_seed', 13)}, "
+            f"data.dev_max_queries {data_p.get('dev_max_queries', 500)}); add qrels/{dev}.tsv to choose it yourself"
+        )
+    else:
+        msg = (
+            f"no qrels/{dev}.tsv and no qrels/{train}.tsv: evaluation only; training needs qrels/{train}.tsv "
+            "(data.train_split in params.yaml)"
+        )
+    report.warnings.append(Failure("qrels", "no_dev_split", 0, [], msg, severity="warning"))
 
 
 def _gx_summary(res) -> dict[str, Any]:

@@ -163,7 +163,6 @@ JSONL_ERRORS = [
     ('{"_id": "a", "text": 3}\n', 1, "'text' must be a string, got int"),
     ('{"_id": "a", "text": "x", "title": {}}\n', 1, "'title' must be a string, got dict"),
     ('\ufeff{"_id": "a", "text": "x"}\n', 1, "byte-order mark"),
-    ('{"_id": "a", "text": "x"}\n{"_id": "b", "text": "y"}\r\n', 2, "CRLF"),
 ]
 
 
@@ -201,9 +200,7 @@ QRELS_ERRORS = [
     ("query-id,corpus-id,score\nq,d,1\n", 1, "(the file is not TAB-separated)"),
     ("qid\tdid\tscore\nq\td\t1\n", 1, "header must be"),
     ("\ufeffquery-id\tcorpus-id\tscore\n", 1, "byte-order mark"),
-    ("query-id\tcorpus-id\tscore\r\nq\td\t1\r\n", 1, "CRLF"),
     ("query-id\tcorpus-id\tscore\nq\td\t1\nq\td2\n", 3, "expected 3 TAB-separated columns, got 2"),
-    ("query-id\tcorpus-id\tscore\nq\td\t1\nq\td2\t1\r\n", 3, "CRLF"),
     ("query-id\tcorpus-id\tscore\nq\td\t1\n\nq\td2\thigh\n", 4, "score must be an integer, got 'high'"),
 ]
 

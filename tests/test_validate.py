@@ -225,7 +225,6 @@ CONTENT_CASES: list[tuple[str, Callable, set[tuple[str, str]], str]] = [
     # (id, corrupt, exact failing (file, check) pairs, message fragment)
     ("duplicate-doc-id", dup_doc_id, {("corpus.jsonl", "duplicate_id")}, "duplicate _id"),
     ("empty-doc-id", empty_doc_id, {("corpus.jsonl", "empty_id")}, "empty _id"),
-    ("empty-doc-text", empty_doc_text, {("corpus.jsonl", "empty_text")}, "empty title+text"),
     ("duplicate-query-id", dup_query_id, {("queries.jsonl", "duplicate_id")}, "duplicate _id"),
     ("qrels-unknown-doc", qrels_unknown_doc, {("qrels/train.tsv", "unknown_doc_id")}, "not in corpus.jsonl"),
     (
@@ -234,7 +233,12 @@ CONTENT_CASES: list[tuple[str, Callable, set[tuple[str, str]], str]] = [
         {("qrels/dev.tsv", "unknown_query_id")},
         "not in queries.jsonl",
     ),
-    ("score-out-of-range", score_out_of_range, {("qrels/test.tsv", "score_range")}, "score outside [0, 3]"),
+    (
+        "score-out-of-range",
+        score_out_of_range,
+        {("qrels/test.tsv", "score_range")},
+        "score outside [0, 4]: found 7 (above validate.score_max 4); fix: set validate.score_max: 7 in params.yaml",
+    ),
     (
         "query-in-two-splits",
         query_in_two_splits,
@@ -262,8 +266,6 @@ FORMAT_CASES: list[tuple[str, Callable, str, int | None, str]] = [
     ("empty-corpus-file", empty_corpus_file, "corpus.jsonl", None, "file is empty"),
     ("qrels-comma-delimited", qrels_commas, "qrels/dev.tsv", 1, "not TAB-separated"),
     ("bom", bom_queries, "queries.jsonl", 1, "byte-order mark"),
-    ("crlf-jsonl", crlf_corpus, "corpus.jsonl", 1, "CRLF"),
-    ("crlf-qrels", crlf_qrels, "qrels/train.tsv", 1, "CRLF"),
     ("non-utf8-bytes", non_utf8_corpus, "corpus.jsonl", 41, "not valid UTF-8"),
     ("no-qrels-files", no_qrels, "qrels", None, "no qrels/*.tsv"),
 ]
@@ -301,6 +303,7 @@ def test_content_corruption_fails(tiny_data_copy, params, corrupt, expected, fra
     for f in report.failures:
         assert f.severity == "error" and f.count >= 1
         assert fragment in f.message
+        assert "; fix: " in f.message  # every failure says how to fix it
         want = example.get(f.file) if isinstance(example, dict) else example
         if want is not None:
             assert want in f.examples, f.examples
@@ -318,6 +321,7 @@ def test_malformed_file_is_a_failure_not_a_traceback(tiny_data_copy, params, cor
     f = fmt[0]
     assert (f.file, f.line) == (file, line)
     assert fragment in f.message
+    assert "; fix: " in f.message and len(f.message.split("; fix: ")[1]) > 20
     if line is not None:
         assert f.examples == [f"line {line}"]
     # the other files are still validated, and nothing else is reported as failing
@@ -336,6 +340,59 @@ def test_duplicate_doc_reports_count_and_ids(tiny_data_copy, params):
     _write_lines(tiny_data_copy / "corpus.jsonl", lines)
     (f,) = validate_dataset(tiny_data_copy, params).failures
     assert (f.check, f.count, f.examples) == ("duplicate_id", 4, [json.loads(lines[0])["_id"]])
+
+
+@pytest.mark.parametrize("corrupt", [crlf_corpus, crlf_qrels], ids=["crlf-jsonl", "crlf-qrels"])
+def test_crlf_is_a_warning_not_a_failure(tiny_data_copy, params, corrupt):
+    corrupt(tiny_data_copy)
+    report = validate_dataset(tiny_data_copy, params)
+    assert report.success and report.failures == [], report.failures
+    (w,) = report.warnings
+    file = "corpus.jsonl" if corrupt is crlf_corpus else "qrels/train.tsv"
+    lines = 107 if corrupt is crlf_corpus else 27
+    assert (w.file, w.check, w.count, w.severity, w.examples) == (
+        file,
+        "line_endings",
+        lines,
+        "warning",
+        ["line 1"],
+    )
+    assert "CRLF" in w.message and "dos2unix" in w.message
+    # the content was read exactly as from the LF file
+    assert report.stats == validate_dataset(REPO / "tests" / "fixtures" / "tiny", params).stats
+
+
+def test_empty_document_dropped_with_warning_or_refused(tiny_data_copy, params):
+    doc_id = empty_doc_text(tiny_data_copy)
+    report = validate_dataset(tiny_data_copy, params)  # default validate.empty_documents: drop
+    assert report.success and report.failures == [], report.failures
+    (w,) = report.warnings
+    assert (w.file, w.check, w.count, w.examples, w.severity) == (
+        "corpus.jsonl",
+        "empty_text",
+        1,
+        [doc_id],
+        "warning",
+    )
+    assert "validate.empty_documents" in w.message and "refuse" in w.message
+    assert report.gx["corpus.jsonl"]["success"] and report.stats["docs"]["empty"] == 1
+
+    refuse = {**params, "validate": {**params["validate"], "empty_documents": "refuse"}}
+    report = validate_dataset(tiny_data_copy, refuse)
+    assert not report.success
+    (f,) = report.failures
+    assert (f.file, f.check, f.count, f.examples) == ("corpus.jsonl", "empty_text", 1, [doc_id])
+    assert "validate.empty_documents: drop" in f.message and "; fix: " in f.message
+
+
+def test_no_dev_split_is_accepted_with_a_warning(tiny_data_copy, params):
+    (tiny_data_copy / "qrels" / "dev.tsv").unlink()
+    report = validate_dataset(tiny_data_copy, params)
+    assert report.success and report.failures == [], report.failures
+    (w,) = report.warnings
+    assert (w.file, w.check, w.severity) == ("qrels", "no_dev_split", "warning")
+    assert "data.dev_fraction" in w.message and "carves" in w.message
+    assert set(report.stats["qrels"]) == {"train", "test"}
 
 
 def test_encoding_below_threshold_is_a_warning(tiny_data_copy, params):
@@ -387,7 +444,11 @@ def test_missing_folder_is_a_failure(tmp_path, params):
     report = validate_dataset(tmp_path / "nope", params)
     assert not report.success
     assert [(f.check, f.message) for f in report.failures] == [
-        ("format", "dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/)")
+        (
+            "format",
+            "dataset folder not found (expected corpus.jsonl, queries.jsonl, qrels/); "
+            "fix: pass the BEIR folder as the argument or set data.dir in params.yaml",
+        )
     ]
 
 
