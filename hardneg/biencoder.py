@@ -35,12 +35,14 @@ from typing import Any
 import numpy as np
 
 from hardneg.errors import ConfigError, HardnegError
+from hardneg.hw import use_bf16
 
 log = logging.getLogger(__name__)
 
 KIND_FILE = "hardneg_model.json"
 TRAIN_METRICS_FILE = "train_metrics.json"
 KINDS = ("bi-encoder", "cross-encoder")
+TUNE_MODES = ("query", "both")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,10 @@ class BiEncoderConfig:
     warmup_ratio: float = 0.1
     scale: float = 20.0  # 1 / temperature of the softmax over cosines
     drop_without_negative: bool = False
-    bf16: bool = True
+    tune: str = (
+        "query"  # query: fine-tune the query tower, documents keep the base model's cached vectors | both
+    )
+    bf16: bool = False  # resolved from train.bf16 (auto: native bf16 only, hardneg/hw.py)
     seed: int = 13
     torch_threads: int | None = 1
     time_cap_min: float = 0.0  # safety net only (0: none); recorded when it binds
@@ -70,7 +75,8 @@ class BiEncoderConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> BiEncoderConfig:
         t = dict(params.get("train", {}))
-        common = {k: t[k] for k in ("base_model", "max_steps", "seed", "bf16", "torch_threads") if k in t}
+        common = {k: t[k] for k in ("base_model", "max_steps", "seed", "torch_threads") if k in t}
+        common["bf16"] = use_bf16(t.get("bf16", "auto"))
         if "time_cap_min" in t:
             common["time_cap_min"] = t["time_cap_min"]
         for k in ("eval_every", "eval_depth"):
@@ -98,6 +104,8 @@ class BiEncoderConfig:
             if not ok:
                 raise ConfigError(f"train.bi_encoder.{k} must be {want}, got {v!r}")
         cfg = cls(**sec)
+        if cfg.tune not in TUNE_MODES:
+            raise ConfigError(f"train.bi_encoder.tune must be one of {list(TUNE_MODES)}, got {cfg.tune!r}")
         if cfg.max_steps < 1 or cfg.queries_per_step < 2 or cfg.negatives_per_query < 0:
             raise ConfigError(
                 "train: need max_steps >= 1, bi_encoder.queries_per_step >= 2 (in-batch negatives) and "
@@ -140,14 +148,20 @@ def _forward(model: Any, texts: Sequence[str]) -> Any:
     return F.normalize(model(feats)["sentence_embedding"].float(), dim=-1)
 
 
-def encode(model: Any, texts: Sequence[str], batch_size: int = 64, bf16: bool = True) -> np.ndarray:
+def _dim(model: Any) -> int:
+    f = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(f())
+
+
+def encode(model: Any, texts: Sequence[str], batch_size: int = 64, bf16: bool | None = None) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(texts), dim]`` (input order; batches of similar length)."""
     import torch
 
+    bf16 = use_bf16("auto") if bf16 is None else bf16
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), np.float32)
+        return np.zeros((0, _dim(model)), np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), model.get_sentence_embedding_dimension()), np.float32)
+    out = np.zeros((len(texts), _dim(model)), np.float32)
     was_training = model.training
     model.eval()
     try:
@@ -164,7 +178,9 @@ class BiEncoderScorer:
     """Cosine scores of (query, document) pairs with a torch bi-encoder; each distinct text is encoded once per call
     and documents are kept in a cache (the corpus repeats across queries)."""
 
-    def __init__(self, model: Any, max_length: int | None = None, batch_size: int = 64, bf16: bool = True):
+    def __init__(
+        self, model: Any, max_length: int | None = None, batch_size: int = 64, bf16: bool | None = None
+    ):
         self.model = model if not isinstance(model, (str, os.PathLike)) else load_biencoder(model, max_length)
         if max_length:
             self.model.max_seq_length = int(max_length)
@@ -184,6 +200,20 @@ class BiEncoderScorer:
         qs = sorted({q for q, _ in pairs})
         qv = dict(zip(qs, encode(self.model, qs, self.batch_size, self.bf16), strict=True))
         return np.array([float(qv[q] @ self._docs[d]) for q, d in pairs], np.float32)
+
+
+def document_vectors(
+    dataset: Any, cfg: BiEncoderConfig, cache_dir: str | os.PathLike | None, progress: bool = False
+) -> tuple[np.ndarray, list[str]]:
+    """The base model's document vectors (``tune: query`` keeps them: documents are never re-embedded when the model
+    changes). Through the fingerprinted embedding cache of ``hardneg embed``: free when the base model is one of
+    ``embed.models`` with the same max_length."""
+    from hardneg.embed import embed_texts
+
+    ids = list(dataset.corpus)
+    texts = [dataset.corpus[d].full_text for d in ids]
+    mcfg = {"name": cfg.base_model, "max_length": cfg.max_length, "batch_size": cfg.batch_size}
+    return embed_texts(texts, mcfg, cache_dir, "document", progress, bf16=cfg.bf16), ids
 
 
 # -------------------------------------------------------------------------------------------------- training
@@ -316,18 +346,27 @@ def train_biencoder(
     dev_eval: Callable[[Any], float] | None = None,
     lineage_extra: Mapping[str, Any] | None = None,
     params_for_hash: Mapping[str, Any] | None = None,
+    doc_vectors: tuple[np.ndarray, Sequence[str]] | None = None,
     progress: bool = False,
 ) -> Path:
     """Fine-tune ``cfg.base_model`` and save it to ``out_dir``; returns ``out_dir``.
 
     ``dev_eval(model) -> MRR@10`` (built by the caller from the dev split) is called every ``cfg.eval_every`` steps
-    and at the end when ``eval_every`` > 0; the best checkpoint is kept."""
+    and at the end when ``eval_every`` > 0; the best checkpoint is kept. ``doc_vectors`` = ``(D, doc_ids)``, the
+    base model's document vectors (:func:`document_vectors`), is required with ``tune: query``."""
     import torch
 
     from hardneg.config import params_hash
     from hardneg.lineage import current_lineage, write_lineage
 
     ts = training_set(dataset, negatives_rows, train_split, cfg.drop_without_negative)
+    if cfg.tune == "query":
+        if doc_vectors is None:
+            raise HardnegError(
+                "train.bi_encoder.tune: query needs the base model's document vectors (doc_vectors)"
+            )
+        Dfix = torch.from_numpy(np.ascontiguousarray(doc_vectors[0], dtype=np.float32))
+        dindex = {d: i for i, d in enumerate(doc_vectors[1])}
     if cfg.torch_threads:
         torch.set_num_threads(int(cfg.torch_threads))
     np.random.seed(cfg.seed)
@@ -386,7 +425,10 @@ def train_biencoder(
             g["lr"] = cfg.lr * _lr_factor(step, warmup, cfg.max_steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             qv = _forward(model, [qtext[q] for q in qids])
-            dv = _forward(model, [dataset.corpus[d].full_text for d in docs])
+            if cfg.tune == "query":  # fixed document vectors: only the query tower learns
+                dv = Dfix[[dindex[d] for d in docs]]
+            else:
+                dv = _forward(model, [dataset.corpus[d].full_text for d in docs])
         loss = contrastive_loss(qv, dv, targets, masks, cfg.scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -421,7 +463,15 @@ def train_biencoder(
     model.save(str(out))
     (out / KIND_FILE).write_text(
         json.dumps(
-            {"kind": "bi-encoder", "max_length": cfg.max_length, "base_model": cfg.base_model}, indent=2
+            {
+                "kind": "bi-encoder",
+                "max_length": cfg.max_length,
+                "base_model": cfg.base_model,
+                "tune": cfg.tune,
+                # tune: query -> documents are embedded by the base model (the export ships it as a second graph)
+                "document_encoder": cfg.base_model if cfg.tune == "query" else "self",
+            },
+            indent=2,
         )
         + "\n",
         encoding="utf-8",

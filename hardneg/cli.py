@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hardneg.errors import HardnegError
+from hardneg.hw import use_bf16
 
 app = typer.Typer(
     name="hardneg",
@@ -834,7 +835,7 @@ def evaluate_cmd(
                 raise HardnegError(
                     f"no trained model in {model_dir} (run `hardneg train`, or pass --first-stage-only)"
                 )
-            scorer = CrossEncoderScorer(model_dir, bf16=bool(params["train"].get("bf16", True)))
+            scorer = CrossEncoderScorer(model_dir, bf16=use_bf16(params["train"].get("bf16", "auto")))
             target_model_dir = model_dir
     fs_name = first_stage or params["evaluate"].get("first_stage", "dense")
     if fs_name not in runs:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hardneg.errors import ConfigError, HardnegError
+from hardneg.hw import use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -498,7 +499,9 @@ def run_compare(
 
     def evaluate_arm(model: Any, name: str) -> Any:
         """Rerank the dense candidates with ``model`` (a CrossEncoder or its folder); written to arms/<name>."""
-        scorer = CrossEncoderScorer(model, cfg["max_length"], bf16=bool(params["train"].get("bf16", True)))
+        scorer = CrossEncoderScorer(
+            model, cfg["max_length"], bf16=use_bf16(params["train"].get("bf16", "auto"))
+        )
         ev = evaluate_reranker(ds, scorer, fs["dense"], params_eval)
         write_evaluation(ev, out / "arms" / name)
         return ev

@@ -472,7 +472,9 @@ def embed_dataset(
     corpus_sha = sha256_file(corpus_file) if corpus_file.exists() else texts_hash(doc_texts)
     cache = cfg.get("cache_dir")
     chunk = int(cfg.get("chunk_size") or 512)
-    bf16 = bool(cfg.get("bf16", False))
+    from hardneg.hw import use_bf16
+
+    bf16 = use_bf16(cfg.get("bf16", "auto"))
     entries = []
     for m, slug in zip(models, slugs, strict=True):
         st_d: dict[str, Any] = {}

@@ -272,16 +272,21 @@ def evaluate_model(
     first_stage: Run,
     qrels: Mapping[str, Mapping[str, Mapping[str, int]]],
     params: Mapping[str, Any],
+    doc_vectors: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The tuned model alone (dense retrieval over the corpus) and served (fused with ``first_stage`` over its top
-    ``rerank_depth``, weight chosen on dev), on dev and test: metrics and per-query MRR@10."""
+    ``rerank_depth``, weight chosen on dev), on dev and test: metrics and per-query MRR@10. ``doc_vectors``: the
+    fixed document vectors of ``tune: query`` (else the model embeds the corpus)."""
     from hardneg.biencoder import encode
     from hardneg.evaluate import combine, restrict, top_candidates, tune_fusion_weight
 
     depth = int(params["retrieve"]["rerank_depth"])
     k = int(params["retrieve"]["top_k"])
-    doc_ids = list(dataset.corpus)
-    D = encode(model, [dataset.corpus[d].full_text for d in doc_ids])
+    if doc_vectors is not None:
+        D, doc_ids = np.asarray(doc_vectors[0], np.float32), list(doc_vectors[1])
+    else:
+        doc_ids = list(dataset.corpus)
+        D = encode(model, [dataset.corpus[d].full_text for d in doc_ids])
     qids = sorted(set(qrels["dev"]) | set(qrels["test"]))
     Q = encode(model, [dataset.queries[q].text for q in qids])
     alone = dense_run(D, doc_ids, Q, qids, qids, k)
@@ -400,7 +405,7 @@ def run_study(
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns quality.json's content. Finished (arm, seed) runs are kept in
     ``out_dir/runs.json`` and skipped on a rerun with the same configuration."""
-    from hardneg.biencoder import BiEncoderConfig, load_biencoder, train_biencoder
+    from hardneg.biencoder import BiEncoderConfig, document_vectors, load_biencoder, train_biencoder
     from hardneg.config import params_hash
     from hardneg.data import load_dataset_for
     from hardneg.lineage import current_lineage
@@ -460,6 +465,8 @@ def run_study(
             log.warning("%s was written with another configuration: starting over", runs_path)
         state = {"key": key, "arms": {}, "per_query": {}}
     neg_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
+    bcfg0 = BiEncoderConfig.from_params(params)
+    fixed = document_vectors(ds, bcfg0, params["embed"].get("cache_dir")) if bcfg0.tune == "query" else None
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
             if str(seed) in state["arms"].get(arm, {}):
@@ -477,7 +484,9 @@ def run_study(
                 model, steps, tstats = load_biencoder(bcfg.base_model, bcfg.max_length), 0, {}
             else:
                 mdir = out / "models" / f"{arm}-{seed}"
-                train_biencoder(ds, rows, mdir, bcfg, train_split=d["train_split"], progress=progress)
+                train_biencoder(
+                    ds, rows, mdir, bcfg, train_split=d["train_split"], doc_vectors=fixed, progress=progress
+                )
                 tm = json.loads((mdir / "train_metrics.json").read_text(encoding="utf-8"))
                 steps, tstats = (
                     tm["steps"],
@@ -488,7 +497,7 @@ def run_study(
                     },
                 )
                 model = load_biencoder(mdir, bcfg.max_length)
-            ev = evaluate_model(model, ds, first_stage, qrels, params)
+            ev = evaluate_model(model, ds, first_stage, qrels, params, fixed)
             pq = ev.pop("per_query")
             state["arms"].setdefault(arm, {})[str(seed)] = {
                 **ev,

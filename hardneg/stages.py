@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.errors import DataValidationError, GateFailedError, HardnegError
+from hardneg.hw import use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,9 @@ def evaluate_stage(
     d = params["data"]
     run = dense_run(ds, reduced_dir, params, [d["dev_split"], d["test_split"]])
     scorer = CrossEncoderScorer(
-        model_dir, max_length=int(params["train"]["max_length"]), bf16=bool(params["train"].get("bf16", True))
+        model_dir,
+        max_length=int(params["train"]["max_length"]),
+        bf16=use_bf16(params["train"].get("bf16", "auto")),
     )
     ev = evaluate_reranker(ds, scorer, run, params)
     write_evaluation(ev, out_dir, model_dir=model_dir, lineage=read_lineage(model_dir))

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from hardneg.errors import ConfigError, DataFormatError, HardnegError
+from hardneg.hw import use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def train_reranker(
     budget_s = float(cfg.get("time_cap_min") or 0) * 60.0
     eval_every = int(cfg.get("eval_every") or 0)
     eval_depth = int(cfg.get("eval_depth") or params.get("retrieve", {}).get("rerank_depth", 30))
-    bf16 = bool(cfg.get("bf16", True))
+    bf16 = use_bf16(cfg.get("bf16", "auto"))
     seed = int(cfg.get("seed", 13))
     margin = float(cfg.get("margin", 1.0))
     warmup_ratio = float(cfg.get("warmup_ratio", 0.1))
