@@ -439,7 +439,9 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, An
             "truncation": "longest_first (query and document each)",
             "pooling": "mean",
             "normalize": "l2 (in the graph)",
-            "embedding_dim": int(st.get_sentence_embedding_dimension()),
+            "embedding_dim": int(
+                (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
+            ),
             "base_model": info.get("base_model"),
         },
     )

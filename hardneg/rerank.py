@@ -464,25 +464,25 @@ class OnnxReranker:
 
     @property
     def cache_hits(self) -> int:
-        return self.doc_cache.hits if self.doc_cache else 0
+        return self.doc_cache.hits if self.doc_cache is not None else 0
 
     @property
     def cache_misses(self) -> int:
-        return self.doc_cache.misses if self.doc_cache else 0
+        return self.doc_cache.misses if self.doc_cache is not None else 0
 
     @property
     def cache_size(self) -> int:
         """Documents whose embedding is cached now."""
-        return len(self.doc_cache) if self.doc_cache else 0
+        return len(self.doc_cache) if self.doc_cache is not None else 0
 
     @property
     def doc_cache_size(self) -> int:
         """The cache's capacity (0: off, or a cross-encoder)."""
-        return self.doc_cache.capacity if self.doc_cache else 0
+        return self.doc_cache.capacity if self.doc_cache is not None else 0
 
     def cache_stats(self) -> dict[str, int] | None:
         """{hits, misses, size, capacity} for a bi-encoder, ``None`` for a cross-encoder."""
-        return self.doc_cache.stats() if self.doc_cache else None
+        return self.doc_cache.stats() if self.doc_cache is not None else None
 
     @property
     def model_name(self) -> str:
