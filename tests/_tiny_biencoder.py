@@ -66,7 +66,9 @@ def trained_tiny_bi(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int
         batch = rng.sample(pos, 8)
         q = st(st.preprocess([b[0] for b in batch]))["sentence_embedding"]
         d = st(st.preprocess([b[1] for b in batch]))["sentence_embedding"]
-        loss = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.arange(len(batch)))  # in-batch negatives
+        loss = torch.nn.functional.cross_entropy(
+            20.0 * q @ d.T, torch.arange(len(batch))
+        )  # in-batch negatives
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -88,9 +88,18 @@ def test_metadata_kind_score_lineage_and_checksums(bi_export):
     assert meta["kind"] == "bi-encoder" and meta["score"] == "cosine"
     assert meta["model_name"] == "tiny-bi" and meta["version"] == "b1"
     assert meta["max_length"] == BI_MAX_LENGTH and meta["embedding_dim"] == 32 and meta["pooling"] == "mean"
-    assert meta["outputs"] == ["embedding"] and meta["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert meta["outputs"] == ["embedding"] and meta["inputs"] == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+    ]
     assert meta["base_model"] == "tiny-bert"
-    assert meta["fusion"] == {"weight": BI_FUSION_WEIGHT, "first_stage": "bm25", "depth": 10, "score": "cosine"}
+    assert meta["fusion"] == {
+        "weight": BI_FUSION_WEIGHT,
+        "first_stage": "bm25",
+        "depth": 10,
+        "score": "cosine",
+    }
     assert meta["served_variant"] in ("int8", "fp32") and meta["served_variant_policy"] == "auto"
     assert meta["lineage"]["data_version"] == LINEAGE["data_version"]
     assert len(meta["lineage"]["inputs"]["model_fingerprint"]) == 64
@@ -136,7 +145,9 @@ def test_a_bi_encoder_without_normalize_still_serves_cosines(tiny_model_dir, tmp
     raw = SentenceTransformer(str(src), device="cpu").encode(DOCS[:2], show_progress_bar=False)
     assert abs(np.linalg.norm(raw[0]) - 1.0) > 1e-3  # torch gives unnormalised embeddings here...
     enc = OnnxReranker(tmp_path / "exp", "fp32").scorer.encoder
-    np.testing.assert_allclose(np.linalg.norm(enc.embed(DOCS[:2]), axis=1), 1.0, atol=1e-5)  # ...the graph not
+    np.testing.assert_allclose(
+        np.linalg.norm(enc.embed(DOCS[:2]), axis=1), 1.0, atol=1e-5
+    )  # ...the graph not
 
 
 def test_the_int8_gate_ranks_fused_cosines_as_served(bi_dir, tiny_data_dir, tmp_path):
@@ -255,7 +266,9 @@ def test_the_document_cache_hits_on_repeats_and_gives_identical_scores(bi_export
     assert r.doc_cache_size == 100 and (r.cache_hits, r.cache_misses, r.cache_size) == (0, 0, 0)
     embedded: list[int] = []
     real_embed = r.scorer.encoder.embed
-    monkeypatch.setattr(r.scorer.encoder, "embed", lambda texts: embedded.append(len(texts)) or real_embed(texts))
+    monkeypatch.setattr(
+        r.scorer.encoder, "embed", lambda texts: embedded.append(len(texts)) or real_embed(texts)
+    )
     first = r.score(QUERY, DOCS)
     assert (r.cache_hits, r.cache_misses, r.cache_size) == (0, len(DOCS), len(DOCS))
     assert sorted(embedded) == [1, len(DOCS)]  # the query, then the documents
@@ -313,7 +326,7 @@ def test_the_cache_is_safe_under_concurrent_requests(bi_export):
     assert r.cache_hits + r.cache_misses == 4 * 6 * 4 and r.cache_size == 5
 
 
-def test_cache_size_defaults_to_params_and_cross_encoder_exports_have_none(bi_export, tmp_path):
+def test_cache_size_defaults_to_params_and_unknown_kinds_are_refused(bi_export, tmp_path):
     from hardneg.config import default_params
 
     assert OnnxReranker(bi_export).doc_cache_size == default_params()["serve"]["doc_cache_size"] == 50000
