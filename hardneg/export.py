@@ -352,9 +352,8 @@ def _export_bi_encoder_fp32(st: Any, path: Path, opset: int) -> list[str]:
             feats = dict(zip(names, inputs, strict=True))
             tokens = self.model(**feats).last_hidden_state
             mask = feats["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-            mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(
-                min=1e-9
-            )  # as sentence-transformers Pooling
+            # as sentence-transformers' Pooling("mean"): padding positions do not count
+            mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2.0, dim=-1)
 
     _onnx_export(EmbeddingGraph(), sample, names, {EMBEDDING_OUTPUT: {0: "batch"}}, path, opset)
