@@ -223,10 +223,9 @@ def _read_fusion(model_dir: Path, kind: str = CROSS_ENCODER) -> dict[str, Any] |
         raise HardnegError(f'{p}: expected {{"weight": w in [0, 1], "first_stage": ...}}, got {fusion!r}')
     out = {"weight": float(w), "first_stage": fusion.get("first_stage")}
     score = fusion.get("score")
-    if kind == BI_ENCODER and score is not None and score != KIND_SCORES[BI_ENCODER]:
-        raise HardnegError(
-            f"{p}: the weight was tuned on '{score}' scores; a bi-encoder export serves cosines"
-        )
+    if score is not None and (score == KIND_SCORES[BI_ENCODER]) != (kind == BI_ENCODER):
+        served = "cosines" if kind == BI_ENCODER else "cross-encoder scores"
+        raise HardnegError(f"{p}: the weight was tuned on '{score}' scores; a {kind} export serves {served}")
     return out | {k: fusion[k] for k in ("depth", "score") if k in fusion}
 
 

@@ -211,6 +211,17 @@ def test_bad_model_info_and_fusion_are_refused(bi_dir, tmp_path):
         export_model(empty, tmp_path / "out", None)
 
 
+def test_fusion_score_must_match_the_kind(tmp_path):
+    from hardneg.export import _read_fusion
+
+    (tmp_path / "fusion.json").write_text('{"weight": 0.4, "first_stage": "bm25", "score": "cosine"}')
+    assert _read_fusion(tmp_path, "bi-encoder") == {"weight": 0.4, "first_stage": "bm25", "score": "cosine"}
+    with pytest.raises(HardnegError, match="a cross-encoder export serves cross-encoder scores"):
+        _read_fusion(tmp_path, "cross-encoder")
+    (tmp_path / "fusion.json").write_text('{"weight": 0.4, "first_stage": "bm25"}')  # as written before kinds
+    assert _read_fusion(tmp_path, "cross-encoder") == {"weight": 0.4, "first_stage": "bm25"}
+
+
 def test_cli_export_of_a_bi_encoder(bi_dir, tmp_path):
     from hardneg.cli import app
 
