@@ -461,7 +461,11 @@ def lineage_cmd(
 @friendly_errors
 def export_cmd(
     model_dir: Annotated[
-        Path, typer.Option("--model-dir", help="a trained CrossEncoder folder (hardneg train)")
+        Path,
+        typer.Option(
+            "--model-dir",
+            help="a trained model folder (hardneg train): CrossEncoder or bi-encoder SentenceTransformer",
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="export folder to write (replaced if it is an earlier export)")
@@ -494,7 +498,8 @@ def export_cmd(
         str | None, typer.Option(help="version recorded in metadata.json (default: model fingerprint)")
     ] = None,
 ) -> None:
-    """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores, int8 MRR@10 on dev); writes metadata.json."""
+    """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores or cosines, int8 MRR@10 on dev); writes
+    metadata.json. The kind (cross-encoder | bi-encoder) comes from the folder's hardneg_model.json."""
     from hardneg.errors import ConfigError
     from hardneg.export import DevSet, export_from_params
 
@@ -518,6 +523,7 @@ def export_cmd(
     )
     p, m = res.parity, res.metadata
     rows = [
+        ["kind", f"{p.get('kind')} (score: {p['fp32'].get('score')})"],
         ["version", m.get("version")],
         [
             "fp32 max |diff| vs PyTorch",
@@ -570,8 +576,17 @@ def serve_cmd(
     intra_op_threads: Annotated[
         int | None, typer.Option(help="onnxruntime threads (default: params serve.intra_op_threads)")
     ] = None,
+    doc_cache_size: Annotated[
+        int | None,
+        typer.Option(
+            "--doc-cache-size",
+            min=0,
+            help="bi-encoder exports: document embeddings kept in an LRU cache (0: off; default: params serve.doc_cache_size)",
+        ),
+    ] = None,
 ) -> None:
-    """Run the KServe reranker server (V1 + V2 REST, /metrics) on an export folder; no torch needed."""
+    """Run the KServe reranker server (V1 + V2 REST, /metrics) on an export folder (cross-encoder or bi-encoder);
+    no torch needed."""
     _import_serving()
     from serving import clean_argv
 
@@ -587,6 +602,9 @@ def serve_cmd(
         variant=variant,
         limits=Limits.from_params(params),
         intra_op_threads=intra_op_threads or params["serve"].get("intra_op_threads"),
+        doc_cache_size=int(params["serve"].get("doc_cache_size") or 0)
+        if doc_cache_size is None
+        else doc_cache_size,
     )
     serve(model, http_port=http_port, host=host)
 

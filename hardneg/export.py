@@ -1,18 +1,25 @@
-"""ONNX export of a trained CrossEncoder folder, with an int8 variant and parity gates.
+"""ONNX export of a trained reranker folder (cross-encoder or bi-encoder), with an int8 variant and parity gates.
 
-``export_model(model_dir, out_dir, dev_set=...)`` writes::
+The folder's kind comes from ``hardneg_model.json`` (``{"kind": "bi-encoder" | "cross-encoder", "max_length": n,
+"base_model": ...}``; a folder without it is a cross-encoder). ``export_model(model_dir, out_dir, dev_set=...)``
+writes::
 
-    out_dir/model.onnx          fp32, opset 17, dynamic [batch, sequence] inputs, outputs score (sigmoid) + logits
+    out_dir/model.onnx          fp32, opset 17, dynamic [batch, sequence] inputs (input_ids, attention_mask
+                                [, token_type_ids]); outputs: cross-encoder score (sigmoid) + logits; bi-encoder
+                                embedding [batch, dim] (mean pooling over the attention mask + L2 norm in the graph)
     out_dir/model.int8.onnx     onnxruntime dynamic int8 quantisation (quant_pre_process first when it works)
     out_dir/tokenizer.json      + tokenizer_config.json (the served tokenizer; max_length lives in metadata.json)
     out_dir/parity.json         the gates' numbers, written whether they pass or not
-    out_dir/metadata.json       model name, version, lineage, fusion weight, metrics, max_length, sha256 of every
-                                other file; written only when every gate passes (no metadata.json = not servable)
+    out_dir/metadata.json       kind, score (sigmoid | cosine), model name, version, lineage, fusion weight, metrics,
+                                max_length, sha256 of every other file; written only when every gate passes (no
+                                metadata.json = not servable)
 
-Gates (params ``export``): fp32 max |score - CrossEncoder.predict| over a sample of real pairs <=
-``parity_fp32_max_abs``; int8 MRR@10 drop vs fp32 on a dev set (candidates + qrels) <= ``parity_int8_max_mrr_drop``
-(the int8 max |diff| is reported). Both ONNX variants are scored through :mod:`hardneg.rerank`, the code the server
-runs. A failed gate raises :class:`GateFailedError`. torch is imported inside the functions that need it only.
+Gates (params ``export``): fp32 max |ONNX score - PyTorch score| over a sample of real pairs <=
+``parity_fp32_max_abs`` (cross-encoder: CrossEncoder.predict; bi-encoder: the cosine of SentenceTransformer.encode
+embeddings); int8 MRR@10 drop vs fp32 on a dev set (candidates + qrels) <= ``parity_int8_max_mrr_drop`` (the int8 max
+|diff| is reported). Both ONNX variants are scored through :mod:`hardneg.rerank`, the code the server runs (fused
+with first-stage scores as served). A failed gate raises :class:`GateFailedError`. torch is imported inside the
+functions that need it only.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,17 +44,27 @@ import numpy as np
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.lineage import LINEAGE_FILE, Lineage, current_lineage, read_lineage, sha256_dir, sha256_file
 from hardneg.rerank import (
+    BI_ENCODER,
+    CROSS_ENCODER,
+    EMBEDDING_OUTPUT,
+    KIND_SCORES,
+    KINDS,
     METADATA_FILE,
     PARITY_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     VARIANT_FILES,
+    CosineScorer,
     PairScorer,
+    TextEncoder,
 )
 
 log = logging.getLogger(__name__)
 
 FUSION_FILE = "fusion.json"
+MODEL_INFO_FILE = (
+    "hardneg_model.json"  # {"kind": "bi-encoder" | "cross-encoder", "max_length": n, "base_model": ...}
+)
 METRICS_FILE = "metrics.json"
 ONNX_OUTPUTS = ("score", "logits")
 METADATA_FORMAT = 1
@@ -178,7 +195,7 @@ def mrr_at_k(
     return float(np.mean(rr)) if rr else 0.0
 
 
-def _score_dev(scorer: PairScorer, dev: DevSet) -> dict[str, np.ndarray]:
+def _score_dev(scorer: PairScorer | CosineScorer, dev: DevSet) -> dict[str, np.ndarray]:
     return {q: scorer.score(dev.queries[q], [dev.docs[d] for d in c]) for q, c in dev.candidates.items()}
 
 
@@ -196,7 +213,7 @@ def _read_json(path: Path) -> Any:
         raise HardnegError(f"{path}: cannot read JSON ({e})") from None
 
 
-def _read_fusion(model_dir: Path) -> dict[str, Any] | None:
+def _read_fusion(model_dir: Path, kind: str = CROSS_ENCODER) -> dict[str, Any] | None:
     p = model_dir / FUSION_FILE
     if not p.exists():
         return None
@@ -204,7 +221,28 @@ def _read_fusion(model_dir: Path) -> dict[str, Any] | None:
     w = fusion.get("weight") if isinstance(fusion, dict) else None
     if not isinstance(w, int | float) or isinstance(w, bool) or not 0.0 <= float(w) <= 1.0:
         raise HardnegError(f'{p}: expected {{"weight": w in [0, 1], "first_stage": ...}}, got {fusion!r}')
-    return {"weight": float(w), "first_stage": fusion.get("first_stage")}
+    out = {"weight": float(w), "first_stage": fusion.get("first_stage")}
+    score = fusion.get("score")
+    if score is not None and (score == KIND_SCORES[BI_ENCODER]) != (kind == BI_ENCODER):
+        served = "cosines" if kind == BI_ENCODER else "cross-encoder scores"
+        raise HardnegError(f"{p}: the weight was tuned on '{score}' scores; a {kind} export serves {served}")
+    return out | {k: fusion[k] for k in ("depth", "score") if k in fusion}
+
+
+def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """``hardneg_model.json`` of a trained model folder, with ``kind`` always set: a folder without the file is a
+    cross-encoder (folders trained before kinds existed)."""
+    p = Path(model_dir) / MODEL_INFO_FILE
+    info = _read_json(p) if p.exists() else {}
+    if not isinstance(info, dict):
+        raise HardnegError(f'{p}: expected an object {{"kind": ..., "max_length": ...}}, got {info!r}')
+    kind = info.get("kind", CROSS_ENCODER)
+    if kind not in KINDS:
+        raise HardnegError(f"{p}: unknown model kind {kind!r}; expected one of {list(KINDS)}")
+    ml = info.get("max_length")
+    if ml is not None and (not isinstance(ml, int) or isinstance(ml, bool) or ml < 4):
+        raise HardnegError(f"{p}: max_length must be an integer >= 4, got {ml!r}")
+    return info | {"kind": kind}
 
 
 def _sample_pairs(dev: DevSet | None, n: int, seed: int = 13) -> list[tuple[str, str]]:
@@ -225,8 +263,51 @@ def _torch_scores(ce: Any, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
     )
 
 
+def _torch_cosines(st: Any, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The bi-encoder reference: cosine of SentenceTransformer.encode embeddings (its tokenizer, pooling, batching)."""
+    if not pairs:
+        return np.empty(0, dtype=np.float32)
+    texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+    emb = np.asarray(
+        st.encode(texts, batch_size=32, show_progress_bar=False, convert_to_numpy=True), dtype=np.float64
+    )
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    row = {t: i for i, t in enumerate(texts)}
+    q, d = emb[[row[p[0]] for p in pairs]], emb[[row[p[1]] for p in pairs]]
+    return np.einsum("ij,ij->i", q, d).astype(np.float32)
+
+
+def _onnx_export(
+    module: Any,
+    sample: dict[str, Any],
+    names: list[str],
+    outputs: dict[str, dict[int, str]],
+    path: Path,
+    opset: int,
+) -> None:
+    """torch.onnx.export (TorchScript exporter) of ``module(*inputs named names)`` with dynamic batch/sequence axes."""
+    import torch
+
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | outputs
+    with torch.inference_mode(), warnings.catch_warnings():
+        # the legacy exporter is deprecated (dynamo=True needs onnxscript: stack.md 3.3); tracer warnings are benign
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
+        torch.onnx.export(
+            module.eval(),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=list(outputs),
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
 def _export_fp32(ce: Any, path: Path, opset: int) -> list[str]:
-    """torch.onnx.export (TorchScript exporter) with the activation inside the graph. Returns the input names."""
+    """The cross-encoder graph, with the activation inside it. Returns the input names."""
     import torch
 
     hf = ce.model.eval()
@@ -243,23 +324,125 @@ def _export_fp32(ce: Any, path: Path, opset: int) -> list[str]:
             logits = self.model(**dict(zip(names, inputs, strict=True))).logits
             return self.activation(logits).squeeze(-1), logits
 
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"score": {0: "batch"}, "logits": {0: "batch"}}
-    with torch.inference_mode(), warnings.catch_warnings():
-        # the legacy exporter is deprecated (dynamo=True needs onnxscript: stack.md 3.3); tracer warnings are benign
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
-        torch.onnx.export(
-            ScoreGraph().eval(),
-            tuple(sample[n] for n in names),
-            str(path),
-            input_names=names,
-            output_names=list(ONNX_OUTPUTS),
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
+    _onnx_export(ScoreGraph(), sample, names, {o: {0: "batch"} for o in ONNX_OUTPUTS}, path, opset)
     return names
+
+
+def _export_bi_encoder_fp32(st: Any, path: Path, opset: int) -> list[str]:
+    """The bi-encoder graph: transformer -> mean pooling over the attention mask -> L2 normalisation, output
+    ``embedding`` [batch, dim]. Inputs: input_ids, attention_mask (+ token_type_ids when the model takes them)."""
+    import inspect
+
+    import torch
+
+    hf = st[0].auto_model.eval()
+    sample = st.preprocess(["what is a cell", "a"])
+    accepted = inspect.signature(hf.forward).parameters
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample and n in accepted]
+    if "attention_mask" not in names:
+        raise HardnegError(f"{type(hf).__name__} takes no attention_mask: cannot mean-pool in the graph")
+
+    class EmbeddingGraph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = hf
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            feats = dict(zip(names, inputs, strict=True))
+            tokens = self.model(**feats).last_hidden_state
+            mask = feats["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            # as sentence-transformers' Pooling("mean"): padding positions do not count
+            mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, p=2.0, dim=-1)
+
+    _onnx_export(EmbeddingGraph(), sample, names, {EMBEDDING_OUTPUT: {0: "batch"}}, path, opset)
+    return names
+
+
+def _load_bi_encoder(src: Path, info: dict[str, Any]) -> tuple[Any, int]:
+    """The SentenceTransformer in ``src`` and the served max_length; refuses what the graph cannot reproduce."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        st = SentenceTransformer(str(src), device="cpu")
+    except Exception as e:  # noqa: BLE001 - anything that fails to load is reported with the folder's name
+        raise HardnegError(f"{src}: cannot load the bi-encoder as a SentenceTransformer ({e})") from None
+    modules = [type(m).__name__ for m in st]
+    if modules[:2] != ["Transformer", "Pooling"] or modules[2:] not in ([], ["Normalize"]):
+        raise HardnegError(
+            f"{src}: a bi-encoder export needs Transformer + Pooling(mean) [+ Normalize] modules, got {modules}"
+        )
+    mode = st[1].pooling_mode
+    if mode != "mean":
+        raise HardnegError(
+            f"{src}: pooling mode {mode!r} is not supported: the exported graph mean-pools over the attention mask "
+            "(train the bi-encoder with Pooling(pooling_mode='mean'))"
+        )
+    prompts = {k: v for k, v in (st.prompts or {}).items() if v}
+    if prompts or st.default_prompt_name:
+        raise HardnegError(f"{src}: prompts {prompts} are not supported: the server embeds the raw texts")
+    max_length = int(info.get("max_length") or st.max_seq_length or 0)
+    limit = int(getattr(st[0].auto_model.config, "max_position_embeddings", max_length) or max_length)
+    if not 4 <= max_length <= limit:
+        raise HardnegError(f"{src}: max_length {max_length} must be in [4, {limit}] (the model's positions)")
+    st.max_seq_length = max_length  # the reference truncates as the server will
+    return st, max_length
+
+
+@dataclass
+class _Graph:
+    """What a kind-specific exporter hands to the shared steps (stamping, int8, gates, metadata)."""
+
+    max_length: int
+    inputs: list[str]
+    outputs: list[str]
+    reference: Callable[[Sequence[tuple[str, str]]], np.ndarray]  # PyTorch scores of (query, doc) pairs
+    scorer: Callable[[Path], PairScorer | CosineScorer]  # the served scoring code on one ONNX file
+    metadata: dict[str, Any]  # kind-specific metadata.json keys
+
+
+def _cross_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, Any]) -> _Graph:
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(src), device="cpu")
+    if ce.num_labels != 1:
+        raise HardnegError(
+            f"{src}: expected a 1-label CrossEncoder (a relevance score), got num_labels={ce.num_labels}"
+        )
+    max_length = int(ce.max_seq_length)
+    inputs = _export_fp32(ce, fp32_path, opset)
+    activation = type(ce.activation_fn).__name__.lower()
+    return _Graph(
+        max_length,
+        inputs,
+        list(ONNX_OUTPUTS),
+        lambda pairs: _torch_scores(ce, pairs),
+        lambda p: PairScorer(p, p.parent / TOKENIZER_FILE, max_length),
+        {"kind": CROSS_ENCODER, "score": activation, "activation": activation, "truncation": "longest_first"},
+    )
+
+
+def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, Any]) -> _Graph:
+    st, max_length = _load_bi_encoder(src, info)
+    inputs = _export_bi_encoder_fp32(st, fp32_path, opset)
+    return _Graph(
+        max_length,
+        inputs,
+        [EMBEDDING_OUTPUT],
+        lambda pairs: _torch_cosines(st, pairs),
+        lambda p: CosineScorer(TextEncoder(p, p.parent / TOKENIZER_FILE, max_length), doc_cache_size=0),
+        {
+            "kind": BI_ENCODER,
+            "score": KIND_SCORES[BI_ENCODER],
+            "truncation": "longest_first (query and document each)",
+            "pooling": "mean",
+            "normalize": "l2 (in the graph)",
+            "embedding_dim": int(
+                (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
+            ),
+            "base_model": info.get("base_model"),
+        },
+    )
 
 
 # MatMul only (embedding Gathers stay fp32) with per-channel weight scales: on a trained MiniLM reranker (SciFact
@@ -352,6 +535,198 @@ def _publish(staging: Path, out_dir: Path) -> None:
     staging.rename(out_dir)
 
 
+def _int8_gate(
+    fp32: Any, int8: Any, dev_set: DevSet, fusion: dict[str, Any] | None, threshold: float
+) -> dict[str, Any]:
+    """MRR@10 of both variants on the dev candidates, ranked as served (fused when first-stage scores exist)."""
+    w = fusion["weight"] if fusion is not None and dev_set.first_stage else None
+    mrr32 = mrr_at_k(_score_dev(fp32, dev_set), dev_set, fusion_weight=w)
+    mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion_weight=w)
+    drop = mrr32 - mrr8
+    return {
+        "ranking": f"served fusion (w={w})" if w is not None else "reranker scores",
+        "mrr@10_fp32": mrr32,
+        "mrr@10_int8": mrr8,
+        "mrr@10_drop": drop,
+        "mrr@10_abs_diff": abs(drop),
+        "threshold_mrr_drop": threshold,
+        "dev": {"source": dev_set.source, "queries": len(dev_set.candidates), "pairs": dev_set.n_pairs},
+        "passed": drop <= threshold,
+    }
+
+
+def _run_gates(
+    graph: _Graph,
+    staging: Path,
+    dev_set: DevSet | None,
+    fusion: dict[str, Any] | None,
+    *,
+    sample_pairs: int,
+    fp32_max_abs: float,
+    int8_max_mrr_drop: float,
+    serve_variant: str,
+) -> dict[str, Any]:
+    """Both ONNX variants through hardneg.rerank (the served code path) vs the PyTorch reference; parity.json."""
+    fp32 = graph.scorer(staging / VARIANT_FILES["fp32"])
+    int8 = graph.scorer(staging / VARIANT_FILES["int8"])
+    pairs = _sample_pairs(dev_set, sample_pairs)
+    qs, ds = [p[0] for p in pairs], [p[1] for p in pairs]
+    ref = graph.reference(pairs)
+    s32, s8 = fp32.score_pairs(qs, ds), int8.score_pairs(qs, ds)
+    fp32_diff = float(np.abs(s32 - ref).max()) if len(ref) else 0.0
+    int8_diff = float(np.abs(s8 - ref).max()) if len(ref) else 0.0
+    parity: dict[str, Any] = {
+        "sample": {"pairs": len(pairs), "source": dev_set.source if dev_set else "built-in pairs"},
+        "fp32": {
+            "score": graph.metadata["score"],
+            "max_abs_diff": fp32_diff,
+            "mean_abs_diff": float(np.abs(s32 - ref).mean()) if len(ref) else 0.0,
+            "threshold": fp32_max_abs,
+            "passed": fp32_diff <= fp32_max_abs,
+        },
+        "int8": {"max_abs_diff": int8_diff},
+    }
+    if dev_set is not None:
+        parity["int8"] |= _int8_gate(fp32, int8, dev_set, fusion, int8_max_mrr_drop)
+    else:
+        log.warning(
+            "no dev set given: the int8 MRR@10 gate is skipped (max |diff| %.2e reported only)", int8_diff
+        )
+        parity["int8"] |= {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
+    # int8 blocks the export only when it is required (serve_variant "int8"); otherwise its gate result is
+    # recorded (parity.json, metadata.json) and the server refuses to load a failed int8
+    require_int8 = serve_variant == "int8"
+    parity["int8"]["required"] = require_int8
+    parity["passed"] = bool(parity["fp32"]["passed"] and (parity["int8"]["passed"] or not require_int8))
+    served = served_variant_for(serve_variant, bool(parity["int8"]["passed"]))
+    parity["served_variant"] = {"policy": serve_variant, "served": served}
+    if not parity["int8"]["passed"] and not require_int8:
+        log.warning(
+            "int8 variant FAILED its parity gate (MRR@10 drop %s > %s): exported for reference only; serving %s",
+            parity["int8"].get("mrr@10_drop"),
+            int8_max_mrr_drop,
+            served,
+        )
+    return parity
+
+
+def _metadata(
+    graph: _Graph, staging: Path, parity: dict[str, Any], source: dict[str, Any], opset: int
+) -> dict[str, Any]:
+    """metadata.json: what the server needs + where the model came from + sha256 of every other file."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    files = {
+        f.name: sha256_file(f) for f in sorted(staging.iterdir()) if f.is_file() and f.name != METADATA_FILE
+    }
+    return {
+        "format_version": METADATA_FORMAT,
+        "model_name": source["model_name"],
+        "version": source["version"],
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "max_length": graph.max_length,
+        "served_variant": parity["served_variant"]["served"],
+        "served_variant_policy": parity["served_variant"]["policy"],
+        **graph.metadata,
+        "inputs": graph.inputs,
+        "outputs": graph.outputs,
+        "variants": {v: {"file": f, "bytes": (staging / f).stat().st_size} for v, f in VARIANT_FILES.items()},
+        "opset": opset,
+        "exporter": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "method": "torch.onnx.export(dynamo=False)",
+            "int8": {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8", **INT8_OPTIONS},
+        },
+        "source": {"model_dir": source["model_dir"], "model_fingerprint": source["fingerprint"]},
+        "lineage": source["lineage"],
+        "fusion": source["fusion"],
+        "metrics": source["metrics"],
+        "parity": {
+            "fp32_max_abs_diff": parity["fp32"]["max_abs_diff"],
+            "int8_max_abs_diff": parity["int8"]["max_abs_diff"],
+            "int8_mrr@10_drop": parity["int8"].get("mrr@10_drop"),
+            "int8_passed": bool(parity["int8"]["passed"]),
+        },
+        "files": files,
+    }
+
+
+def _gate_failure(parity: dict[str, Any], out: Path) -> GateFailedError:
+    failed = []
+    fp32, i8 = parity["fp32"], parity["int8"]
+    if not fp32["passed"]:
+        what = "cosine" if fp32.get("score") == KIND_SCORES[BI_ENCODER] else "score"
+        failed.append(f"fp32 max |{what} diff| {fp32['max_abs_diff']:.3g} > {fp32['threshold']:g}")
+    if not i8["passed"] and i8["required"]:
+        failed.append(
+            f"int8 MRR@10 drop {i8['mrr@10_drop']:.4f} > {i8['threshold_mrr_drop']:g} (fp32 {i8['mrr@10_fp32']:.4f}, int8 {i8['mrr@10_int8']:.4f})"
+        )
+    return GateFailedError(
+        f"export parity gate failed: {'; '.join(failed)}. Numbers in {out / PARITY_FILE}; no {METADATA_FILE} written"
+    )
+
+
+def _check_source(src: Path, kind: str) -> None:
+    what = "SentenceTransformer (bi-encoder)" if kind == BI_ENCODER else "CrossEncoder"
+    saver = "SentenceTransformer.save" if kind == BI_ENCODER else "CrossEncoder.save_pretrained"
+    if not (src / "config.json").exists():
+        raise HardnegError(f"{src}: not a {what} folder (no config.json); pass what {saver} wrote")
+    if not (src / TOKENIZER_FILE).exists():
+        raise HardnegError(
+            f"{src}: no {TOKENIZER_FILE} (a fast tokenizer is needed to serve without transformers)"
+        )
+
+
+def _source_info(src: Path, kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Lineage (+ the model's fingerprint), fusion weight and metrics of the trained folder."""
+    if (src / LINEAGE_FILE).exists():
+        lineage = read_lineage(src)
+    else:
+        log.warning("%s has no %s: stamping the current lineage instead", src, LINEAGE_FILE)
+        lineage = current_lineage(params)
+        lineage.extra["note"] = f"source model had no {LINEAGE_FILE}"
+    fingerprint = sha256_dir(src)
+    return {
+        "model_dir": str(src.resolve()),
+        "fingerprint": fingerprint,
+        "lineage": lineage.derive(model_fingerprint=fingerprint).to_dict(),
+        "fusion": _read_fusion(src, kind),
+        "metrics": _read_json(src / METRICS_FILE) if (src / METRICS_FILE).exists() else None,
+    }
+
+
+def _write_variants(graph: _Graph, src: Path, staging: Path, props: dict[str, str]) -> str:
+    """Stamp the fp32 graph, quantise it to int8 and stamp that, copy the tokenizer. Returns quant_pre_process's
+    status."""
+    fp32_path, int8_path = staging / VARIANT_FILES["fp32"], staging / VARIANT_FILES["int8"]
+    _stamp_onnx(fp32_path, props | {"hardneg.variant": "fp32"})
+    pre_status = _quantize_int8(fp32_path, int8_path)
+    _stamp_onnx(int8_path, props | {"hardneg.variant": "int8"})
+    shutil.copy2(src / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    if (src / TOKENIZER_CONFIG_FILE).exists():
+        shutil.copy2(src / TOKENIZER_CONFIG_FILE, staging / TOKENIZER_CONFIG_FILE)
+    return pre_status
+
+
+def _onnx_props(source: dict[str, Any], kind: str, max_length: int) -> dict[str, str]:
+    lineage, fusion = source["lineage"], source["fusion"]
+    return {
+        "hardneg.lineage": json.dumps(lineage, sort_keys=True),
+        "hardneg.data_version": lineage["data_version"],
+        "hardneg.git_commit": lineage["git_commit"],
+        "hardneg.params_hash": lineage["params_hash"],
+        "hardneg.model_name": source["model_name"],
+        "hardneg.version": source["version"],
+        "hardneg.kind": kind,
+        "hardneg.max_length": str(max_length),
+        "hardneg.fusion_weight": "" if fusion is None else str(fusion["weight"]),
+    }
+
+
 def export_model(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -366,7 +741,8 @@ def export_model(
     params: dict[str, Any] | None = None,
     serve_variant: str = "auto",
 ) -> ExportResult:
-    """Export ``model_dir`` (a CrossEncoder.save_pretrained folder) to ``out_dir``; see the module docstring.
+    """Export ``model_dir`` (a trained model folder: a CrossEncoder, or a bi-encoder SentenceTransformer with
+    ``hardneg_model.json`` ``{"kind": "bi-encoder"}``) to ``out_dir``; see the module docstring.
 
     ``serve_variant`` decides what the export serves (``metadata.json`` ``served_variant``, the server's default):
     ``"int8"`` (its MRR gate blocks the export), ``"fp32"`` (the int8 gate is recorded only) or ``"auto"`` (int8 if
@@ -374,197 +750,53 @@ def export_model(
 
     Raises :class:`GateFailedError` (after writing ``out_dir/parity.json``, without metadata.json) when a gate fails.
     """
-    import onnx
-    import onnxruntime
-    import torch
-    from sentence_transformers import CrossEncoder
-
     if serve_variant not in SERVE_VARIANTS:
         raise HardnegError(f"serve variant must be one of {list(SERVE_VARIANTS)}, got '{serve_variant}'")
-    require_int8 = serve_variant == "int8"
     src, out = Path(model_dir), Path(out_dir)
-    if not (src / "config.json").exists():
-        raise HardnegError(
-            f"{src}: not a CrossEncoder folder (no config.json); pass what CrossEncoder.save_pretrained wrote"
-        )
+    info = read_model_info(src)
+    kind = info["kind"]
+    _check_source(src, kind)
     t0 = time.perf_counter()
-    if (src / LINEAGE_FILE).exists():
-        lineage = read_lineage(src)
-    else:
-        log.warning("%s has no %s: stamping the current lineage instead", src, LINEAGE_FILE)
-        lineage = current_lineage(params)
-        lineage.extra["note"] = f"source model had no {LINEAGE_FILE}"
-    fingerprint = sha256_dir(src)
-    lineage = lineage.derive(model_fingerprint=fingerprint)
-    fusion = _read_fusion(src)
-    metrics = _read_json(src / METRICS_FILE) if (src / METRICS_FILE).exists() else None
-    version = version or fingerprint[:12]
-    model_name = model_name or src.name
-
-    if not (src / TOKENIZER_FILE).exists():
-        raise HardnegError(
-            f"{src}: no {TOKENIZER_FILE} (a fast tokenizer is needed to serve without transformers)"
-        )
+    source = _source_info(src, kind, params)
+    source["version"] = version or source["fingerprint"][:12]
+    source["model_name"] = model_name or src.name
     staging = _prepare_out_dir(out)
     try:
-        ce = CrossEncoder(str(src), device="cpu")
-        if ce.num_labels != 1:
-            raise HardnegError(
-                f"{src}: expected a 1-label CrossEncoder (a relevance score), got num_labels={ce.num_labels}"
-            )
-        max_length = int(ce.max_seq_length)
-        fp32_path, int8_path = staging / VARIANT_FILES["fp32"], staging / VARIANT_FILES["int8"]
-        input_names = _export_fp32(ce, fp32_path, opset)
-        props = {
-            "hardneg.lineage": json.dumps(lineage.to_dict(), sort_keys=True),
-            "hardneg.data_version": lineage.data_version,
-            "hardneg.git_commit": lineage.git_commit,
-            "hardneg.params_hash": lineage.params_hash,
-            "hardneg.model_name": model_name,
-            "hardneg.version": version,
-            "hardneg.max_length": str(max_length),
-            "hardneg.fusion_weight": "" if fusion is None else str(fusion["weight"]),
-        }
-        _stamp_onnx(fp32_path, props | {"hardneg.variant": "fp32"})
-        pre_status = _quantize_int8(fp32_path, int8_path)
-        _stamp_onnx(int8_path, props | {"hardneg.variant": "int8"})
-        shutil.copy2(src / TOKENIZER_FILE, staging / TOKENIZER_FILE)
-        if (src / TOKENIZER_CONFIG_FILE).exists():
-            shutil.copy2(src / TOKENIZER_CONFIG_FILE, staging / TOKENIZER_CONFIG_FILE)
-
-        # -- gates: both ONNX variants through hardneg.rerank (the served code path) vs CrossEncoder.predict
-        fp32 = PairScorer(fp32_path, staging / TOKENIZER_FILE, max_length)
-        int8 = PairScorer(int8_path, staging / TOKENIZER_FILE, max_length)
-        pairs = _sample_pairs(dev_set, sample_pairs)
-        qs, ds = [p[0] for p in pairs], [p[1] for p in pairs]
-        ref = _torch_scores(ce, pairs)
-        s32, s8 = fp32.score_pairs(qs, ds), int8.score_pairs(qs, ds)
-        fp32_diff = float(np.abs(s32 - ref).max()) if len(ref) else 0.0
-        int8_diff = float(np.abs(s8 - ref).max()) if len(ref) else 0.0
-        parity: dict[str, Any] = {
-            "model_dir": str(src),
-            "sample": {"pairs": len(pairs), "source": dev_set.source if dev_set else "built-in pairs"},
-            "fp32": {
-                "max_abs_diff": fp32_diff,
-                "mean_abs_diff": float(np.abs(s32 - ref).mean()) if len(ref) else 0.0,
-                "threshold": parity_fp32_max_abs,
-                "passed": fp32_diff <= parity_fp32_max_abs,
-            },
-            "int8": {"max_abs_diff": int8_diff, "quant_pre_process": pre_status},
-        }
-        if dev_set is not None:
-            w = fusion["weight"] if fusion is not None and dev_set.first_stage else None
-            mrr32 = mrr_at_k(_score_dev(fp32, dev_set), dev_set, fusion_weight=w)
-            mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion_weight=w)
-            drop = mrr32 - mrr8
-            parity["int8"] |= {
-                "ranking": f"served fusion (w={w})" if w is not None else "reranker scores",
-                "mrr@10_fp32": mrr32,
-                "mrr@10_int8": mrr8,
-                "mrr@10_drop": drop,
-                "mrr@10_abs_diff": abs(drop),
-                "threshold_mrr_drop": parity_int8_max_mrr_drop,
-                "dev": {
-                    "source": dev_set.source,
-                    "queries": len(dev_set.candidates),
-                    "pairs": dev_set.n_pairs,
-                },
-                "passed": drop <= parity_int8_max_mrr_drop,
-            }
-        else:
-            log.warning(
-                "no dev set given: the int8 MRR@10 gate is skipped (max |diff| %.2e reported only)", int8_diff
-            )
-            parity["int8"] |= {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
-        # int8 blocks the export only when it is required (serve_variant "int8"); otherwise its gate result is
-        # recorded (parity.json, metadata.json) and the server refuses to load a failed int8
-        parity["int8"]["required"] = require_int8
-        parity["passed"] = bool(parity["fp32"]["passed"] and (parity["int8"]["passed"] or not require_int8))
-        served = served_variant_for(serve_variant, bool(parity["int8"]["passed"]))
-        parity["served_variant"] = {"policy": serve_variant, "served": served}
-        if not parity["int8"]["passed"] and not require_int8:
-            log.warning(
-                "int8 variant FAILED its parity gate (MRR@10 drop %s > %s): exported for reference only; serving %s",
-                parity["int8"].get("mrr@10_drop"),
-                parity_int8_max_mrr_drop,
-                served,
-            )
+        build = _bi_encoder_graph if kind == BI_ENCODER else _cross_encoder_graph
+        graph = build(src, staging / VARIANT_FILES["fp32"], opset, info)
+        pre_status = _write_variants(graph, src, staging, _onnx_props(source, kind, graph.max_length))
+        parity = {"model_dir": str(src), "kind": kind} | _run_gates(
+            graph,
+            staging,
+            dev_set,
+            source["fusion"],
+            sample_pairs=sample_pairs,
+            fp32_max_abs=parity_fp32_max_abs,
+            int8_max_mrr_drop=parity_int8_max_mrr_drop,
+            serve_variant=serve_variant,
+        )
+        parity["int8"]["quant_pre_process"] = pre_status
         parity["seconds"] = round(time.perf_counter() - t0, 2)
         (staging / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n", encoding="utf-8")
-
-        if parity["passed"]:
-            files = {
-                f.name: sha256_file(f)
-                for f in sorted(staging.iterdir())
-                if f.is_file() and f.name != METADATA_FILE
-            }
-            metadata = {
-                "format_version": METADATA_FORMAT,
-                "model_name": model_name,
-                "version": version,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "max_length": max_length,
-                "served_variant": served,
-                "served_variant_policy": serve_variant,
-                "truncation": "longest_first",
-                "activation": type(ce.activation_fn).__name__.lower(),
-                "inputs": input_names,
-                "outputs": list(ONNX_OUTPUTS),
-                "variants": {
-                    v: {"file": f, "bytes": (staging / f).stat().st_size} for v, f in VARIANT_FILES.items()
-                },
-                "opset": opset,
-                "exporter": {
-                    "torch": torch.__version__,
-                    "onnx": onnx.__version__,
-                    "onnxruntime": onnxruntime.__version__,
-                    "method": "torch.onnx.export(dynamo=False)",
-                    "int8": {
-                        "method": "onnxruntime quantize_dynamic",
-                        "weight_type": "QInt8",
-                        **INT8_OPTIONS,
-                    },
-                },
-                "source": {"model_dir": str(src.resolve()), "model_fingerprint": fingerprint},
-                "lineage": lineage.to_dict(),
-                "fusion": fusion,
-                "metrics": metrics,
-                "parity": {
-                    "fp32_max_abs_diff": fp32_diff,
-                    "int8_max_abs_diff": int8_diff,
-                    "int8_mrr@10_drop": parity["int8"].get("mrr@10_drop"),
-                    "int8_passed": bool(parity["int8"]["passed"]),
-                },
-                "files": files,
-            }
+        metadata = _metadata(graph, staging, parity, source, opset) if parity["passed"] else {}
+        if metadata:
             (staging / METADATA_FILE).write_text(
                 json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
-        else:
-            metadata = {}
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if not parity["passed"]:
-        failed = []
-        if not parity["fp32"]["passed"]:
-            failed.append(f"fp32 max |score diff| {fp32_diff:.3g} > {parity_fp32_max_abs:g}")
-        if not parity["int8"]["passed"] and require_int8:
-            i8 = parity["int8"]
-            failed.append(
-                f"int8 MRR@10 drop {i8['mrr@10_drop']:.4f} > {parity_int8_max_mrr_drop:g} (fp32 {i8['mrr@10_fp32']:.4f}, int8 {i8['mrr@10_int8']:.4f})"
-            )
-        raise GateFailedError(
-            f"export parity gate failed: {'; '.join(failed)}. Numbers in {out / PARITY_FILE}; no {METADATA_FILE} written"
-        )
+        raise _gate_failure(parity, out)
     log.info(
-        "exported %s -> %s in %.1fs (fp32 max diff %.2e, int8 max diff %.2e)",
+        "exported %s (%s) -> %s in %.1fs (fp32 max diff %.2e, int8 max diff %.2e)",
         src,
+        kind,
         out,
         time.perf_counter() - t0,
-        fp32_diff,
-        int8_diff,
+        parity["fp32"]["max_abs_diff"],
+        parity["int8"]["max_abs_diff"],
     )
     return ExportResult(out, parity, metadata)
 

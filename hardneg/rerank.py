@@ -1,21 +1,31 @@
-"""Torch-free cross-encoder scoring with onnxruntime + tokenizers: what evaluation measures is what the server serves.
+"""Torch-free reranker scoring with onnxruntime + tokenizers: what evaluation measures is what the server serves.
 
 An export folder (``hardneg export``) holds ``model.onnx`` (fp32), ``model.int8.onnx`` (dynamic int8),
-``tokenizer.json``, ``tokenizer_config.json``, ``parity.json`` and ``metadata.json`` (sha256 of every other file,
-max_length, lineage, fusion weight). :class:`OnnxReranker` verifies those checksums on load, tokenizes query/document
-pairs exactly as the PyTorch CrossEncoder does (``longest_first`` truncation to ``max_length`` tokens: text beyond
-it is silently dropped, as in training), batches pairs of similar length together and returns the sigmoid scores the
-graph computes. ``rerank`` applies :func:`hardneg.fusion.fuse` with the dev-tuned weight from the metadata when
-first-stage scores are given.
+``tokenizer.json``, ``tokenizer_config.json``, ``parity.json`` and ``metadata.json`` (model ``kind``, sha256 of every
+other file, max_length, lineage, fusion weight). :class:`OnnxReranker` verifies those checksums on load and scores by
+the export's kind:
+
+* ``cross-encoder``: tokenizes query/document pairs exactly as the PyTorch CrossEncoder does (``longest_first``
+  truncation to ``max_length`` tokens: text beyond it is silently dropped, as in training), batches pairs of similar
+  length together and returns the sigmoid scores the graph computes (:class:`PairScorer`);
+* ``bi-encoder``: embeds the query and each document alone (each truncated to ``max_length`` tokens; the graph mean-
+  pools and L2-normalises) and returns their cosine (:class:`TextEncoder`, :class:`CosineScorer`); document
+  embeddings are kept in a bounded LRU cache keyed by the text's sha256 (:class:`EmbeddingCache`).
+
+``rerank`` applies :func:`hardneg.fusion.fuse` with the dev-tuned weight from the metadata when first-stage scores
+are given.
 
 Nothing here (or in what it imports) imports torch: the serving image has none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +44,11 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 VARIANT_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 Variant = Literal["fp32", "int8"]
+CROSS_ENCODER, BI_ENCODER = "cross-encoder", "bi-encoder"
+KINDS = (CROSS_ENCODER, BI_ENCODER)
+EMBEDDING_OUTPUT = "embedding"
+# what each kind's served score is (metadata.json "score")
+KIND_SCORES = {CROSS_ENCODER: "sigmoid", BI_ENCODER: "cosine"}
 
 
 class ExportIntegrityError(HardnegError):
@@ -106,12 +121,14 @@ def _pad_token_id(tokenizer: Any, tokenizer_config: dict[str, Any]) -> int:
     return 0
 
 
-class PairScorer:
-    """One ONNX graph (inputs input_ids / attention_mask [/ token_type_ids], output ``score``) + its tokenizer.
+class _OnnxGraph:
+    """One ONNX graph (inputs input_ids / attention_mask [/ token_type_ids], output ``output_name``) + its tokenizer.
 
-    ``score_pairs`` sorts pairs by token length, runs batches of at most ``batch_size`` pairs and ``max_batch_tokens``
-    padded tokens, and returns scores in the input order.
+    ``_run`` sorts encodings by token length, runs batches of at most ``batch_size`` rows and ``max_batch_tokens``
+    padded tokens, and returns the output rows (float32 [n, k]) in the input order.
     """
+
+    output_name = ""
 
     def __init__(
         self,
@@ -162,11 +179,10 @@ class PairScorer:
         if unknown:
             raise HardnegError(f"{onnx_path}: unexpected graph inputs {sorted(unknown)}")
         outputs = [o.name for o in self.session.get_outputs()]
-        if "score" not in outputs:
-            raise HardnegError(f"{onnx_path}: the graph has no 'score' output (outputs: {outputs})")
-
-    def encode(self, queries: Sequence[str], docs: Sequence[str]) -> list[Any]:
-        return self.tokenizer.encode_batch(list(zip(queries, docs, strict=True)))
+        if self.output_name not in outputs:
+            raise HardnegError(
+                f"{onnx_path}: the graph has no '{self.output_name}' output (outputs: {outputs})"
+            )
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         # longest first: the first batch shows the worst-case memory
@@ -184,15 +200,10 @@ class PairScorer:
             batches.append(np.asarray(cur))
         return batches
 
-    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-        """Sigmoid scores for (queries[i], docs[i]), float32 [n]."""
-        if len(queries) != len(docs):
-            raise ValueError(f"queries and docs differ in length: {len(queries)} vs {len(docs)}")
-        if not docs:
-            return np.empty(0, dtype=np.float32)
-        encs = self.encode(queries, docs)
+    def _run(self, encs: Sequence[Any]) -> np.ndarray:
+        """The graph's output for each encoding, float32 [len(encs), k], in the input order (non-empty input)."""
         lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
-        out = np.empty(len(encs), dtype=np.float32)
+        out: np.ndarray | None = None
         for idx in self._batches(lengths):
             width = int(lengths[idx].max())
             ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
@@ -203,17 +214,178 @@ class PairScorer:
                 n = len(e.ids)
                 ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            (scores,) = self.session.run(["score"], {k: feed[k] for k in self.input_names})
-            out[idx] = np.asarray(scores, dtype=np.float32).reshape(len(idx))
+            (res,) = self.session.run([self.output_name], {k: feed[k] for k in self.input_names})
+            res = np.asarray(res, dtype=np.float32).reshape(len(idx), -1)
+            if out is None:
+                out = np.empty((len(encs), res.shape[1]), dtype=np.float32)
+            out[idx] = res
+        assert out is not None
         return out
+
+
+class PairScorer(_OnnxGraph):
+    """A cross-encoder graph (output ``score``): ``score_pairs`` returns its sigmoid scores in the input order."""
+
+    output_name = "score"
+
+    def encode(self, queries: Sequence[str], docs: Sequence[str]) -> list[Any]:
+        return self.tokenizer.encode_batch(list(zip(queries, docs, strict=True)))
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Sigmoid scores for (queries[i], docs[i]), float32 [n]."""
+        if len(queries) != len(docs):
+            raise ValueError(f"queries and docs differ in length: {len(queries)} vs {len(docs)}")
+        if not docs:
+            return np.empty(0, dtype=np.float32)
+        return self._run(self.encode(queries, docs))[:, 0].copy()
 
     def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
         return self.score_pairs([query] * len(docs), docs)
 
 
+class TextEncoder(_OnnxGraph):
+    """A bi-encoder graph (output ``embedding``: mean pooling + L2 normalisation inside the graph).
+
+    Each text is tokenized alone and truncated to ``max_length`` tokens; ``embed`` returns float32 [n, dim].
+    """
+
+    output_name = EMBEDDING_OUTPUT
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dim or 0), dtype=np.float32)
+        return self._run(self.tokenizer.encode_batch(list(texts)))
+
+    @property
+    def dim(self) -> int | None:
+        out = next(o for o in self.session.get_outputs() if o.name == self.output_name)
+        d = out.shape[-1] if out.shape else None
+        return d if isinstance(d, int) else None
+
+
+class EmbeddingCache:
+    """A bounded, thread-safe LRU map sha256(document text) -> embedding; ``capacity`` 0 stores nothing.
+
+    ``hits`` / ``misses`` count lookups of distinct documents (a document repeated within one call counts once).
+    """
+
+    def __init__(self, capacity: int):
+        if capacity < 0:
+            raise HardnegError(f"doc_cache_size must be >= 0, got {capacity}")
+        self.capacity = int(capacity)
+        self._items: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(text: str) -> bytes:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached embeddings among ``keys`` (distinct), counting hits and misses; found keys become recent."""
+        if not self.capacity:
+            return {}
+        found = {}
+        with self._lock:
+            for k in keys:
+                v = self._items.get(k)
+                if v is not None:
+                    self._items.move_to_end(k)
+                    found[k] = v
+            self.hits += len(found)
+            self.misses += len(keys) - len(found)
+        return found
+
+    def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
+        if not self.capacity:
+            return
+        with self._lock:
+            for k, v in items:
+                self._items[k] = v
+                self._items.move_to_end(k)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "hits": self.hits,
+                "misses": self.misses,
+                "size": len(self._items),
+                "capacity": self.capacity,
+            }
+
+
+class CosineScorer:
+    """Bi-encoder scoring: cosine(query embedding, document embedding), float32. The graph L2-normalises, so the
+    cosine is the dot product. Document embeddings go through an :class:`EmbeddingCache` of ``doc_cache_size``
+    entries; queries are embedded on every call."""
+
+    def __init__(self, encoder: TextEncoder, doc_cache_size: int = 0):
+        self.encoder = encoder
+        self.cache = EmbeddingCache(doc_cache_size)
+
+    def embed_documents(self, docs: Sequence[str]) -> np.ndarray:
+        keys = [EmbeddingCache.key(d) for d in docs]
+        text_of = dict(zip(keys, docs, strict=True))  # distinct documents, first occurrence order
+        found = self.cache.get_many(list(text_of))
+        missing = [k for k in text_of if k not in found]
+        if missing:
+            vecs = self.encoder.embed([text_of[k] for k in missing])
+            new = [(k, vecs[i].copy()) for i, k in enumerate(missing)]  # copies: a row would pin the batch
+            self.cache.put_many(new)
+            found.update(new)
+        if not docs:
+            return np.empty((0, self.encoder.dim or 0), dtype=np.float32)
+        return np.stack([found[k] for k in keys])
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Cosine of (queries[i], docs[i]), float32 [n]."""
+        if len(queries) != len(docs):
+            raise ValueError(f"queries and docs differ in length: {len(queries)} vs {len(docs)}")
+        if not docs:
+            return np.empty(0, dtype=np.float32)
+        distinct = list(dict.fromkeys(queries))
+        q_emb = self.encoder.embed(distinct)
+        row = {q: i for i, q in enumerate(distinct)}
+        q = q_emb[[row[x] for x in queries]]
+        d = self.embed_documents(docs)
+        return np.einsum("ij,ij->i", q, d).astype(np.float32)
+
+    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
+        return self.score_pairs([query] * len(docs), docs)
+
+
+def export_kind(metadata: dict[str, Any], export_dir: str | os.PathLike = "") -> str:
+    """``metadata.json`` ``kind`` (an export written before kinds existed is a cross-encoder)."""
+    kind = metadata.get("kind", CROSS_ENCODER)
+    if kind not in KINDS:
+        raise ExportIntegrityError(
+            f"{export_dir}: unknown model kind {kind!r} in {METADATA_FILE}; known: {KINDS}"
+        )
+    return str(kind)
+
+
+def default_doc_cache_size() -> int:
+    """params ``serve.doc_cache_size`` of the packaged defaults."""
+    from hardneg.config import default_params
+
+    return int(default_params()["serve"].get("doc_cache_size") or 0)
+
+
 class OnnxReranker:
     """A verified export folder, ready to score. ``variant``: "int8" or "fp32"; ``None`` (default) takes the one the
-    export serves (``metadata.json`` ``served_variant``, decided at export by params ``serve.variant``)."""
+    export serves (``metadata.json`` ``served_variant``, decided at export by params ``serve.variant``).
+
+    Both kinds (``metadata.json`` ``kind``) have the same API: a cross-encoder scores each (query, document) pair
+    (sigmoid), a bi-encoder scores cosine(query embedding, document embedding) and keeps the embeddings of the last
+    ``doc_cache_size`` distinct documents (LRU keyed by the text's sha256; ``None``: params
+    ``serve.doc_cache_size``; 0: off; ignored for a cross-encoder).
+    """
 
     def __init__(
         self,
@@ -226,6 +398,7 @@ class OnnxReranker:
         max_batch_tokens: int = 16384,
         verify: bool = True,
         allow_spinning: bool = False,
+        doc_cache_size: int | None = None,
     ):
         if variant is not None and variant not in VARIANT_FILES:
             raise HardnegError(f"unknown variant '{variant}': use one of {sorted(VARIANT_FILES)}")
@@ -235,40 +408,81 @@ class OnnxReranker:
             if verify
             else read_metadata(self.export_dir)
         )
-        if variant is None:  # the export's served variant (verified files: check that it is listed too)
-            variant = served_variant(self.metadata, self.export_dir)
-            if verify and VARIANT_FILES[variant] not in self.metadata["files"]:
-                raise ExportIntegrityError(
-                    f"{self.export_dir}: {VARIANT_FILES[variant]} is not listed in {METADATA_FILE}"
-                )
-        self.variant: Variant = variant
-        if variant == "int8" and (self.metadata.get("parity") or {}).get("int8_passed") is False:
-            raise HardnegError(
-                f"{self.export_dir}: the int8 variant failed its parity gate at export (see parity.json); serve fp32"
-            )
+        self.kind = export_kind(self.metadata, self.export_dir)
+        self.variant: Variant = self._served_variant(variant, verify)
         exported_max = int(self.metadata.get("max_length") or 512)
         if max_length is not None and not 4 <= max_length <= exported_max:
             raise HardnegError(
                 f"max_length must be in [4, {exported_max}] (the exported model's limit), got {max_length}"
             )
         self.max_length = int(max_length or exported_max)
-        self.scorer = PairScorer(
-            self.export_dir / VARIANT_FILES[variant],
-            self.export_dir / TOKENIZER_FILE,
-            self.max_length,
-            intra_op_threads=intra_op_threads,
-            batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens,
-            allow_spinning=allow_spinning,
-        )
+        graph_args = (self.export_dir / VARIANT_FILES[self.variant], self.export_dir / TOKENIZER_FILE)
+        graph_kwargs: dict[str, Any] = {
+            "intra_op_threads": intra_op_threads,
+            "batch_size": batch_size,
+            "max_batch_tokens": max_batch_tokens,
+            "allow_spinning": allow_spinning,
+        }
+        self.scorer: PairScorer | CosineScorer
+        if self.kind == BI_ENCODER:
+            size = default_doc_cache_size() if doc_cache_size is None else int(doc_cache_size)
+            self.scorer = CosineScorer(TextEncoder(*graph_args, self.max_length, **graph_kwargs), size)
+        else:
+            self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
         log.info(
-            "loaded %s (%s, version %s, max_length %d, fusion weight %s)",
+            "loaded %s (%s, %s, version %s, max_length %d, fusion weight %s)",
             self.export_dir,
-            variant,
+            self.kind,
+            self.variant,
             self.version,
             self.max_length,
             self.fusion_weight,
         )
+
+    def _served_variant(self, variant: Variant | None, verify: bool) -> Variant:
+        if variant is None:  # the export's served variant (verified files: check that it is listed too)
+            variant = served_variant(self.metadata, self.export_dir)
+            if verify and VARIANT_FILES[variant] not in self.metadata["files"]:
+                raise ExportIntegrityError(
+                    f"{self.export_dir}: {VARIANT_FILES[variant]} is not listed in {METADATA_FILE}"
+                )
+        if variant == "int8" and (self.metadata.get("parity") or {}).get("int8_passed") is False:
+            raise HardnegError(
+                f"{self.export_dir}: the int8 variant failed its parity gate at export (see parity.json); serve fp32"
+            )
+        return variant
+
+    @property
+    def score_name(self) -> str:
+        """What ``score`` returns: "sigmoid" (cross-encoder) or "cosine" (bi-encoder)."""
+        return KIND_SCORES[self.kind]
+
+    @property
+    def doc_cache(self) -> EmbeddingCache | None:
+        """The bi-encoder's document-embedding cache (``None`` for a cross-encoder)."""
+        return self.scorer.cache if isinstance(self.scorer, CosineScorer) else None
+
+    @property
+    def cache_hits(self) -> int:
+        return self.doc_cache.hits if self.doc_cache is not None else 0
+
+    @property
+    def cache_misses(self) -> int:
+        return self.doc_cache.misses if self.doc_cache is not None else 0
+
+    @property
+    def cache_size(self) -> int:
+        """Documents whose embedding is cached now."""
+        return len(self.doc_cache) if self.doc_cache is not None else 0
+
+    @property
+    def doc_cache_size(self) -> int:
+        """The cache's capacity (0: off, or a cross-encoder)."""
+        return self.doc_cache.capacity if self.doc_cache is not None else 0
+
+    def cache_stats(self) -> dict[str, int] | None:
+        """{hits, misses, size, capacity} for a bi-encoder, ``None`` for a cross-encoder."""
+        return self.doc_cache.stats() if self.doc_cache is not None else None
 
     @property
     def model_name(self) -> str:
@@ -289,7 +503,8 @@ class OnnxReranker:
         return None if w is None else float(w)
 
     def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
-        """Reranker (sigmoid) scores of ``docs`` for ``query``, float32 [len(docs)], in the input order."""
+        """Reranker scores of ``docs`` for ``query`` (sigmoid, or cosine for a bi-encoder), float32 [len(docs)], in
+        the input order."""
         return self.scorer.score(query, docs)
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
@@ -302,7 +517,7 @@ class OnnxReranker:
 
         With first-stage scores and a fusion weight in the metadata, scores are the fused scores the evaluation
         tuned (z-normalised per query); otherwise (no first-stage scores, or an export without a weight) they are
-        the reranker's sigmoid scores.
+        the reranker's own scores (sigmoid, or cosine for a bi-encoder).
         """
         scores = self.score(query, docs).astype(np.float64)
         if first_stage_scores is not None:

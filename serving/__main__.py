@@ -3,7 +3,8 @@
 Takes KServe's own server flags (``--http_port``, ``--model_name``, ``--enable_grpc``...) plus ``--model_dir``,
 ``--host`` (default 0.0.0.0, KServe's behaviour; use 127.0.0.1 locally), ``--variant`` (int8|fp32; default: the
 export's ``served_variant``, chosen at export by params ``serve.variant``),
-``--intra_op_threads`` and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
+``--intra_op_threads``, ``--doc_cache_size`` (bi-encoder exports: document embeddings kept; default params
+``serve.doc_cache_size``) and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--intra_op_threads", type=int, default=None, help="onnxruntime threads (default: all cores)"
     )
     parser.add_argument(
+        "--doc_cache_size",
+        type=int,
+        default=None,
+        help="bi-encoder exports: LRU cache of document embeddings, entries (0: off; default params serve.doc_cache_size)",
+    )
+    parser.add_argument(
         "--config", default=None, help="params.yaml with a `serve` section (default: packaged defaults)"
     )
     parser.set_defaults(enable_grpc=False, model_name=None)
     return parser
+
+
+def _doc_cache_size(flag: int | None, serve_params: dict) -> int:
+    from hardneg.errors import HardnegError
+
+    size = int(serve_params.get("doc_cache_size") or 0) if flag is None else int(flag)
+    if size < 0:
+        raise HardnegError(f"doc_cache_size must be >= 0 (0: off), got {size}")
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             variant=args.variant,
             limits=Limits.from_params(params),
             intra_op_threads=args.intra_op_threads or serve_params.get("intra_op_threads"),
+            doc_cache_size=_doc_cache_size(args.doc_cache_size, serve_params),
         )
         serve(model, http_port=args.http_port, host=args.host, enable_grpc=args.enable_grpc)
     except HardnegError as e:

@@ -1,4 +1,6 @@
-"""KServe predictor: a ``kserve.Model`` that reranks with :class:`hardneg.rerank.OnnxReranker` (no torch).
+"""KServe predictor: a ``kserve.Model`` that reranks with :class:`hardneg.rerank.OnnxReranker` (no torch), for both
+export kinds: a cross-encoder (a sigmoid score per (query, document) pair) and a bi-encoder (cosine of the query and
+document embeddings, document embeddings kept in an LRU cache of ``serve.doc_cache_size`` entries).
 
 V1 ``POST /v1/models/<name>:predict``::
 
@@ -9,7 +11,7 @@ V2 ``POST /v2/models/<name>/infer``: BYTES ``query`` [1], BYTES ``documents`` [n
 ``first_stage_scores`` [n] -> FP32 ``scores`` [n] + INT64 ``ranking`` [n] (document indices, best first).
 
 ``scores`` are the fused scores evaluation tuned (weight from the export's metadata) when first-stage scores are
-sent, else the reranker's sigmoid scores. Text beyond the model's ``max_length`` tokens is truncated (as in training);
+sent, else the reranker's own scores (sigmoid, or cosine for a bi-encoder). Text beyond the model's ``max_length`` tokens is truncated (as in training);
 longer-than-``max_text_chars`` texts are refused (413). Every malformed request raises :class:`RequestError` (an
 ``InvalidInput``) with a message naming the field; the server maps it to a 4xx.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.rerank import OnnxReranker
+from hardneg.rerank import BI_ENCODER, CROSS_ENCODER, OnnxReranker
 from serving import clean_argv
 
 with clean_argv():
@@ -258,6 +260,12 @@ def parse_v2(req: InferRequest, limits: Limits) -> RerankRequest:
     return RerankRequest(query, docs, scores)
 
 
+_TRUNCATION = {
+    CROSS_ENCODER: "longest_first: tokens beyond max_length (query + document) are dropped",
+    BI_ENCODER: "query and document each truncated to max_length tokens",
+}
+
+
 class HardnegReranker(Model):
     """Serves one export folder. ``load()`` verifies its checksums and opens the ONNX session, then sets ``ready``."""
 
@@ -270,9 +278,11 @@ class HardnegReranker(Model):
         limits: Limits | None = None,
         intra_op_threads: int | None = None,
         max_concurrency: int = 1,
+        doc_cache_size: int | None = None,
     ):
         super().__init__(name)
         self.model_dir, self.variant = model_dir, variant
+        self.doc_cache_size = doc_cache_size  # bi-encoder only; None: params serve.doc_cache_size (packaged)
         self.limits = limits or Limits()
         self.intra_op_threads = intra_op_threads
         self.max_concurrency = max(1, int(max_concurrency))
@@ -281,7 +291,12 @@ class HardnegReranker(Model):
         self.ready = False
 
     def load(self) -> bool:
-        self.reranker = OnnxReranker(self.model_dir, self.variant, intra_op_threads=self.intra_op_threads)
+        self.reranker = OnnxReranker(
+            self.model_dir,
+            self.variant,
+            intra_op_threads=self.intra_op_threads,
+            doc_cache_size=self.doc_cache_size,
+        )
         self.variant = self.reranker.variant  # None -> the export's served_variant
         self.ready = True
         return self.ready
@@ -312,9 +327,12 @@ class HardnegReranker(Model):
             "parameters": {
                 "model_name": meta.get("model_name"),
                 "version": meta.get("version"),
+                "kind": r.kind if r else None,
+                "score": r.score_name if r else None,
                 "variant": self.variant,
                 "max_length": r.max_length if r else None,
-                "truncation": "longest_first: tokens beyond max_length are dropped",
+                "truncation": _TRUNCATION.get(r.kind if r else "", None),
+                "doc_cache": r.cache_stats() if r else None,
                 "fusion": meta.get("fusion"),
                 "lineage": meta.get("lineage"),
                 "metrics": meta.get("metrics"),

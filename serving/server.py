@@ -5,6 +5,9 @@ What KServe 0.21 lacks and this adds (stack.md 2):
 * a host to bind (KServe hard-codes 0.0.0.0): ``HardnegRESTServer`` sets ``config.host``;
 * a request body limit (``serve.max_body_bytes`` -> 413) and Prometheus counters ``hardneg_requests_total{protocol,
   status}`` / ``hardneg_errors_total{reason}`` on the same ``/metrics`` (``GuardMiddleware``, pure ASGI);
+* for a bi-encoder export, its document-embedding cache on ``/metrics``: counters
+  ``hardneg_doc_cache_hits_total{model}`` / ``hardneg_doc_cache_misses_total{model}`` and gauges
+  ``hardneg_doc_cache_entries{model}`` / ``hardneg_doc_cache_capacity{model}`` (``DocCacheCollector``, read at scrape);
 * 4xx with a plain message for every malformed request (``SafeDataPlane`` + exception handlers): no Python class
   names or tracebacks in responses; unexpected errors answer a generic 500 and are logged here;
 * ``GET /v2/models/<name>`` with versions and parameters (lineage, fusion weight, limits): KServe's response model
@@ -16,6 +19,9 @@ What KServe 0.21 lacks and this adds (stack.md 2):
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from serving import clean_argv
@@ -29,7 +35,8 @@ with clean_argv():
     from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady, NoModelReady
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.server import RESTServer
-    from prometheus_client import Counter
+    from prometheus_client import REGISTRY, Counter
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from serving.predictor import HardnegReranker, RequestError  # noqa: E402
 
@@ -40,6 +47,55 @@ REQUESTS = Counter(
 )
 ERRORS = Counter("hardneg_errors_total", "Failed requests by reason", ["reason"])
 INTERNAL_ERROR = "internal server error (logged server-side)"
+
+
+class DocCacheCollector:
+    """Reads the document-embedding cache counters of the served bi-encoder(s) at scrape time (the counts live in
+    :class:`hardneg.rerank.EmbeddingCache`; nothing to keep in sync). Models are held weakly, latest per name."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, weakref.ref[HardnegReranker]] = {}
+        self._lock = threading.Lock()
+
+    def track(self, model: HardnegReranker) -> None:
+        with self._lock:
+            self._models[model.name] = weakref.ref(model)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            models = {name: ref() for name, ref in self._models.items()}
+        stats = {
+            name: m.reranker.cache_stats()
+            for name, m in sorted(models.items())
+            if m is not None and m.reranker is not None and m.reranker.doc_cache is not None
+        }
+        if not stats:
+            return
+        hits = CounterMetricFamily(
+            "hardneg_doc_cache_hits", "Bi-encoder document embeddings found in the cache", labels=["model"]
+        )
+        misses = CounterMetricFamily(
+            "hardneg_doc_cache_misses",
+            "Bi-encoder document embeddings computed (not cached)",
+            labels=["model"],
+        )
+        entries = GaugeMetricFamily(
+            "hardneg_doc_cache_entries", "Document embeddings in the cache now", labels=["model"]
+        )
+        capacity = GaugeMetricFamily(
+            "hardneg_doc_cache_capacity", "Cache capacity (serve.doc_cache_size; 0: off)", labels=["model"]
+        )
+        for name, st in stats.items():
+            assert st is not None
+            hits.add_metric([name], st["hits"])
+            misses.add_metric([name], st["misses"])
+            entries.add_metric([name], st["size"])
+            capacity.add_metric([name], st["capacity"])
+        yield from (hits, misses, entries, capacity)
+
+
+DOC_CACHE = DocCacheCollector()
+REGISTRY.register(DOC_CACHE)  # a custom collector: collect() only
 
 
 def _protocol(path: str) -> str | None:
@@ -253,6 +309,7 @@ def create_app(model: HardnegReranker, *, load: bool = True) -> FastAPI:
     server = ModelServer(enable_grpc=False, registered_models=None)
     server.dataplane = SafeDataPlane(model_registry=server.registered_models)
     server.register_model(model)
+    DOC_CACHE.track(model)
     cls = _server_class("127.0.0.1", model.limits.max_body_bytes)
     cls(
         "kserve.model_server:app", server.dataplane, server.model_repository_extension, http_port=0
@@ -273,6 +330,7 @@ def serve(
     if not model.ready:
         raise NoModelReady([model])
     _fresh_app()
+    DOC_CACHE.track(model)
     # ModelServer.start() looks the RESTServer name up in kserve.model_server
     ks_model_server.RESTServer = _server_class(host, model.limits.max_body_bytes)
     server = ModelServer(http_port=http_port, workers=workers, enable_grpc=enable_grpc)

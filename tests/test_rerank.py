@@ -125,6 +125,12 @@ def test_empty_documents_and_pairs(fp32):
 
 def test_metadata_properties_and_max_length(export_dir, fp32):
     assert fp32.version == "t1" and fp32.model_name == "tiny-reranker" and fp32.max_length == 128
+    assert (
+        fp32.kind == "cross-encoder"
+        and fp32.score_name == "sigmoid"
+        and fp32.metadata["kind"] == "cross-encoder"
+    )
+    assert fp32.cache_stats() is None and fp32.doc_cache_size == 0  # no document cache for pair scoring
     assert fp32.lineage["data_version"] == "0123456789abcdef.dir"
     short = OnnxReranker(export_dir, "fp32", max_length=16)
     assert short.max_length == 16

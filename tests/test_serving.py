@@ -120,6 +120,7 @@ def test_model_metadata_exposes_versions_and_lineage(client):
     p = meta["parameters"]
     assert p["lineage"]["data_version"] == "0123456789abcdef.dir" and p["lineage"]["git_commit"] == "feedface"
     assert p["fusion"]["weight"] == FUSION_WEIGHT and p["variant"] == "int8" and p["max_length"] == 128
+    assert p["kind"] == "cross-encoder" and p["score"] == "sigmoid" and p["doc_cache"] is None
     assert p["limits"] == {"max_documents": 8, "max_text_chars": 500, "max_body_bytes": 20_000}
     assert client.get("/v2").json()["name"] == "kserve"
 
@@ -209,6 +210,9 @@ def test_metrics_count_requests_and_errors(client):
     assert metric(client, "hardneg_requests_total", protocol="v1", status="200") == ok_before + 1
     assert metric(client, "hardneg_requests_total", protocol="v2", status="400") == bad_before + 1
     assert metric(client, "hardneg_errors_total", reason="empty_query") == err_before + 1
+    assert (
+        f'hardneg_doc_cache_hits_total{{model="{NAME}"}}' not in client.get("/metrics").text
+    )  # bi-encoders only
     text = client.get("/metrics").text
     assert "request_predict_seconds" in text  # KServe's latency histograms stay on the same endpoint
 

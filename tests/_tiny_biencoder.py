@@ -1,0 +1,104 @@
+"""Shared by the bi-encoder tests: a briefly trained tiny bi-encoder (SentenceTransformer: the conftest BERT + mean
+Pooling + Normalize, saved with ``model.save`` + ``hardneg_model.json``) and its ONNX export, built once per pytest
+session under the session's base temp folder (read-only: copy before modifying).
+
+Trained for a few dozen in-batch-negative steps on the fixture qrels so that cosines rank positives first (an untrained
+model's cosines are nearly flat, and int8 rounding would then reorder candidates at random).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from _tiny_reranker import LINEAGE, METRICS, TINY_INT8_MAX_MRR_DROP, tiny_dev_set
+
+BI_FUSION_WEIGHT = 0.6
+BI_MAX_LENGTH = 64
+
+
+def build_bi_encoder(tiny_model_dir: Path, out: Path, pooling: str = "mean", normalize: bool = True) -> Any:
+    """An untrained tiny SentenceTransformer (Transformer + Pooling(pooling) [+ Normalize]); not saved."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    tr = Transformer(str(tiny_model_dir), max_seq_length=BI_MAX_LENGTH)
+    modules = [tr, Pooling(tr.get_embedding_dimension(), pooling)] + ([Normalize()] if normalize else [])
+    return SentenceTransformer(modules=modules, device="cpu")
+
+
+def save_bi_encoder(st: Any, out: Path, max_length: int = BI_MAX_LENGTH) -> Path:
+    """``st.save(out)`` + the train stage's ``hardneg_model.json``."""
+    st.save(str(out))
+    info = {"kind": "bi-encoder", "max_length": max_length, "base_model": "tiny-bert"}
+    (out / "hardneg_model.json").write_text(json.dumps(info), encoding="utf-8")
+    return out
+
+
+def trained_tiny_bi(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int = 120) -> Path:
+    out = base / "hardneg-tiny-bi"
+    if (out / "hardneg_model.json").exists():
+        return out
+    import torch
+
+    from hardneg.data import load_dataset
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    st = build_bi_encoder(tiny_model_dir, out)
+    ds = load_dataset(data_dir)
+    pos = [
+        (ds.queries[q].text, ds.corpus[d].full_text)
+        for split in ds.qrels.values()
+        for q, docs in split.items()
+        for d in docs
+        if q in ds.queries and d in ds.corpus
+    ]
+    opt = torch.optim.AdamW(st.parameters(), lr=5e-3)
+    st.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model on a busy 2-core machine: one thread is much faster
+    for _ in range(steps):
+        batch = rng.sample(pos, 8)
+        q = st(st.preprocess([b[0] for b in batch]))["sentence_embedding"]
+        d = st(st.preprocess([b[1] for b in batch]))["sentence_embedding"]
+        loss = torch.nn.functional.cross_entropy(
+            20.0 * q @ d.T, torch.arange(len(batch))
+        )  # in-batch negatives
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    st.eval()
+    tmp = base / "hardneg-tiny-bi.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_bi_encoder(st, tmp)
+    (tmp / "lineage.json").write_text(json.dumps(LINEAGE), encoding="utf-8")
+    fusion = {"weight": BI_FUSION_WEIGHT, "first_stage": "bm25", "depth": 10, "score": "cosine"}
+    (tmp / "fusion.json").write_text(json.dumps(fusion), encoding="utf-8")
+    (tmp / "metrics.json").write_text(json.dumps(METRICS), encoding="utf-8")
+    tmp.rename(out)
+    return out
+
+
+def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
+    """The export of the trained tiny bi-encoder (fp32 gate at its params default, int8 gate loosened as for the
+    tiny cross-encoder: 8 dev queries)."""
+    out = base / "hardneg-tiny-bi-export"
+    if (out / "metadata.json").exists():
+        return out
+    from hardneg.export import export_model
+
+    export_model(
+        trained_tiny_bi(base, tiny_model_dir, data_dir),
+        out,
+        tiny_dev_set(data_dir),
+        model_name="tiny-bi",
+        version="b1",
+        parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
+    )
+    return out
