@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 from hardneg.errors import HardnegError
-from hardneg.hw import use_bf16
 
 app = typer.Typer(
     name="hardneg",
@@ -620,27 +619,31 @@ app.add_typer(pipeline_app, name="pipeline")
 
 def _print_pipeline_summary(s: dict[str, Any]) -> None:
     m = s.get("metrics") or {}
-    rows = [
-        [k, v]
-        for k, v in m.items()
-        if k.endswith(("mrr@10", "mrr@3", "ndcg@10", "recall@100")) or k in ("fusion_weight", "gate_passed")
+    sm = s.get("served_metrics") or {}
+    fs = m.get("first_stage") or "first stage"
+    systems = [
+        (f"no training: {fs} (the baseline)", m, "first_stage"),
+        *((f"no training: {n} alone", m, n) for n in ("bm25", "dense") if f"{n}/mrr@10" in m and n != fs),
+        ("reranker alone (torch)", m, "rerank"),
+        ("served, torch (fused with the first stage)", m, "fusion"),
+        (f"served, exported ONNX ({sm.get('variant', '?')})", sm, "fusion"),
     ]
+    rows = []
+    for label, src, key in systems:
+        if f"{key}/mrr@10" in src:
+            rows.append([label, *(src.get(f"{key}/{k}", "-") for k in ("mrr@10", "ndcg@10", "mrr@3"))])
     print_table(
-        "hardneg pipeline: test-split metrics (torch reranker; fusion weight tuned on dev)",
-        ["metric", "value"],
+        "hardneg pipeline: test split (every choice made on dev)",
+        ["system", "MRR@10", "nDCG@10", "MRR@3"],
         rows,
     )
-    sm = s.get("served_metrics") or {}
-    if sm:
-        srows = [
-            [k, v]
-            for k, v in sm.items()
-            if k.endswith(("mrr@10", "mrr@3", "ndcg@10")) or k in ("variant", "fusion_weight")
-        ]
-        print_table(
-            "served system (exported ONNX through hardneg.rerank, same fusion weight): test split",
-            ["metric", "value"],
-            srows,
+    base = m.get("first_stage/mrr@10")
+    served = sm.get("fusion/mrr@10", m.get("fusion/mrr@10"))
+    if base is not None and served is not None:
+        out.print(
+            f"served vs the no-training baseline: {served - base:+.4f} MRR@10 "
+            f"(fusion weight {m.get('fusion_weight')}, gate {'passed' if m.get('gate_passed') else 'FAILED'})",
+            highlight=False,
         )
     where = [
         [
@@ -731,68 +734,27 @@ def train_cmd(
         Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
     ] = None,
     negatives: Annotated[
-        Path, typer.Option("--negatives", help="negatives.jsonl (or its folder) from `hardneg mine`")
+        Path, typer.Option("--negatives", help="folder of negatives.jsonl from `hardneg mine`")
     ] = Path("runs/mined"),
     reduced_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--reduced-dir",
-            help="`hardneg reduce` output: dense dev candidates for the best-checkpoint evaluation",
-        ),
+        Path, typer.Option("--reduced-dir", help="`hardneg reduce` output (dev candidates for checkpoints)")
     ] = Path("runs/reduced"),
     out_dir: Annotated[Path, typer.Option("--out", help="model folder to write")] = Path("runs/model"),
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="override params train.max_steps")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="override params train.seed")] = None,
-    no_dev: Annotated[bool, typer.Option("--no-dev", help="skip the dev evaluation during training")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide the progress bar")] = False,
 ) -> None:
-    """Fine-tune the cross-encoder reranker on mined negatives (params train); writes the model + lineage + metrics."""
-    from hardneg.data import load_dataset
-    from hardneg.evaluate import first_stage_runs
-    from hardneg.train import TRAIN_METRICS_FILE, load_negatives, train_reranker
+    """Train the reranker of params train.kind (bi-encoder | cross-encoder) on mined negatives: the `train` stage."""
+    import copy
 
-    params = get_params()
-    ds = load_dataset(_dataset_root(data_dir))
-    neg_file = negatives / "negatives.jsonl" if negatives.is_dir() else negatives
-    rows = load_negatives(neg_file)
-    dev_run = None
-    if not no_dev and reduced_dir is not None and (reduced_dir / "corpus.npy").exists():
-        dev_run = first_stage_runs(ds, reduced_dir, params, splits=[params["data"]["dev_split"]], bm25=False)[
-            "dense"
-        ]
-    overrides = {k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None}
-    model_dir = train_reranker(
-        ds,
-        rows,
-        out_dir,
-        params,
-        dev_candidates=dev_run,
-        negatives_file=neg_file,
-        progress=not no_progress,
-        overrides=overrides,
-    )
-    m = json.loads((model_dir / TRAIN_METRICS_FILE).read_text(encoding="utf-8"))
-    curve = m["loss_curve"]
-    print_table(
-        f"reranker -> {model_dir}",
-        ["", ""],
-        [
-            ["steps", f"{m['steps']} ({m['stopped_by']})"],
-            ["seconds", m["seconds"]],
-            ["pairs/s", m["pairs_per_s"]],
-            [
-                "loss first 10 -> last 10",
-                f"{sum(curve[:10]) / max(1, len(curve[:10])):.3f} -> {sum(curve[-10:]) / max(1, len(curve[-10:])):.3f}",
-            ],
-            [
-                "dev MRR@10 curve",
-                ", ".join(f"{d['step']}:{d['mrr@10']:.3f}" for d in m["dev_curve"]) or "n/a",
-            ],
-            ["best step", m["best_step"]],
-        ],
-    )
+    from hardneg.stages import train_stage
+
+    params = copy.deepcopy(get_params())
+    params["train"].update({k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None})
+    negatives = negatives.parent if negatives.is_file() else negatives
+    res = train_stage(_dataset_root(data_dir), reduced_dir, negatives, params, out_dir)
+    print_table(f"reranker -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 
 @app.command("evaluate")
@@ -802,13 +764,11 @@ def evaluate_cmd(
         Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
     ] = None,
     model_dir: Annotated[
-        Path | None, typer.Option("--model-dir", help="trained CrossEncoder folder (gets fusion.json)")
+        Path, typer.Option("--model-dir", help="trained model folder (gets fusion.json)")
     ] = Path("runs/model"),
     onnx_dir: Annotated[
-        Path | None, typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served)")
-    ] = None,
-    variant: Annotated[
-        str | None, typer.Option(help="ONNX variant with --onnx-dir: int8 | fp32 (default: the served one)")
+        Path | None,
+        typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served, its variant)"),
     ] = None,
     reduced_dir: Annotated[
         Path, typer.Option("--reduced-dir", help="`hardneg reduce` output (dense first stage)")
@@ -816,64 +776,19 @@ def evaluate_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics.json + per_query.json")] = Path(
         "runs/eval"
     ),
-    depth: Annotated[
-        int | None, typer.Option("--depth", help="rerank depth (default params retrieve.rerank_depth)")
-    ] = None,
-    first_stage_only: Annotated[
-        bool, typer.Option("--first-stage-only", help="no reranker: dense and BM25 alone")
-    ] = False,
-    first_stage: Annotated[
-        str | None,
-        typer.Option("--first-stage", help="candidates to rerank: dense | bm25 (default: params evaluate)"),
-    ] = None,
 ) -> None:
-    """Evaluate first stage, reranking and fusion (weight tuned on dev) on the test split; per-query results saved."""
-    from hardneg.data import load_dataset
-    from hardneg.evaluate import (
-        CrossEncoderScorer,
-        OnnxScorer,
-        evaluate_reranker,
-        first_stage_runs,
-        write_evaluation,
-    )
-    from hardneg.lineage import current_lineage
-    from hardneg.train import apply_torch_threads
+    """Evaluate the first stage (params evaluate.first_stage: the no-training baseline), the reranker and the served
+    fusion (weight chosen on dev) on the test split: the `evaluate` stage (or the served evaluation of an export)."""
+    from hardneg.stages import evaluate_stage, served_evaluation_stage
 
     params = get_params()
-    apply_torch_threads(params)
-    ds = load_dataset(_dataset_root(data_dir))
-    runs = first_stage_runs(ds, reduced_dir, params)
-    scorer = None
-    target_model_dir = None
-    if not first_stage_only:
-        if onnx_dir is not None:
-            scorer = OnnxScorer(onnx_dir, variant=variant)
-        else:
-            if model_dir is None or not (model_dir / "config.json").exists():
-                raise HardnegError(
-                    f"no trained model in {model_dir} (run `hardneg train`, or pass --first-stage-only)"
-                )
-            scorer = CrossEncoderScorer(model_dir, bf16=use_bf16(params["train"].get("bf16", "auto")))
-            target_model_dir = model_dir
-    fs_name = first_stage or params["evaluate"].get("first_stage", "dense")
-    if fs_name not in runs:
-        raise HardnegError(f"--first-stage must be one of {sorted(runs)}, got {fs_name!r}")
-    others = {k: v for k, v in runs.items() if k != fs_name}
-    ev = evaluate_reranker(ds, scorer, runs[fs_name], params, extra_first_stages=others, depth=depth)
-    ev.metrics["first_stage_name"] = fs_name
-    ev.metrics["evaluated"] = str(onnx_dir or model_dir) if scorer is not None else "first stage"
-    write_evaluation(ev, out_dir, model_dir=target_model_dir, lineage=current_lineage(params))
-    rows = [[name, *(f"{v:.4f}" for v in m.values())] for name, m in ev.metrics["systems"].items()]
-    print_table(
-        f"{ev.metrics['split']} ({ev.metrics['n_queries']} queries) -> {out_dir}",
-        ["system", *next(iter(ev.metrics["systems"].values())).keys()],
-        rows,
-    )
-    if "fusion_weight" in ev.metrics:
-        out.print(
-            f"fusion weight (tuned on {ev.metrics['dev_split']}): {ev.metrics['fusion_weight']}",
-            highlight=False,
-        )
+    if onnx_dir is not None:
+        res = served_evaluation_stage(_dataset_root(data_dir), reduced_dir, onnx_dir, params, out_dir)
+    else:
+        if not (model_dir / "config.json").exists():
+            raise HardnegError(f"no trained model in {model_dir} (run `hardneg train` first)")
+        res = evaluate_stage(_dataset_root(data_dir), reduced_dir, model_dir, params, out_dir)
+    print_table(f"test split -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 
 @app.command("compare")
@@ -882,55 +797,34 @@ def compare_cmd(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="results folder (resumes finished arms)")] = Path(
-        "runs/compare"
+    emb_dir: Annotated[Path, typer.Option("--emb-dir", help="`hardneg embed` output")] = Path(
+        "runs/embeddings"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder (resumes finished runs)")] = Path(
+        "runs/quality"
     ),
     seeds: Annotated[
-        str | None,
-        typer.Option("--seeds", help="comma-separated, e.g. 13,14,15 (default params compare.seeds)"),
+        str | None, typer.Option("--seeds", help="comma-separated (default params compare.seeds)")
     ] = None,
-    max_steps: Annotated[
-        int | None,
-        typer.Option("--max-steps", help="training steps per arm (default params compare.max_steps)"),
+    arms: Annotated[
+        str | None, typer.Option("--arms", help="comma-separated (default params compare.arms)")
     ] = None,
-    strategies: Annotated[
-        str | None, typer.Option("--strategies", help="comma-separated (default params compare.strategies)")
-    ] = None,
-    emb_dir: Annotated[Path | None, typer.Option("--emb-dir", help="reuse `hardneg embed` output")] = None,
-    reduced_dir: Annotated[
-        Path | None, typer.Option("--reduced-dir", help="reuse `hardneg reduce` output")
-    ] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
-    report_only: Annotated[
-        bool, typer.Option("--report-only", help="only rewrite the table + report from compare_results.json")
-    ] = False,
 ) -> None:
-    """Train and evaluate one reranker per negative strategy x seed (same model, budget, seeds); table + HTML report."""
-    from hardneg.compare import REPORT_HTML, RESULTS_MD, regenerate, run_compare
+    """The quality study: no-training baselines, then every negative strategy (arm) x seed at equal steps; writes
+    quality.json, quality_per_query.json and quality_report.html (hardneg.quality)."""
+    from hardneg.quality import QUALITY_JSON, REPORT_HTML, run_study
 
-    for noisy in ("faiss", "bm25s", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if report_only:
-        regenerate(out_dir)
-        out.print((out_dir / RESULTS_MD).read_text(encoding="utf-8"), highlight=False)
-        out.print(f"report: {out_dir / REPORT_HTML}", highlight=False)
-        return
-    params = get_params()
     try:
-        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+        seed_list = [int(x) for x in seeds.split(",")] if seeds else None
     except ValueError:
         raise HardnegError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
-    strat = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
-    run_compare(
-        _dataset_root(data_dir),
-        out_dir,
-        params,
-        seeds=seed_list,
-        max_steps=max_steps,
-        strategies=strat,
-        emb_dir=emb_dir,
-        reduced_dir=reduced_dir,
-        progress=not no_progress,
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    q = run_study(_dataset_root(data_dir), emb_dir, out_dir, get_params(), arms=arm_list, seeds=seed_list)
+    rows = [
+        [a, r["served"]["dev"]["mrr@10"]["mean"], r["served"]["test"]["mrr@10"]["mean"], r.get("p_vs_best")]
+        for a, r in q["arms"].items()
+    ]
+    print_table(
+        f"arms (best on dev: {q['best_policy']})", ["arm", "dev MRR@10", "test MRR@10", "p vs best"], rows
     )
-    out.print((out_dir / RESULTS_MD).read_text(encoding="utf-8"), highlight=False)
-    out.print(f"report: {out_dir / REPORT_HTML}", highlight=False)
+    out.print(f"{out_dir / QUALITY_JSON}, report: {out_dir / REPORT_HTML}", highlight=False)

@@ -434,7 +434,8 @@ def write_evaluation(
                 "weight": ev.metrics["fusion_weight"],
                 "first_stage": ev.metrics.get("first_stage_name", "dense"),
                 "depth": ev.metrics["rerank_depth"],
-                "score": "sigmoid",
+                "score": ev.metrics.get("score", "sigmoid"),
+                "first_stage_bm25_weight": ev.metrics.get("first_stage_bm25_weight"),
             },
         )
         _write_json(md / METRICS_FILE, ev.metrics)

@@ -134,7 +134,20 @@ class DevSet:
         than real first-stage candidates; pass a run for a faithful gate)."""
         from hardneg.data import load_dataset
 
-        ds = load_dataset(root, splits=[split])
+        return cls.from_dataset(load_dataset(root, splits=[split]), split, run, depth, max_queries, seed)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        ds: Any,
+        split: str = "dev",
+        run: Mapping[str, Mapping[str, float]] | str | os.PathLike | None = None,
+        depth: int = 30,
+        max_queries: int | None = None,
+        seed: int = 13,
+    ) -> DevSet:
+        """As :meth:`from_beir`, from a loaded dataset (e.g. with the dev split topped up from train)."""
+        root = ds.root
         qrels = ds.split_qrels(split)
         if isinstance(run, str | os.PathLike):
             p = Path(run)

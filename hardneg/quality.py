@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.errors import ConfigError
+from hardneg.errors import ConfigError, HardnegError
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def arm_negatives(
     if arm in ("untuned", "in-batch"):
         return None, {}
     if arm == "st-default":
-        from hardneg.compare import st_negatives
+        from hardneg.anchors import st_negatives
 
         return st_negatives(
             dataset,
@@ -458,18 +458,27 @@ def run_study(
             dict(params), ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]
         ),
     }
-    runs_path = out / "runs.json"
-    state = json.loads(runs_path.read_text(encoding="utf-8")) if runs_path.exists() else {}
-    if state.get("key") != key:
-        if state:
-            log.warning("%s was written with another configuration: starting over", runs_path)
-        state = {"key": key, "arms": {}, "per_query": {}}
+    # one file per (arm, seed), written atomically: resumable, and several processes (e.g. one per seed) can share
+    # the folder; a file made under another configuration key is ignored (and redone)
+    runs_dir = out / "runs" / key["params"]
+
+    def load_state() -> dict[str, Any]:
+        st: dict[str, Any] = {"key": key, "arms": {}, "per_query": {}}
+        for f in sorted(runs_dir.glob("*.json")) if runs_dir.exists() else []:
+            r = json.loads(f.read_text(encoding="utf-8"))
+            if r.get("key") != key:
+                continue
+            st["arms"].setdefault(r["arm"], {})[str(r["seed"])] = r["result"]
+            st["per_query"].setdefault(r["arm"], {})[str(r["seed"])] = r["per_query"]
+        return st
+
+    state = load_state()
     neg_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
     bcfg0 = BiEncoderConfig.from_params(params)
     fixed = document_vectors(ds, bcfg0, params["embed"].get("cache_dir")) if bcfg0.tune == "query" else None
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
-            if str(seed) in state["arms"].get(arm, {}):
+            if (runs_dir / f"{arm}-{seed}.json").exists() and str(seed) in load_state()["arms"].get(arm, {}):
                 continue
             t0 = time.perf_counter()
             if arm not in neg_cache:
@@ -499,15 +508,17 @@ def run_study(
                 model = load_biencoder(mdir, bcfg.max_length)
             ev = evaluate_model(model, ds, first_stage, qrels, params, fixed)
             pq = ev.pop("per_query")
-            state["arms"].setdefault(arm, {})[str(seed)] = {
+            result = {
                 **ev,
                 "steps": steps,
                 "negatives": nstats,
                 "train": tstats,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            state["per_query"].setdefault(arm, {})[str(seed)] = pq
-            _save(runs_path, state)
+            _save(
+                runs_dir / f"{arm}-{seed}.json",
+                {"key": key, "arm": arm, "seed": seed, "result": result, "per_query": pq},
+            )
             if arm != "untuned":
                 import shutil
 
@@ -521,7 +532,10 @@ def run_study(
                 time.perf_counter() - t0,
             )
 
-    # 4. summary
+    # 4. summary (over every finished run in the folder, including other processes')
+    state = load_state()
+    state["arms"] = {a: state["arms"][a] for a in cfg["arms"] if a in state["arms"]}
+    state["per_query"] = {a: state["per_query"][a] for a in state["arms"]}
     summ = summarize(state, params)
     best = summ["best_policy"]
     arm_best = summ["arms"][best]
@@ -599,3 +613,57 @@ def report_html(q: Mapping[str, Any]) -> str:
         "<th>alone test MRR@10</th><th>test nDCG@10</th><th>diff vs best</th><th>p vs best (seed-averaged, "
         "randomization)</th><th>p per seed</th><th>steps</th></tr>" + "".join(arms) + "</table>"
     )
+
+
+# ------------------------------------------------------------------------------------------------ README table
+
+README_START = (
+    "<!-- quality:start (written by benchmarks/quality.py from benchmarks/results/quality.json) -->"
+)
+README_END = "<!-- quality:end -->"
+
+
+def readme_table(q: Mapping[str, Any]) -> str:
+    """The README's quality block, generated from quality.json (a test checks README against it)."""
+
+    def f(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    best_nt, arms = q["no_training_hybrid"], q["arms"]
+    lines = [
+        README_START,
+        f"SciFact test MRR@10 / nDCG@10 (dev = {q['splits']['top_up']['dev_queries']} queries: choices; test read once). "
+        f"Commit `{q['commit'][:12]}`, params `{q['params_hash']}`, {len(q['config']['seeds'])} seeds, "
+        f"{q['config']['max_steps']} steps per arm.",
+        "",
+        "| system | MRR@10 | nDCG@10 |",
+        "|---|---|---|",
+        f"| BM25 | {f(q['bm25']['test']['mrr@10'])} | {f(q['bm25']['test']['ndcg@10'])} |",
+        f"| dense ensemble (PCA) | {f(q['dense']['test']['mrr@10'])} | {f(q['dense']['test']['ndcg@10'])} |",
+        f"| best no-training system on dev: `{best_nt['system']}` | {f(best_nt['test']['mrr@10'])} | "
+        f"{f(best_nt['test']['ndcg@10'])} |",
+        f"| reranker alone (`{q['best_policy']}`, mean of seeds) | {f(q['reranker_alone']['test']['mrr@10'])} | "
+        f"{f(q['reranker_alone']['test']['ndcg@10'])} |",
+        f"| served: reranker fused with `{q['first_stage']['system']}` (`{q['best_policy']}`) | "
+        f"{f(q['served']['test']['mrr@10'])} | {f(q['served']['test']['ndcg@10'])} |",
+        "",
+        "| arm (served, test) | MRR@10 mean ± sd | seeds | dev MRR@10 | alone MRR@10 | diff vs best | p vs best |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, a in sorted(arms.items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
+        t = a["served"]["test"]["mrr@10"]
+        lines.append(
+            f"| {'**' + name + '**' if name == q['best_policy'] else name} | {f(t['mean'])} ± {f(t['std'])} | "
+            f"{', '.join(f(x) for x in t['seeds'])} | {f(a['served']['dev']['mrr@10']['mean'])} | "
+            f"{f(a['alone']['test']['mrr@10']['mean'])} | {f(a.get('diff_vs_best') or 0.0)} | "
+            f"{f(a.get('p_vs_best')) if a.get('p_vs_best') is not None else '-'} |"
+        )
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def replace_readme_block(readme: str, block: str) -> str:
+    if README_START not in readme or README_END not in readme:
+        raise HardnegError("README.md has no quality block markers")
+    i, j = readme.index(README_START), readme.index(README_END) + len(README_END)
+    return readme[:i] + block + readme[j:]

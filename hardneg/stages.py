@@ -243,6 +243,41 @@ def dense_run(
     return first_stage_runs(dataset, reduced_dir, params, splits=list(splits), bm25=False)["dense"]
 
 
+FIRST_STAGES = ("dense", "bm25", "hybrid")
+
+
+def first_stage(
+    dataset, reduced_dir: str | os.PathLike, params: Mapping[str, Any], splits: Sequence[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """The configured first stage (``evaluate.first_stage``: dense | bm25 | hybrid) for the queries of ``splits``,
+    plus ``{"name", "bm25_weight", "dev_curve", "runs": {"dense", "bm25"}}``. The hybrid's BM25 weight is always
+    chosen on the dev split (the same way whichever splits are asked for), so every stage serves the same system."""
+    from hardneg.evaluate import first_stage_runs, restrict
+    from hardneg.quality import tune_hybrid
+    from hardneg.retrieve import fuse_runs
+
+    name = str(params["evaluate"].get("first_stage", "dense"))
+    if name not in FIRST_STAGES:
+        raise HardnegError(
+            f"evaluate.first_stage must be one of {list(FIRST_STAGES)}, got {name!r} (params.yaml)"
+        )
+    dev = params["data"]["dev_split"]
+    want = list(dict.fromkeys([dev, *splits]))
+    runs = first_stage_runs(dataset, reduced_dir, params, splits=want, bm25=name != "dense")
+    qids = [q for s in splits if s in dataset.qrels for q in dataset.split_qrels(s)]
+    info: dict[str, Any] = {"name": name, "bm25_weight": None}
+    if name == "hybrid":
+        k = int(params["retrieve"]["top_k"])
+        weights = [float(w) for w in params["evaluate"]["fusion_weights"]]
+        w, curve = tune_hybrid(runs["bm25"], runs["dense"], dataset.split_qrels(dev), weights, k)
+        info.update(bm25_weight=w, dev_curve=curve)
+        run = fuse_runs(runs["bm25"], runs["dense"], w, k)
+    else:
+        run = runs[name]
+    info["runs"] = {n: restrict(r, qids) for n, r in runs.items()}
+    return restrict(run, qids), info
+
+
 # ---------------------------------------------------------------------------------------------------------- mine
 
 
@@ -254,12 +289,14 @@ def mine_stage(
 ) -> dict[str, Any]:
     import numpy as np
 
-    from hardneg.data import load_dataset
+    from hardneg.data import load_dataset_for
     from hardneg.lineage import read_lineage
     from hardneg.mine import mine_negatives, write_outputs
     from hardneg.reduce import load_reduced
 
-    ds = load_dataset(data_dir)
+    ds, _ = load_dataset_for(
+        data_dir, params
+    )  # the train split as every stage sees it (dev topped up from it)
     D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
     split = params["data"]["train_split"]
     rows, stats = mine_negatives(ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params)
@@ -290,24 +327,102 @@ def train_stage(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
-    from hardneg.data import load_dataset
+    """Train the reranker of ``train.kind`` on the mined negatives (train split; dev only for checkpoint choice)."""
+    from hardneg.data import load_dataset_for
     from hardneg.mine import NEGATIVES_FILE, read_negatives
-    from hardneg.train import train_reranker
 
-    ds = load_dataset(data_dir)
-    dev = dense_run(ds, reduced_dir, params, [params["data"]["dev_split"]])
+    ds, split_record = load_dataset_for(data_dir, params)
     rows = read_negatives(mined_dir)
-    model_dir = train_reranker(
+    kind = str(params["train"].get("kind", "cross-encoder"))
+    if kind == "bi-encoder":
+        model_dir = _train_biencoder(ds, rows, reduced_dir, params, out_dir, Path(mined_dir) / NEGATIVES_FILE)
+    elif kind == "cross-encoder":
+        from hardneg.train import train_reranker
+
+        dev = dense_run(ds, reduced_dir, params, [params["data"]["dev_split"]])
+        model_dir = train_reranker(
+            ds,
+            rows,
+            out_dir,
+            params,
+            dev_candidates=dev,
+            negatives_file=Path(mined_dir) / NEGATIVES_FILE,
+            progress=False,
+            overrides=dict(params["train"].get("cross_encoder") or {}),
+        )
+    else:
+        raise HardnegError(f"train.kind must be bi-encoder or cross-encoder, got {kind!r} (params.yaml)")
+    tm = json.loads((Path(model_dir) / "train_metrics.json").read_text(encoding="utf-8"))
+    out = {k: tm[k] for k in ("steps", "stopped_by", "seconds", "best_dev_mrr@10", "best_step") if k in tm}
+    return {"kind": kind, **out, "dev_queries": split_record["top_up"]["dev_queries"]}
+
+
+def _dev_eval(ds, reduced_dir, params, cfg, fixed):
+    """``model -> dev MRR@10`` of the model alone over the first stage's top ``eval_depth`` (checkpoint choice)."""
+    from hardneg.biencoder import encode
+    from hardneg.evaluate import evaluate_run, top_candidates
+
+    dev_q = ds.split_qrels(params["data"]["dev_split"])
+    fs, _ = first_stage(ds, reduced_dir, params, [params["data"]["dev_split"]])
+    cand = top_candidates(fs, cfg.eval_depth, sorted(dev_q))
+    docs = sorted({d for c in cand.values() for d in c})
+    pos = {d: i for i, d in enumerate(docs)}
+
+    def dev_eval(model: Any) -> float:
+        if fixed is not None:
+            di = {d: i for i, d in enumerate(fixed[1])}
+            D = fixed[0][[di[d] for d in docs]]
+        else:
+            D = encode(model, [ds.corpus[d].full_text for d in docs], bf16=cfg.bf16)
+        Q = encode(model, [ds.queries[q].text for q in cand], bf16=cfg.bf16)
+        run = {q: {d: float(Q[i] @ D[pos[d]]) for d in c} for i, (q, c) in enumerate(cand.items())}
+        return float(evaluate_run(run, dev_q, ("mrr@10",)).mean["mrr@10"])
+
+    return dev_eval
+
+
+def _train_biencoder(ds, rows, reduced_dir, params, out_dir, negatives_file: Path) -> Path:
+    from hardneg.biencoder import BiEncoderConfig, document_vectors, train_biencoder
+    from hardneg.lineage import sha256_file
+
+    cfg = BiEncoderConfig.from_params(params)
+    fixed = document_vectors(ds, cfg, params["embed"].get("cache_dir")) if cfg.tune == "query" else None
+    return train_biencoder(
         ds,
         rows,
         out_dir,
-        params,
-        dev_candidates=dev,
-        negatives_file=Path(mined_dir) / NEGATIVES_FILE,
-        progress=False,
+        cfg,
+        train_split=params["data"]["train_split"],
+        dev_eval=_dev_eval(ds, reduced_dir, params, cfg, fixed) if cfg.eval_every else None,
+        lineage_extra={"negatives_sha256": sha256_file(negatives_file)},
+        params_for_hash=params,
+        doc_vectors=fixed,
     )
-    tm = json.loads((Path(model_dir) / "train_metrics.json").read_text(encoding="utf-8"))
-    return {k: tm[k] for k in ("steps", "seconds", "best_dev_mrr@10", "best_step") if k in tm}
+
+
+def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset: Any) -> Any:
+    """The torch scorer of a trained model folder, by its kind: cosine for a bi-encoder (documents through the base
+    model's cached vectors when it was trained with ``tune: query``), sigmoid for a cross-encoder."""
+    from hardneg.biencoder import BiEncoderConfig, BiEncoderScorer, document_vectors, model_kind
+
+    if model_kind(model_dir) == "bi-encoder":
+        info = json.loads((Path(model_dir) / "hardneg_model.json").read_text(encoding="utf-8"))
+        cfg = BiEncoderConfig.from_params(
+            params, base_model=info.get("base_model"), max_length=info["max_length"]
+        )
+        scorer = BiEncoderScorer(model_dir, max_length=int(info["max_length"]), bf16=cfg.bf16)
+        if info.get("tune") == "query":
+            D, ids = document_vectors(dataset, cfg, params["embed"].get("cache_dir"))
+            scorer.preload([dataset.corpus[d].full_text for d in ids], D)
+        return scorer
+    from hardneg.evaluate import CrossEncoderScorer
+
+    ce = params["train"].get("cross_encoder") or {}
+    return CrossEncoderScorer(
+        model_dir,
+        max_length=int(ce.get("max_length") or params["train"].get("max_length", 192)),
+        bf16=use_bf16(params["train"].get("bf16", "auto")),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
@@ -320,21 +435,25 @@ def evaluate_stage(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
-    """Evaluate first stage, reranker and fusion on the test split (fusion weight tuned on dev), write
-    ``metrics.json``/``per_query.json`` and the model's ``fusion.json``; returns the headline metrics and the gate."""
-    from hardneg.data import load_dataset
-    from hardneg.evaluate import CrossEncoderScorer, evaluate_reranker, write_evaluation
+    """Evaluate the first stage (the no-training baseline), the reranker and the served fusion on the test split
+    (fusion weight chosen on dev), write ``metrics.json``/``per_query.json`` and the model's ``fusion.json``; returns
+    the headline metrics and the gate."""
+    from hardneg.data import load_dataset_for
+    from hardneg.evaluate import evaluate_reranker, write_evaluation
     from hardneg.lineage import read_lineage
 
-    ds = load_dataset(data_dir)
+    ds, split_record = load_dataset_for(data_dir, params)
     d = params["data"]
-    run = dense_run(ds, reduced_dir, params, [d["dev_split"], d["test_split"]])
-    scorer = CrossEncoderScorer(
-        model_dir,
-        max_length=int(params["train"]["max_length"]),
-        bf16=use_bf16(params["train"].get("bf16", "auto")),
+    run, info = first_stage(ds, reduced_dir, params, [d["dev_split"], d["test_split"]])
+    ev = evaluate_reranker(
+        ds, make_scorer(model_dir, params, ds), run, params, extra_first_stages=info["runs"]
     )
-    ev = evaluate_reranker(ds, scorer, run, params)
+    from hardneg.biencoder import model_kind
+
+    ev.metrics["score"] = "cosine" if model_kind(model_dir) == "bi-encoder" else "sigmoid"
+    ev.metrics["first_stage_name"] = info["name"]
+    ev.metrics["first_stage_bm25_weight"] = info["bm25_weight"]
+    ev.metrics["splits"] = split_record
     write_evaluation(ev, out_dir, model_dir=model_dir, lineage=read_lineage(model_dir))
     return headline(ev.metrics, params)
 
@@ -348,6 +467,7 @@ def headline(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
     served = systems[served_name]["mrr@10"]
     min_gain = float(params["pipeline"].get("min_gain_mrr10", 0.0))
     out: dict[str, Any] = {
+        "first_stage": metrics.get("first_stage_name", "dense"),
         "first_stage_mrr@10": round(first, 4),
         "served_system": served_name,
         "served_mrr@10": round(served, 4),
@@ -375,14 +495,14 @@ def export_stage(
     version: str | None = None,
 ) -> dict[str, Any]:
     """ONNX fp32 + int8 with parity gates on the dev first-stage candidates (raises GateFailedError)."""
-    from hardneg.data import load_dataset
+    from hardneg.data import load_dataset_for
     from hardneg.export import DevSet, export_from_params
 
-    ds = load_dataset(data_dir)
+    ds, _ = load_dataset_for(data_dir, params)
     dev_split = params["data"]["dev_split"]
     depth = int(params["retrieve"]["rerank_depth"])
-    run = dense_run(ds, reduced_dir, params, [dev_split])
-    dev = DevSet.from_beir(data_dir, split=dev_split, run=run, depth=depth)
+    run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
+    dev = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth)
     res = export_from_params(
         model_dir, out_dir, dict(params), dev, model_name=params["serve"]["model_name"], version=version
     )
@@ -399,7 +519,7 @@ def served_evaluation_stage(
     """Evaluate what is served on the test split: the export's ``served_variant`` through
     hardneg.rerank, fused with the first stage at the weight recorded in the export's metadata (not re-tuned, so the
     dev split is not rescored)."""
-    from hardneg.data import load_dataset
+    from hardneg.data import load_dataset_for
     from hardneg.evaluate import (
         OnnxScorer,
         combine,
@@ -413,10 +533,11 @@ def served_evaluation_stage(
 
     scorer = OnnxScorer(export_dir)  # verified export; its served_variant and recorded fusion weight
     variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight
-    ds = load_dataset(data_dir)
+    ds, _ = load_dataset_for(data_dir, params)
     test_qrels = ds.split_qrels(params["data"]["test_split"])
     depth = int(params["retrieve"]["rerank_depth"])
-    fs = restrict(dense_run(ds, reduced_dir, params, [params["data"]["test_split"]]), test_qrels)
+    run, info = first_stage(ds, reduced_dir, params, [params["data"]["test_split"]])
+    fs = restrict(run, test_qrels)
     scores = rerank_scores(
         scorer,
         query_texts_of(ds),
@@ -430,6 +551,8 @@ def served_evaluation_stage(
         "split": params["data"]["test_split"],
         "rerank_depth": depth,
         "fusion_weight": weight,
+        "first_stage_name": info["name"],
+        "first_stage_bm25_weight": info["bm25_weight"],
         "evaluated": f"{export_dir} ({variant})",
         "systems": {name: evaluate_run(run, test_qrels).mean for name, run in systems.items()},
     }

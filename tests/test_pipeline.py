@@ -60,11 +60,9 @@ def tiny_project(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict]:
         base_model=str(proj / "models" / "tiny-a"),
         max_steps=4,
         eval_every=2,
-        max_length=64,
-        queries_per_step=2,
-        group_size=4,
         time_cap_min=5,
     )
+    params["train"]["bi_encoder"].update(max_length=64, queries_per_step=4)
     params["export"].update(
         parity_int8_max_mrr_drop=1.0
     )  # a random tiny model: int8 ranking noise is not the subject here
