@@ -35,9 +35,8 @@ def main() -> int:
 
     logging.basicConfig(level=logging.WARNING)
     from hardneg.biencoder import BiEncoderConfig, document_vectors, encode, load_biencoder, train_biencoder
-    from hardneg.config import load_params, params_hash
+    from hardneg.config import load_params
     from hardneg.data import load_dataset_for
-    from hardneg.lineage import current_lineage
     from hardneg.quality import dense_run, metrics_of
 
     params = load_params(ROOT / "params.yaml")
@@ -56,6 +55,7 @@ def main() -> int:
         Q = encode(model, [ds.queries[q].text for q in qids])
         return metrics_of(dense_run(D, ids, Q, qids, qids, 100), dev)[0]
 
+    write = _writer(args, base, dev, record, params)
     results = {"untuned": score(load_biencoder(base.base_model, base.max_length))}
     print("untuned dev", results["untuned"]["mrr@10"], flush=True)
     tmp = ROOT / "runs" / "tune_biencoder"
@@ -78,30 +78,34 @@ def main() -> int:
         m = score(load_biencoder(out))
         results[key] = {**m, "seconds": round(time.perf_counter() - t0, 1)}
         print(key, "dev MRR@10", m["mrr@10"], f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    best = max(
-        (k for k in results if k != "untuned"), key=lambda k: (results[k]["mrr@10"], results[k]["ndcg@10"])
-    )
-    lin = current_lineage(None)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {
-                "what": "dev MRR@10 of the bi-encoder alone (in-batch negatives only, seed 13) per lr x steps",
-                "tune": base.tune,
-                "dev_queries": len(dev),
-                "splits": record,
-                "commit": lin.git_commit,
-                "params_hash": params_hash(params, ["data", "train"]),
-                "results": results,
-                "best_on_dev": best,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    print("best on dev:", best)
+        write(results)
+    write(results)
+    print("best on dev:", json.loads(Path(args.out).read_text(encoding="utf-8"))["best_on_dev"])
     return 0
+
+
+def _writer(args, base, dev, record, params):
+    from hardneg.config import params_hash
+    from hardneg.lineage import current_lineage
+
+    def write(results: dict) -> None:
+        trained = [k for k in results if k != "untuned"]
+        best = max(trained, key=lambda k: (results[k]["mrr@10"], results[k]["ndcg@10"])) if trained else None
+        lin = current_lineage(None)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "what": "dev MRR@10 of the bi-encoder alone (in-batch negatives only, seed 13) per lr x steps x layers",
+            "tune": base.tune,
+            "dev_queries": len(dev),
+            "splits": record,
+            "commit": lin.git_commit,
+            "params_hash": params_hash(params, ["data", "train"]),
+            "results": results,
+            "best_on_dev": best,
+        }
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    return write
 
 
 if __name__ == "__main__":

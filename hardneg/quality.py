@@ -557,6 +557,11 @@ def run_study(
         "dense": {s: baseline["dense"][s] for s in ("dev", "test")},
         "no_training_hybrid": {"system": best_nt, **{s: baseline[best_nt][s] for s in ("dev", "test")}},
         "first_stage": {"system": fs_name, **{s: baseline[fs_name][s] for s in ("dev", "test")}},
+        # evaluate.first_stage's default must be this (tests/test_readme_numbers.py)
+        "first_stage_best_on_dev": max(
+            ("dense", "bm25", "hybrid"),
+            key=lambda n: (baseline[n]["dev"]["mrr@10"], baseline[n]["dev"]["ndcg@10"]),
+        ),
         "best_policy": best,
         "reranker_alone": {"arm": best, **means("alone")},
         "served": {"arm": best, **means("served")},

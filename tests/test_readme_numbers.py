@@ -1,0 +1,37 @@
+"""README's quality numbers come from benchmarks/results/quality.json (written by benchmarks/quality.py), and the
+default params are the configuration that won on dev there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from hardneg.quality import README_END, README_START, readme_table
+
+REPO = Path(__file__).resolve().parents[1]
+QUALITY = REPO / "benchmarks" / "results" / "quality.json"
+
+
+def test_readme_quality_block_equals_the_one_generated_from_the_json():
+    q = json.loads(QUALITY.read_text(encoding="utf-8"))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index(README_START) : readme.index(README_END) + len(README_END)]
+    assert block == readme_table(q), "README.md is stale: run `python benchmarks/quality.py --readme-only`"
+
+
+def test_default_params_are_the_dev_winner():
+    q = json.loads(QUALITY.read_text(encoding="utf-8"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    best = q["best_policy"]
+    policy = "paper" if best.startswith("paper") else best
+    assert params["mine"]["policy"] == policy
+    assert params["train"]["bi_encoder"]["drop_without_negative"] == (best == "paper-drop")
+    # the ensemble weights are the ones chosen on dev (never set by looking at test)
+    chosen = dict(zip(q["ensemble_weights"]["models"], q["ensemble_weights"]["chosen_on_dev"], strict=True))
+    from hardneg.embed import model_slug
+
+    used = {model_slug(m["name"]): float(m["weight"]) for m in params["embed"]["models"]}
+    assert {k: v for k, v in chosen.items() if v > 0} == {k: v for k, v in used.items() if v > 0}
+    assert params["evaluate"]["first_stage"] == q["first_stage_best_on_dev"] == q["first_stage"]["system"]
