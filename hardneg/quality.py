@@ -386,6 +386,20 @@ def study_config(
     return cfg
 
 
+def _study_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params that decide an arm's result. Left out: what the study itself sets per arm or chooses on dev (the
+    mining policy, drop_without_negative, the ensemble weights), so setting the defaults to the study's winner
+    afterwards does not invalidate the finished runs."""
+    import copy
+
+    p = copy.deepcopy(dict(params))
+    p["mine"].pop("policy", None)
+    p["train"].get("bi_encoder", {}).pop("drop_without_negative", None)
+    for m in p["embed"].get("models", []):
+        m.pop("weight", None)
+    return p
+
+
 def _save(path: Path, obj: Any) -> None:
     from hardneg.embed import atomic_write_json
 
@@ -455,7 +469,7 @@ def run_study(
     key = {
         "cfg": {k_: v for k_, v in cfg.items() if k_ not in ("arms", "seeds")},
         "params": params_hash(
-            dict(params), ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]
+            _study_params(params), ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]
         ),
     }
     # one file per (arm, seed), written atomically: resumable, and several processes (e.g. one per seed) can share
