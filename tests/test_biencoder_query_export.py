@@ -128,6 +128,11 @@ def test_export_ships_both_graphs_checksummed_and_passes_parity(q_export, base_d
             props = {p.key: p.value for p in onnx.load(str(q_export / f)).metadata_props}
             assert props["hardneg.role"] == role and props["hardneg.kind"] == "bi-encoder"
             assert props["hardneg.variant"] == ("int8" if "int8" in f else "fp32")
+    for f in ("model.int8.onnx", "doc_model.int8.onnx"):  # both quantised alike: 7-bit weights (AVX2-safe)
+        m = onnx.load(str(q_export / f))
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+        w = [inits[n.input[1]] for n in m.graph.node if n.op_type == "MatMulInteger" and n.input[1] in inits]
+        assert w and max(int(np.abs(x.astype(np.int16)).max()) for x in w) == 64
     parity = json.loads((q_export / "parity.json").read_text())
     assert parity["passed"] is True
     fp32 = parity["fp32"]
