@@ -290,3 +290,16 @@ def test_server_answers_v1_and_v2_with_both_graphs(q_export):
         out = {o["name"]: o for o in r.json()["outputs"]}
         np.testing.assert_allclose(out["scores"]["data"], scores, atol=1e-6)
         assert out["ranking"]["data"] == list(order)
+
+
+def test_cli_export_names_the_document_encoder(query_dir, base_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    out = tmp_path / "cli-export"
+    res = CliRunner().invoke(app, ["export", "--model-dir", str(query_dir), "--out", str(out), "--no-dev"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "document encoder" in text and "doc_model.int8.onnx" in text
+    assert json.loads((out / "metadata.json").read_text())["document_encoder"] == str(base_dir)
