@@ -479,13 +479,14 @@ class OnnxReranker:
             doc = document_graph(self.metadata, self.export_dir)
             doc_encoder = None
             if doc is not None:  # tune: query -> documents through the base model's graph, same variant
-                doc_tok = self.export_dir / doc["tokenizer"]
                 cfg = doc.get("tokenizer_config")
                 doc_encoder = TextEncoder(
                     self.export_dir / doc["variants"][self.variant],
-                    doc_tok,
+                    self.export_dir / doc["tokenizer"],
                     self.max_length,
-                    tokenizer_config_path=self.export_dir / cfg if isinstance(cfg, str) else None,
+                    # no config recorded: none is read (not the query tokenizer's), as the export's gates did
+                    tokenizer_config_path=self.export_dir
+                    / (cfg if isinstance(cfg, str) else DOC_TOKENIZER_CONFIG_FILE),
                     **graph_kwargs,
                 )
             query_encoder = TextEncoder(*graph_args, self.max_length, **graph_kwargs)
