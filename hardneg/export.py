@@ -630,8 +630,11 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, An
 # cannot. Measured on such a CPU (a lone MatMulInteger, uint8 200..255 x int8 weights vs exact int32): max error
 # 67695 with [-127, 127] weights, 0 with [-64, 64]. Per-channel scales make it worse (every column reaches +-127).
 # Tiny test cross-encoder, fp32 vs int8 over 856 pairs: Pearson 0.868 / Spearman 0.807 without reduce_range,
-# 0.9994 / 0.964 with it; VNNI/AMX CPUs accumulate in int32 and lose only the 8th weight bit. The exported graph
-# must be right on every x86 CPU that serves it, so the export always reduces the range.
+# 0.9994 / 0.964 with it. Pretrained all-MiniLM-L6-v2 bi-encoder (SciFact dev, 81 queries x BM25 top-30, same CPU):
+# MRR@10 fp32 0.6151, int8 0.6148 without / 0.6201 with reduce_range; fp32/int8 cosine Pearson 0.99688 / 0.99697,
+# mean |diff| 0.0103 / 0.0100 (a real model's activations rarely saturate; the tiny one's do). VNNI/AMX CPUs
+# accumulate in int32 and lose only the 8th weight bit. The graph must be right on every x86 CPU that serves it, so
+# the export always reduces the range.
 INT8_OPTIONS: dict[str, Any] = {"op_types_to_quantize": ["MatMul"], "per_channel": True, "reduce_range": True}
 
 
