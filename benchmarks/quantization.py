@@ -24,6 +24,12 @@ VARIANTS = {
     "matmul_only": {"op_types_to_quantize": ["MatMul"]},
     "matmul_only_per_channel": {"op_types_to_quantize": ["MatMul"], "per_channel": True},
     "per_channel_reduce_range": {"per_channel": True, "reduce_range": True},
+    # the export's default since AVX2-only CPUs were found to saturate 8-bit weights (hardneg.export.INT8_OPTIONS)
+    "matmul_only_per_channel_reduce_range": {
+        "op_types_to_quantize": ["MatMul"],
+        "per_channel": True,
+        "reduce_range": True,
+    },
 }
 
 

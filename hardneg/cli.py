@@ -542,6 +542,11 @@ def export_cmd(
         rows.append(["int8 MRR@10 gate", p["int8"].get("skipped", "skipped")])
     for v, info in m.get("variants", {}).items():
         rows.append([f"{v} file", f"{info['file']} ({info['bytes'] / 1e6:.1f} MB)"])
+    if m.get("document_graph"):  # bi-encoder tune: query: documents go through the base model's graph
+        doc = m["document_graph"]
+        rows.append(
+            ["document encoder", f"{m.get('document_encoder')} ({', '.join(doc['variants'].values())})"]
+        )
     sv = p.get("served_variant", {})
     rows.append(["served variant", f"{sv.get('served')} (serve.variant: {sv.get('policy')})"])
     print_table(f"exported {model_dir} -> {out}", ["", ""], rows)

@@ -10,7 +10,11 @@ the export's kind:
   length together and returns the sigmoid scores the graph computes (:class:`PairScorer`);
 * ``bi-encoder``: embeds the query and each document alone (each truncated to ``max_length`` tokens; the graph mean-
   pools and L2-normalises) and returns their cosine (:class:`TextEncoder`, :class:`CosineScorer`); document
-  embeddings are kept in a bounded LRU cache keyed by the text's sha256 (:class:`EmbeddingCache`).
+  embeddings are kept in a bounded LRU cache keyed by the text's sha256 (:class:`EmbeddingCache`). A bi-encoder
+  trained with ``tune: query`` embeds documents with its (untouched) base model: the export then holds a second
+  graph, ``doc_model.onnx`` / ``doc_model.int8.onnx`` (+ ``doc_tokenizer.json`` when its tokenizer differs), listed
+  under ``metadata.json`` ``document_graph``; queries go through ``model*.onnx``, documents through ``doc_model*``,
+  the same variant for both.
 
 ``rerank`` applies :func:`hardneg.fusion.fuse` with the dev-tuned weight from the metadata when first-stage scores
 are given.
@@ -43,6 +47,13 @@ PARITY_FILE = "parity.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 VARIANT_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+# bi-encoder with a separate document encoder (tune: query): the document graph, and its tokenizer when it differs
+DOC_VARIANT_FILES: dict[str, str] = {"fp32": "doc_model.onnx", "int8": "doc_model.int8.onnx"}
+DOC_TOKENIZER_FILE = "doc_tokenizer.json"
+DOC_TOKENIZER_CONFIG_FILE = "doc_tokenizer_config.json"
+SELF_ENCODER = (
+    "self"  # hardneg_model.json / metadata.json document_encoder of a bi-encoder that embeds both sides
+)
 Variant = Literal["fp32", "int8"]
 CROSS_ENCODER, BI_ENCODER = "cross-encoder", "bi-encoder"
 KINDS = (CROSS_ENCODER, BI_ENCODER)
@@ -91,6 +102,9 @@ def verify_export_dir(export_dir: str | os.PathLike, variants: Sequence[str] | N
     meta = read_metadata(root)
     files: dict[str, str] = meta["files"]
     required = [TOKENIZER_FILE] + [VARIANT_FILES[v] for v in (variants or [])]
+    doc = document_graph(meta, root)
+    if doc is not None:
+        required += [doc["tokenizer"]] + [doc["variants"][v] for v in (variants or [])]
     for name in required:
         if name not in files:
             raise ExportIntegrityError(f"{root}: {name} is not listed in {METADATA_FILE}")
@@ -107,6 +121,27 @@ def verify_export_dir(export_dir: str | os.PathLike, variants: Sequence[str] | N
                 "the export was modified after it was written"
             )
     return meta
+
+
+def document_graph(metadata: dict[str, Any], export_dir: str | os.PathLike = "") -> dict[str, Any] | None:
+    """``metadata.json`` ``document_graph`` (``{"variants": {"fp32": file, "int8": file}, "tokenizer": file, ...}``) of
+    a bi-encoder whose documents are embedded by another encoder (``tune: query``); ``None`` when the query graph
+    embeds documents too."""
+    doc = metadata.get("document_graph")
+    if doc is None:
+        return None
+    ok = (
+        isinstance(doc, dict)
+        and isinstance(doc.get("tokenizer"), str)
+        and isinstance(doc.get("variants"), dict)
+        and all(isinstance(doc["variants"].get(v), str) for v in VARIANT_FILES)
+    )
+    if not ok:
+        raise ExportIntegrityError(
+            f"{export_dir}: {METADATA_FILE} document_graph must be "
+            f'{{"variants": {{"fp32": file, "int8": file}}, "tokenizer": file}}, got {doc!r}'
+        )
+    return doc
 
 
 def _pad_token_id(tokenizer: Any, tokenizer_config: dict[str, Any]) -> int:
@@ -137,6 +172,7 @@ class _OnnxGraph:
         max_length: int,
         *,
         pad_token_id: int | None = None,
+        tokenizer_config_path: str | os.PathLike | None = None,
         intra_op_threads: int | None = None,
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
@@ -159,7 +195,11 @@ class _OnnxGraph:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
         self.tokenizer.no_padding()
-        cfg_path = Path(tokenizer_path).parent / TOKENIZER_CONFIG_FILE
+        cfg_path = (
+            Path(tokenizer_config_path)
+            if tokenizer_config_path is not None
+            else Path(tokenizer_path).parent / TOKENIZER_CONFIG_FILE
+        )
         cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
         self.pad_id = _pad_token_id(self.tokenizer, cfg) if pad_token_id is None else int(pad_token_id)
 
@@ -322,11 +362,21 @@ class EmbeddingCache:
 
 class CosineScorer:
     """Bi-encoder scoring: cosine(query embedding, document embedding), float32. The graph L2-normalises, so the
-    cosine is the dot product. Document embeddings go through an :class:`EmbeddingCache` of ``doc_cache_size``
-    entries; queries are embedded on every call."""
+    cosine is the dot product. Queries are embedded by ``encoder`` on every call; documents by ``doc_encoder``
+    (default: ``encoder``; a ``tune: query`` bi-encoder's base model), through an :class:`EmbeddingCache` of
+    ``doc_cache_size`` entries."""
 
-    def __init__(self, encoder: TextEncoder, doc_cache_size: int = 0):
+    def __init__(self, encoder: TextEncoder, doc_cache_size: int = 0, doc_encoder: TextEncoder | None = None):
         self.encoder = encoder
+        self.doc_encoder = encoder if doc_encoder is None else doc_encoder
+        if (
+            doc_encoder is not None
+            and None not in (encoder.dim, doc_encoder.dim)
+            and encoder.dim != doc_encoder.dim
+        ):
+            raise HardnegError(
+                f"the query and document graphs embed in different dimensions ({encoder.dim} vs {doc_encoder.dim})"
+            )
         self.cache = EmbeddingCache(doc_cache_size)
 
     def embed_documents(self, docs: Sequence[str]) -> np.ndarray:
@@ -335,12 +385,12 @@ class CosineScorer:
         found = self.cache.get_many(list(text_of))
         missing = [k for k in text_of if k not in found]
         if missing:
-            vecs = self.encoder.embed([text_of[k] for k in missing])
+            vecs = self.doc_encoder.embed([text_of[k] for k in missing])
             new = [(k, vecs[i].copy()) for i, k in enumerate(missing)]  # copies: a row would pin the batch
             self.cache.put_many(new)
             found.update(new)
         if not docs:
-            return np.empty((0, self.encoder.dim or 0), dtype=np.float32)
+            return np.empty((0, self.doc_encoder.dim or 0), dtype=np.float32)
         return np.stack([found[k] for k in keys])
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
@@ -426,7 +476,21 @@ class OnnxReranker:
         self.scorer: PairScorer | CosineScorer
         if self.kind == BI_ENCODER:
             size = default_doc_cache_size() if doc_cache_size is None else int(doc_cache_size)
-            self.scorer = CosineScorer(TextEncoder(*graph_args, self.max_length, **graph_kwargs), size)
+            doc = document_graph(self.metadata, self.export_dir)
+            doc_encoder = None
+            if doc is not None:  # tune: query -> documents through the base model's graph, same variant
+                cfg = doc.get("tokenizer_config")
+                doc_encoder = TextEncoder(
+                    self.export_dir / doc["variants"][self.variant],
+                    self.export_dir / doc["tokenizer"],
+                    self.max_length,
+                    # no config recorded: none is read (not the query tokenizer's), as the export's gates did
+                    tokenizer_config_path=self.export_dir
+                    / (cfg if isinstance(cfg, str) else DOC_TOKENIZER_CONFIG_FILE),
+                    **graph_kwargs,
+                )
+            query_encoder = TextEncoder(*graph_args, self.max_length, **graph_kwargs)
+            self.scorer = CosineScorer(query_encoder, size, doc_encoder)
         else:
             self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
         log.info(
@@ -442,10 +506,11 @@ class OnnxReranker:
     def _served_variant(self, variant: Variant | None, verify: bool) -> Variant:
         if variant is None:  # the export's served variant (verified files: check that it is listed too)
             variant = served_variant(self.metadata, self.export_dir)
-            if verify and VARIANT_FILES[variant] not in self.metadata["files"]:
-                raise ExportIntegrityError(
-                    f"{self.export_dir}: {VARIANT_FILES[variant]} is not listed in {METADATA_FILE}"
-                )
+            doc = document_graph(self.metadata, self.export_dir) if self.kind == BI_ENCODER else None
+            needed = [VARIANT_FILES[variant]] + ([doc["variants"][variant]] if doc is not None else [])
+            for name in needed if verify else []:
+                if name not in self.metadata["files"]:
+                    raise ExportIntegrityError(f"{self.export_dir}: {name} is not listed in {METADATA_FILE}")
         if variant == "int8" and (self.metadata.get("parity") or {}).get("int8_passed") is False:
             raise HardnegError(
                 f"{self.export_dir}: the int8 variant failed its parity gate at export (see parity.json); serve fp32"
@@ -456,6 +521,21 @@ class OnnxReranker:
     def score_name(self) -> str:
         """What ``score`` returns: "sigmoid" (cross-encoder) or "cosine" (bi-encoder)."""
         return KIND_SCORES[self.kind]
+
+    @property
+    def document_encoder(self) -> str | None:
+        """What embeds the documents of a bi-encoder: ``"self"`` (the query graph) or the base model a ``tune: query``
+        bi-encoder keeps for documents (``metadata.json`` ``document_encoder``); ``None`` for a cross-encoder."""
+        if self.kind != BI_ENCODER:
+            return None
+        return str(self.metadata.get("document_encoder") or SELF_ENCODER)
+
+    @property
+    def tune(self) -> str | None:
+        """A bi-encoder's training mode (``query``: query tower only, ``both``); ``None`` for a cross-encoder or an
+        export that does not record it."""
+        t = self.metadata.get("tune")
+        return str(t) if t is not None and self.kind == BI_ENCODER else None
 
     @property
     def doc_cache(self) -> EmbeddingCache | None:

@@ -329,6 +329,9 @@ class HardnegReranker(Model):
                 "version": meta.get("version"),
                 "kind": r.kind if r else None,
                 "score": r.score_name if r else None,
+                # bi-encoder: "query" (query tower tuned; documents embedded by document_encoder, the base model) | "both"
+                "tune": r.tune if r else None,
+                "document_encoder": r.document_encoder if r else None,
                 "variant": self.variant,
                 "max_length": r.max_length if r else None,
                 "truncation": _TRUNCATION.get(r.kind if r else "", None),

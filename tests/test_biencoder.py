@@ -76,8 +76,11 @@ def test_batch_masks_documents_that_are_positives_of_the_query():
 
 
 def test_contrastive_loss_ignores_masked_documents():
-    q = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
-    d = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    # seeded: with the global RNG (whatever earlier tests left) ~17% of draws give the masked document a softmax
+    # weight so small that masking it changes the loss by < 1e-5 relative, and the last assertion failed
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(2, 4, generator=g), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=-1)
     loss = contrastive_loss(q, d, [0, 1], [[2], []], scale=10.0)
     logits = 10.0 * q @ d.T
     manual = (-torch.log_softmax(logits[0, :2], 0)[0] - torch.log_softmax(logits[1], 0)[1]) / 2

@@ -75,7 +75,9 @@ def test_int8_scores_are_close_and_rank_alike(export_dir, fp32, tiny_data_dir):
     assert int8.variant == "int8"
     # the odd inputs (empty, one char, truncated, unicode) score close to fp32
     assert np.abs(fp32.score(QUERY, DOCS) - int8.score(QUERY, DOCS)).max() < 0.2
-    # over every (query, document) pair of 8 fixture queries the scores agree (856 pairs, score std ~0.25)
+    # over every (query, document) pair of 8 fixture queries the scores agree (856 pairs, fp32 score std 0.075).
+    # On an AVX2-only CPU (no VNNI) 8-bit weights gave Pearson 0.868 / Spearman 0.807 / max |diff| 0.14 (int16
+    # saturation in onnxruntime's kernel); the export's 7-bit weights (reduce_range) give 0.9994 / 0.964 / 0.037.
     docs = [d.full_text for d in iter_corpus(tiny_data_dir / "corpus.jsonl")]
     queries = [q.text for q in iter_queries(tiny_data_dir / "queries.jsonl")][:8]
     a = np.concatenate([fp32.score(q, docs) for q in queries])
