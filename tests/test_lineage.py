@@ -99,7 +99,7 @@ def test_params_hash_changes_when_params_change():
     q["mine"]["num_negatives"] += 1
     assert params_hash(q) != h
     q = copy.deepcopy(p)
-    q["train"]["lr"] = q["train"]["lr"] * 2
+    q["train"]["bi_encoder"]["lr"] = q["train"]["bi_encoder"]["lr"] * 2  # nested keys count too
     assert params_hash(q) != h
 
 
