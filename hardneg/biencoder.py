@@ -147,7 +147,8 @@ def load_biencoder(path: str | os.PathLike, max_length: int | None = None) -> An
 def _forward(model: Any, texts: Sequence[str]) -> Any:
     import torch.nn.functional as F
 
-    feats = model.tokenize(list(texts))
+    prep = getattr(model, "preprocess", None) or model.tokenize  # ST >= 6 renamed tokenize to preprocess
+    feats = prep(list(texts))
     return F.normalize(model(feats)["sentence_embedding"].float(), dim=-1)
 
 

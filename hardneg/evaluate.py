@@ -362,7 +362,7 @@ def evaluate_reranker(
         return res
 
     if scorer is not None and isinstance(scorer, CrossEncoderScorer):
-        from hardneg.train import apply_torch_threads
+        from hardneg.hw import apply_torch_threads
 
         apply_torch_threads(
             params

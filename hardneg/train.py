@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hardneg.errors import ConfigError, DataFormatError, HardnegError
-from hardneg.hw import use_bf16
+from hardneg.hw import apply_torch_threads, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +139,6 @@ def lr_factor(step: int, warmup: int, horizon: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (horizon - step) / max(1, horizon - warmup))
-
-
-def apply_torch_threads(params: Mapping[str, Any]) -> int:
-    """Set torch's intra-op threads from ``train.torch_threads`` (null: leave torch's default); returns the count.
-
-    On a shared 2-core machine, 2 threads were 6x slower than 1 (a MiniLM training step of 32 pairs at 128 tokens:
-    9.0 s vs 1.5 s; scoring 20 vs 150 pairs/s) because the threads wait on each other whenever another process holds
-    a core; on an idle many-core machine, more threads are faster."""
-    import torch
-
-    n = params.get("train", {}).get("torch_threads")
-    if n:
-        torch.set_num_threads(int(n))
-    return torch.get_num_threads()
 
 
 def set_seed(seed: int) -> None:
