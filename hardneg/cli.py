@@ -35,6 +35,7 @@ class _State:
     config: Path | None = None
     params: dict[str, Any] | None = None
     verbose: bool = False
+    quiet_env: list[str] = []  # env vars _quiet_libraries set
 
 
 state = _State()
@@ -62,30 +63,33 @@ def main(
         "bm25s",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not verbose:
-        _quiet_libraries()
+    state.quiet_env = [] if verbose else _quiet_libraries()
     state.config = config
     state.params = None
     state.verbose = verbose
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries() -> list[str]:
     """Default (no -v): keep library chatter out of the terminal. Env vars are inherited by the pipeline's task
-    processes; -v leaves everything on."""
+    processes; -v leaves everything on. Returns the env vars it set (``pipeline run --verbose`` drops them)."""
     import os
     import warnings
 
+    set_here = []
     for var, value in (
         ("TRANSFORMERS_VERBOSITY", "error"),  # advisory warnings and "Loading weights" notes
         ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
         ("TOKENIZERS_PARALLELISM", "false"),  # the fork warning of HF tokenizers
         ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),  # tqdm bars of model loading (ours have --no-progress)
     ):
-        os.environ.setdefault(var, value)
+        if var not in os.environ:
+            os.environ[var] = value
+            set_here.append(var)
     for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)
     for noisy in ("sentence_transformers", "transformers", "faiss"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    return set_here
 
 
 def get_params() -> dict[str, Any]:
@@ -750,6 +754,11 @@ def pipeline_run(
             highlight=False,
             soft_wrap=True,
         )
+    if verbose:  # everything, also from the task processes (they inherit the env)
+        import os
+
+        for var in state.quiet_env:
+            os.environ.pop(var, None)
     try:
         s = run_local(params, ".", caching=not no_cache, verbose=verbose or state.verbose)
     except HardnegError:

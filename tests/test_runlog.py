@@ -367,3 +367,36 @@ def test_durations(seconds, text):
     from pipelines.runlog import _fmt_seconds
 
     assert _fmt_seconds(seconds) == text
+
+
+@pytest.mark.parametrize("flags,expect", [([], "1"), (["--verbose"], None)])
+def test_commands_are_quiet_by_default_and_verbose_shows_everything(flags, expect, tmp_path, monkeypatch):
+    """The CLI sets quiet library defaults (inherited by the task processes); `pipeline run --verbose` drops them."""
+    import os
+
+    from typer.testing import CliRunner
+
+    import hardneg.cli as cli
+    import pipelines.run
+
+    for var in (
+        "TRANSFORMERS_VERBOSITY",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS",
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+    ):
+        monkeypatch.setenv(var, "placeholder")  # registered for restoring after the test ...
+        monkeypatch.delenv(var)  # ... then absent, as in a plain shell
+    seen = {}
+
+    def fake_run_local(params, repo, caching=True, verbose=False):
+        seen["bars"], seen["verbose"] = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"), verbose
+        return {}
+
+    monkeypatch.setattr(pipelines.run, "run_local", fake_run_local)
+    monkeypatch.setattr(cli, "_print_pipeline_summary", lambda s: None)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(
+        cli.app, ["-c", str(Path(cli.__file__).parents[1] / "params.yaml"), "pipeline", "run", *flags]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen == {"bars": expect, "verbose": bool(flags)}
