@@ -29,9 +29,10 @@ data: $(STAMP)
 	$(BIN)/dvc pull -q data.dvc
 	$(BIN)/dvc status data.dvc
 
-# RUN_ARGS: extra `hardneg pipeline run` flags, e.g. make run RUN_ARGS="--summary-json run.json"
+# DATA: your own BEIR corpus (validated, copied to data/<name>, `dvc add`ed, then run on), e.g. make run DATA=~/fiqa
+# RUN_ARGS: extra `hardneg pipeline run` flags, e.g. make run RUN_ARGS="--summary-json run.json" (or "--push")
 run: setup
-	$(BIN)/hardneg pipeline run $(RUN_ARGS)
+	$(BIN)/hardneg pipeline run $(if $(DATA),--data "$(DATA)") $(RUN_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

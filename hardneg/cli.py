@@ -34,6 +34,8 @@ ConfigOpt = Annotated[
 class _State:
     config: Path | None = None
     params: dict[str, Any] | None = None
+    verbose: bool = False
+    quiet_env: list[str] = []  # env vars _quiet_libraries set
 
 
 state = _State()
@@ -61,8 +63,33 @@ def main(
         "bm25s",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    state.quiet_env = [] if verbose else _quiet_libraries()
     state.config = config
     state.params = None
+    state.verbose = verbose
+
+
+def _quiet_libraries() -> list[str]:
+    """Default (no -v): keep library chatter out of the terminal. Env vars are inherited by the pipeline's task
+    processes; -v leaves everything on. Returns the env vars it set (``pipeline run --verbose`` drops them)."""
+    import os
+    import warnings
+
+    set_here = []
+    for var, value in (
+        ("TRANSFORMERS_VERBOSITY", "error"),  # advisory warnings and "Loading weights" notes
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),  # the fork warning of HF tokenizers
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),  # tqdm bars of model loading (ours have --no-progress)
+    ):
+        if var not in os.environ:
+            os.environ[var] = value
+            set_here.append(var)
+    for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for noisy in ("sentence_transformers", "transformers", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    return set_here
 
 
 def get_params() -> dict[str, Any]:
@@ -672,22 +699,88 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
 @pipeline_app.command("run")
 @friendly_errors
 def pipeline_run(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="your own BEIR corpus: validated, copied to data/<name>, `dvc add`ed (data.dvc), then run on "
+            "(default: params data.dir, the bundled SciFact)",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="with --data: the folder under data/ (default: DIR's name)")
+    ] = None,
+    push: Annotated[
+        bool,
+        typer.Option("--push", help="with --data: also `dvc push` the new data version to the DVC remote"),
+    ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="disable KFP's local cache")] = False,
     summary_json: Annotated[Path | None, typer.Option(help="also write the run summary JSON here")] = None,
     verbose: Annotated[
         bool,
         typer.Option(
-            "--verbose", help="show KFP's executor logs (default: in <pipeline_root>/logs/run-*.log)"
+            "--verbose",
+            help="show everything KFP and the tasks print (default: one line per task start/finish; the rest in "
+            "<pipeline_root>/logs/run-*.log)",
         ),
     ] = False,
 ) -> None:
-    """Run the whole pipeline locally with KFP's SubprocessRunner (no cluster) on params data.dir, offline."""
+    """Run the whole pipeline locally with KFP's SubprocessRunner (no cluster) on params data.dir or --data DIR,
+    offline."""
+    from pipelines.byo import commit_hint
     from pipelines.run import run_local
 
-    s = run_local(get_params(), ".", caching=not no_cache, verbose=verbose)
+    params = get_params()
+    prepared = None
+    if data is None and (name is not None or push):
+        raise HardnegError("--name and --push go with --data DIR")
+    if data is not None:
+        from pipelines.byo import CorpusValidationError, prepare_corpus
+
+        try:
+            prepared = prepare_corpus(data, params, ".", name=name, push=push)
+        except CorpusValidationError as e:
+            _print_validation_failures(data, e.report)
+            raise
+        params = {**params, "data": {**params["data"], "dir": prepared.data_dir}}
+        change = (
+            f"data version {prepared.previous_version[:8]} -> {prepared.data_version[:8]}"
+            if prepared.changed
+            else f"data version {prepared.data_version[:8]} (unchanged)"
+        )
+        out.print(
+            f"{data}: validated ({prepared.warnings} warning(s)), {prepared.action} {'to' if prepared.action in ('copied', 'replaced') else 'at'} {prepared.data_dir}, "
+            f"`dvc add`ed: {change}" + ("; pushed to the DVC remote" if prepared.pushed else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    if verbose:  # everything, also from the task processes (they inherit the env)
+        import os
+
+        for var in state.quiet_env:
+            os.environ.pop(var, None)
+    try:
+        s = run_local(params, ".", caching=not no_cache, verbose=verbose or state.verbose)
+    except HardnegError:
+        for line in commit_hint(".", prepared):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        raise
     _print_pipeline_summary(s)
     if summary_json:
         summary_json.write_text(json.dumps(s, indent=2) + "\n", encoding="utf-8")
+    for line in commit_hint(".", prepared):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_validation_failures(root: Path, report: Any) -> None:
+    rows = [
+        [f.file, f"{f.check} ({f.severity})", f.count, ", ".join(f.examples), f.message]
+        for f in report.failures + report.warnings
+    ]
+    if rows:
+        print_table(
+            f"validation of {root}", ["file", "check", "rows failing", "example ids", "message"], rows
+        )
 
 
 @pipeline_app.command("compile")

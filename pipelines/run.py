@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -88,71 +89,51 @@ def compile_pipeline(params: dict[str, Any], out: str | os.PathLike, repo: str |
     return out
 
 
-class ExecutorLogFilter:
-    """A stdout wrapper for local runs: KFP's SubprocessRunner echoes every task's executor log, including the whole
-    executor input JSON (hundreds of lines per task). Those lines go to ``full_log`` only; the task's own output
-    (our progress and summaries, errors, tracebacks) still reaches the terminal. KFP's task start/finish lines are
-    logged by the parent process on stderr and are not touched."""
+@contextlib.contextmanager
+def _root_logging_to(stream: Any):
+    """Route the root logger (KFP's cache-hit and skip lines, our own parent-process logs) to ``stream`` for the
+    run, in KFP's own line format (so :class:`~pipelines.runlog.RunLogFilter` reads them like the rest)."""
+    from kfp.local.logging_utils import MillisecondFormatter
 
-    NOISE = ("Looking for component", "Loading KFP component", "Wrote executor output file")
-
-    def __init__(self, stream: Any, full_log: Any):
-        self.stream, self.full_log = stream, full_log
-        self._buf = ""
-        self._skip_until: str | None = None  # the closing brace of the executor-input JSON being skipped
-
-    def write(self, text: str) -> int:
-        self.full_log.write(text)
-        self._buf += text
-        *lines, self._buf = self._buf.split("\n")
-        for line in lines:
-            if self._keep(line):
-                self.stream.write(line + "\n")
-        return len(text)
-
-    def _keep(self, line: str) -> bool:
-        body = line.strip()
-        if self._skip_until is not None:
-            if line.rstrip() == self._skip_until:
-                self._skip_until = None
-            return False
-        if body.endswith("Got executor_input:"):
-            self._skip_until = line[: len(line) - len(line.lstrip())] + "}"
-            return False
-        return not (body.startswith("[KFP Executor") and any(n in body for n in self.NOISE))
-
-    def flush(self) -> None:
-        if self._buf and self._keep(self._buf):
-            self.stream.write(self._buf)
-        self._buf = ""
-        self.stream.flush()
-        self.full_log.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        MillisecondFormatter(fmt="%(asctime)s - %(levelname)s - %(message)s", datefmt="%H:%M:%S.%f")
+    )
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 def run_local(
     params: dict[str, Any], repo: str | os.PathLike = ".", *, caching: bool = True, verbose: bool = False
 ) -> dict[str, Any]:
     """Run the whole pipeline with KFP's local SubprocessRunner (no cluster, no Docker) and return a summary.
-    Unless ``verbose``, KFP's executor chatter is kept out of the terminal (:class:`ExecutorLogFilter`) and written
-    whole to ``<pipeline_root>/logs/run-<timestamp>.log`` (its path is in the summary as ``log``)."""
-    import contextlib
+    Unless ``verbose``, the terminal gets one start and one finish line per task (:class:`RunLogFilter`) and
+    everything KFP and the tasks print (stdout, stderr, warnings, the root logger) goes whole to
+    ``<pipeline_root>/logs/run-<timestamp>.log`` (its path is in the summary as ``log``)."""
     import sys
+    from datetime import datetime
+
+    from pipelines.runlog import RunLogFilter
 
     args = pipeline_arguments(params, repo)
     lp = json.loads(args["params_json"])
     root = Path(lp["pipeline"]["pipeline_root"])
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    from datetime import datetime
-
     log_file = root / "logs" / f"run-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.log"
     with contextlib.ExitStack() as stack:
         if not verbose:
             fh = stack.enter_context(log_file.open("w", encoding="utf-8"))
-            filt = ExecutorLogFilter(sys.stdout, fh)
+            filt = RunLogFilter(sys.stdout, fh, log_path=str(log_file))
             stack.enter_context(contextlib.redirect_stdout(filt))
+            stack.enter_context(contextlib.redirect_stderr(filt))
+            stack.enter_context(_root_logging_to(filt))
             stack.callback(filt.flush)
         summary = _run_local(lp, args, root, caching)
     summary["log"] = None if verbose else str(log_file)
