@@ -99,7 +99,10 @@ def main() -> int:
             )
         wall = time.perf_counter() - t0
         log = log_file.read_text(errors="replace")
-        tasks = parse_tasks(log)
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+        # the terminal is quiet (one line per task): KFP's own task lines are in the run's log file
+        run_log = Path(summary["log"]) if summary and summary.get("log") else None
+        tasks = parse_tasks(run_log.read_text(errors="replace") if run_log and run_log.exists() else log)
         run = {
             "run": i + 1,
             "git_before": git_state(),
@@ -110,7 +113,8 @@ def main() -> int:
             "tasks_executed": [t for t in tasks if t["status"] != "CACHE_HIT"],
             "cache_hits": [t["task"] for t in tasks if t["status"] == "CACHE_HIT"],
             "log": str(log_file),
-            "summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
+            "summary": summary,
+            "terminal_lines": len(log.splitlines()),
             "log_tail": ANSI.sub("", log)[-3000:] if proc.returncode else None,
         }
         result["runs"].append(run)
