@@ -502,7 +502,9 @@ def export_stage(
     dev_split = params["data"]["dev_split"]
     depth = int(params["retrieve"]["rerank_depth"])
     run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
-    dev = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth)
+    dev = DevSet.from_dataset(
+        ds, split=dev_split, run=run, depth=depth, max_queries=params["export"].get("parity_dev_queries")
+    )
     res = export_from_params(
         model_dir, out_dir, dict(params), dev, model_name=params["serve"]["model_name"], version=version
     )
