@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hardneg.errors import ConfigError
+from hardneg.hw import use_bf16
 
 
 def _st_model_name(emb_dir: Path) -> str | None:
@@ -28,26 +29,35 @@ def _st_model_name(emb_dir: Path) -> str | None:
     return "all-MiniLM-L6-v2" if "all-MiniLM-L6-v2" in names else (names[0] if names else None)
 
 
-def _seed_st_cache(
-    model: Any,
-    model_name: str,
-    emb_dir: Path,
-    cache: Path,
-    queries: list[str],
-    corpus: list[str],
-    dataset: Any,
-) -> bool:
-    """Write the vectors `hardneg embed` computed into ST's embedding cache (same key as ST computes)."""
+def load_model_vectors(
+    emb_dir: Path, model_name: str
+) -> tuple[np.ndarray, list[str], np.ndarray, list[str]] | None:
+    """(corpus vectors, doc ids, query vectors, query ids) of one model from `hardneg embed` output, or None."""
     from hardneg.embed import model_slug
 
     mdir = emb_dir / model_slug(model_name)
     try:
         ids = json.loads((mdir / "ids.json").read_text(encoding="utf-8"))
-        Dv, Qv = np.load(mdir / "corpus.npy"), np.load(mdir / "queries.npy")
+        return np.load(mdir / "corpus.npy"), ids["doc_ids"], np.load(mdir / "queries.npy"), ids["query_ids"]
     except (OSError, ValueError, KeyError):
+        return None
+
+
+def _seed_st_cache(
+    model: Any,
+    vectors: tuple[np.ndarray, Sequence[str], np.ndarray, Sequence[str]] | None,
+    cache: Path,
+    queries: list[str],
+    corpus: list[str],
+    dataset: Any,
+) -> bool:
+    """Write vectors hardneg already computed into ST's embedding cache (the same key ST computes), so ST does not
+    embed the corpus again. A cache miss only costs time, never changes the result."""
+    if vectors is None:
         return False
-    dvec = {dataset.corpus[d].full_text: Dv[i] for i, d in enumerate(ids["doc_ids"])}
-    qvec = {dataset.queries[q].text: Qv[i] for i, q in enumerate(ids["query_ids"])}
+    Dv, doc_ids, Qv, query_ids = vectors
+    dvec = {dataset.corpus[d].full_text: Dv[i] for i, d in enumerate(doc_ids) if d in dataset.corpus}
+    qvec = {dataset.queries[q].text: Qv[i] for i, q in enumerate(query_ids) if q in dataset.queries}
     uq, uc = list(dict.fromkeys(queries)), list(dict.fromkeys(corpus))
     if any(t not in qvec for t in uq) or any(t not in dvec for t in uc):
         return False
@@ -64,20 +74,24 @@ def st_negatives(
     dataset: Any,
     split: str,
     params: Mapping[str, Any],
-    emb_dir: Path,
+    emb_dir: Path | None,
     cache: Path,
     *,
     relative_margin: float | None,
     num_negatives: int,
     strategy: str,
+    vectors: tuple[np.ndarray, Sequence[str], np.ndarray, Sequence[str]] | None = None,
+    model_name: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Negatives from sentence-transformers ``util.mine_hard_negatives`` (texts mapped back to ids)."""
+    """Negatives from sentence-transformers ``util.mine_hard_negatives`` (texts mapped back to ids), with its defaults
+    (top ``num_negatives`` by the model's cosine, the positive excluded). ``vectors`` (or ``emb_dir``'s) are the
+    model's embeddings hardneg already computed, seeded into ST's cache."""
     import torch
     from sentence_transformers import SentenceTransformer, util
 
     from hardneg.models import resolve_model
 
-    name = _st_model_name(emb_dir) or "all-MiniLM-L6-v2"
+    name = model_name or (_st_model_name(emb_dir) if emb_dir is not None else None) or "all-MiniLM-L6-v2"
     resolved = resolve_model(name)
     if resolved.backend != "torch":
         raise ConfigError(f"the sentence-transformers anchor needs a PyTorch embedding model, got {name}")
@@ -92,7 +106,9 @@ def st_negatives(
     from datasets import Dataset
 
     ds = Dataset.from_dict({"anchor": anchors, "positive": positives})
-    seeded = _seed_st_cache(model, name, emb_dir, cache, anchors, corpus + positives, dataset)
+    if vectors is None and emb_dir is not None:
+        vectors = load_model_vectors(emb_dir, name)
+    seeded = _seed_st_cache(model, vectors, cache, anchors, corpus + positives, dataset)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {
         "num_negatives": num_negatives,
@@ -103,7 +119,7 @@ def st_negatives(
     }
     if relative_margin is not None:
         kwargs["relative_margin"] = relative_margin
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(params["embed"].get("bf16", "auto"))):
         out = util.mine_hard_negatives(ds, model, corpus=corpus, **kwargs)
     text2doc: dict[str, str] = {}
     for d, doc in dataset.corpus.items():
@@ -137,3 +153,24 @@ def st_negatives(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return rows, stats
+
+
+def add_distances(
+    rows: list[dict[str, Any]], D: np.ndarray, doc_ids: Sequence[str], Q: np.ndarray, query_ids: Sequence[str]
+) -> None:
+    """Fill ``d_qp``/``d_qn``/``d_pn`` (cosine distances in the shared PCA space) for rows that lack them, so every
+    policy's negatives.jsonl has the same fields."""
+    di = {d: i for i, d in enumerate(doc_ids)}
+    qi = {q: i for i, q in enumerate(query_ids)}
+    for r in rows:
+        if "d_qn" in r and "d_qp" in r:
+            continue
+        q, p = Q[qi[r["query_id"]]], D[di[r["positive_id"]]]
+        N = (
+            D[[di[n] for n in r["negative_ids"]]]
+            if r["negative_ids"]
+            else np.zeros((0, D.shape[1]), np.float32)
+        )
+        r["d_qp"] = round(float(1 - q @ p), 6)
+        r["d_qn"] = [round(float(x), 6) for x in 1 - N @ q]
+        r["d_pn"] = [round(float(x), 6) for x in 1 - N @ p]

@@ -275,7 +275,9 @@ def mine_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/mined"),
     policy: Annotated[
         str | None,
-        typer.Option("--policy", help="paper | positive-aware | hybrid | rank-window | random | bm25"),
+        typer.Option(
+            "--policy", help="paper | positive-aware | hybrid | rank-window | random | bm25 | st-default"
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option("--split", help="qrels split to mine (default: params data.train_split)")
@@ -283,50 +285,31 @@ def mine_cmd(
     data_dir: _EmbDataDir = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
 ) -> None:
-    """Mine hard negatives for every (query, positive) pair of a split; writes negatives.jsonl + mine_stats.json."""
-    from hardneg.data import load_dataset
-    from hardneg.errors import ConfigError
-    from hardneg.lineage import read_lineage, sha256_file
-    from hardneg.mine import mine_negatives, write_outputs
-    from hardneg.reduce import load_reduced
+    """Mine hard negatives for every (query, positive) pair of the train split: the `mine` stage (policies: README)."""
+    import copy
 
-    for noisy in ("faiss", "bm25s"):  # import-time chatter at INFO/DEBUG
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    params = get_params()
+    from hardneg.stages import mine_stage
+
+    params = copy.deepcopy(get_params())
+    if policy:
+        params["mine"]["policy"] = policy
+    if split:
+        params["data"]["train_split"] = split
     root = data_dir if data_dir is not None else Path(params["data"]["dir"])
-    split = split or params["data"].get("train_split", "train")
-    ds = load_dataset(root)
-    D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
-    try:
-        inputs = dict(read_lineage(reduced_dir).inputs)
-    except HardnegError:
-        inputs = {}
-    corpus_file = Path(root) / "corpus.jsonl"
-    want = inputs.get("corpus_sha256")
-    if want and corpus_file.exists() and sha256_file(corpus_file) != want:
-        raise ConfigError(
-            f"{reduced_dir} was embedded from another corpus than {corpus_file}: rerun `hardneg embed` and `hardneg reduce`"
-        )
-    rows, st = mine_negatives(
-        ds, D, doc_ids, Q, query_ids, split, params, policy=policy, progress=not no_progress
+    mine_stage(root, reduced_dir, params, out_dir)
+    st = json.loads((out_dir / "mine_stats.json").read_text(encoding="utf-8"))
+    rej = ", ".join(f"{k}={v}" for k, v in (st.get("rejected") or {}).items() if v) or "none"
+    keys = (
+        "policy",
+        "split",
+        "pairs",
+        "pairs_without_negative",
+        "queries_without_negative",
+        "rescans",
+        "seconds",
     )
-    write_outputs(out_dir, rows, st, params, inputs)
-    rej = ", ".join(f"{k}={v}" for k, v in st["rejected"].items() if v) or "none"
-    table = [
-        ["policy", st["policy"]],
-        ["split", split],
-        ["queries mined", f"{st['queries_mined']} / {st['queries']}"],
-        ["pairs", st["pairs"]],
-        ["negatives per pair", st["negatives_per_pair"]],
-        ["pairs without negative", st["pairs_without_negative"]],
-        ["queries without negative", st["queries_without_negative"]],
-        ["queries with fewer than n", st["queries_with_fewer_than_n"]],
-        ["candidates considered", st["candidates_considered"]],
-        ["rejected per rule", rej],
-        ["queries re-scanned exactly", st["rescans"]],
-        ["mean d(Q,P) / d(Q,N) / d(P,N)", " / ".join(str(v) for v in st["distance_means"].values())],
-        ["seconds (search / select / total)", " / ".join(str(v) for v in st["seconds"].values())],
-    ]
+    table = [[k.replace("_", " "), st[k]] for k in keys if k in st]
+    table += [["negatives per pair", st.get("negatives_per_pair_mean")], ["rejected per rule", rej]]
     print_table(f"mined negatives -> {out_dir}", ["", ""], table)
 
 

@@ -287,10 +287,13 @@ def mine_stage(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
+    """Mine negatives for the train split with ``mine.policy``: a :mod:`hardneg.mine` policy over the reduced
+    vectors, or ``st-default`` (sentence-transformers ``mine_hard_negatives`` defaults with the reranker's base model,
+    whose vectors come from the embedding cache)."""
     import numpy as np
 
     from hardneg.data import load_dataset_for
-    from hardneg.lineage import read_lineage
+    from hardneg.lineage import read_lineage, sha256_file
     from hardneg.mine import mine_negatives, write_outputs
     from hardneg.reduce import load_reduced
 
@@ -298,12 +301,33 @@ def mine_stage(
         data_dir, params
     )  # the train split as every stage sees it (dev topped up from it)
     D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
-    split = params["data"]["train_split"]
-    rows, stats = mine_negatives(ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params)
     try:
-        inputs = read_lineage(reduced_dir).inputs
+        inputs = dict(read_lineage(reduced_dir).inputs)
     except HardnegError:
         inputs = {}
+    corpus_file = Path(data_dir) / "corpus.jsonl"
+    want = inputs.get("corpus_sha256")
+    if want and corpus_file.exists() and sha256_file(corpus_file) != want:
+        raise HardnegError(
+            f"{reduced_dir} was embedded from another corpus than {corpus_file}: rerun `hardneg embed` and `hardneg reduce`"
+        )
+    split = params["data"]["train_split"]
+    if params["mine"].get("policy") == "st-default":
+        rows, stats = _st_default_negatives(ds, params, split, Path(out_dir))
+        from hardneg.anchors import add_distances
+
+        add_distances(rows, np.asarray(D), doc_ids, np.asarray(Q), query_ids)
+        with_neg = sum(1 for r in rows if r["negative_ids"])
+        stats.update(
+            split=split,
+            pairs_with_negatives=with_neg,
+            queries_without_negative=len(
+                {r["query_id"] for r in rows} - {r["query_id"] for r in rows if r["negative_ids"]}
+            ),
+            negatives_per_pair_mean=round(sum(len(r["negative_ids"]) for r in rows) / max(1, len(rows)), 4),
+        )
+    else:
+        rows, stats = mine_negatives(ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params)
     write_outputs(out_dir, rows, stats, params, inputs)
     keep = (
         "policy",
@@ -315,6 +339,40 @@ def mine_stage(
         "seconds",
     )
     return {k: stats[k] for k in keep if k in stats}
+
+
+def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_dir: Path) -> tuple[list, dict]:
+    """sentence-transformers' miner with its defaults and ``mine.num_negatives``, on the reranker's base model (the
+    quality study's ``st-default`` arm); its vectors come from the embedding cache (computed by `hardneg embed` when
+    the base model is an embed model; otherwise embedded once and cached)."""
+    import shutil
+
+    from hardneg.anchors import st_negatives
+    from hardneg.embed import embed_texts
+
+    name = str(params["train"]["base_model"])
+    mcfg = next((m for m in params["embed"]["models"] if str(m["name"]) == name), {"name": name})
+    cache = params["embed"].get("cache_dir")
+    bf16 = use_bf16(params["embed"].get("bf16", "auto"))
+    doc_ids, query_ids = list(ds.corpus), list(ds.queries)
+    D = embed_texts([ds.corpus[d].full_text for d in doc_ids], mcfg, cache, "document", False, bf16=bf16)
+    Q = embed_texts([ds.queries[q].text for q in query_ids], mcfg, cache, "query", False, bf16=bf16)
+    st_cache = out_dir / ".st-cache"
+    try:
+        return st_negatives(
+            ds,
+            split,
+            params,
+            None,
+            st_cache,
+            relative_margin=None,
+            num_negatives=int(params["mine"]["num_negatives"]),
+            strategy="st-default",
+            vectors=(D, doc_ids, Q, query_ids),
+            model_name=name,
+        )
+    finally:
+        shutil.rmtree(st_cache, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------- train

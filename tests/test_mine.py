@@ -456,7 +456,10 @@ def test_cli_embed_reduce_mine_on_fixture(tmp_path, tiny_data_dir, tiny_model_di
         assert r.exit_code == 0, r.output
         assert "negatives per pair" in r.output and "rejected per rule" in r.output
         rows = read_negatives(out)
-        ds = load_dataset(tiny_data_dir)
+        from hardneg.config import load_params
+        from hardneg.data import load_dataset_for
+
+        ds, _ = load_dataset_for(tiny_data_dir, load_params(pfile))  # the train split as the stage sees it
         allpos = ds.split_qrels("train")
         assert len(rows) == sum(len(v) for v in ds.split_qrels("train").values())
         for row in rows:
