@@ -395,7 +395,6 @@ def test_cli_embed_reduce_mine_on_fixture(tmp_path, tiny_data_dir, tiny_model_di
     from typer.testing import CliRunner
 
     from hardneg.cli import app
-    from hardneg.data import load_dataset
 
     second = copy_model("tiny-b")
     models = [
