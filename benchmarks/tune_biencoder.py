@@ -37,7 +37,8 @@ def main() -> int:
     from hardneg.biencoder import BiEncoderConfig, document_vectors, encode, load_biencoder, train_biencoder
     from hardneg.config import load_params
     from hardneg.data import load_dataset_for
-    from hardneg.quality import dense_run, metrics_of
+    from hardneg.quality import metrics_of
+    from hardneg.retrieve import dense_run
 
     params = load_params(ROOT / "params.yaml")
     ds, record = load_dataset_for(ROOT / params["data"]["dir"], params)

@@ -476,7 +476,7 @@ def first_stage_runs(
     """The dense run (exact search over the ``hardneg reduce`` vectors) and the BM25 run for the queries of
     ``splits`` (default: dev and test), ``retrieve.top_k`` candidates each: ``{"dense": run, "bm25": run}``."""
     from hardneg.reduce import load_reduced
-    from hardneg.retrieve import bm25_search, dense_search, run_from_arrays
+    from hardneg.retrieve import bm25_search, dense_run
 
     data_p = params.get("data", {})
     splits = list(splits or [data_p.get("dev_split", "dev"), data_p.get("test_split", "test")])
@@ -489,8 +489,7 @@ def first_stage_runs(
             f"{len(missing)} queries of {splits} have no vector in {reduced_dir}: rerun `hardneg embed` and `hardneg reduce`"
         )
     k = int(params["retrieve"]["top_k"])
-    S, Ix = dense_search(Q[[qi[q] for q in qids]], D, k)
-    runs = {"dense": run_from_arrays(S, Ix, qids, doc_ids)}
+    runs = {"dense": dense_run(D, doc_ids, Q, query_ids, qids, k)}
     if bm25:
         runs["bm25"] = bm25_search(dataset.corpus, {q: dataset.queries[q] for q in qids}, k)
     return runs

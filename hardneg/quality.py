@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from hardneg.errors import ConfigError, HardnegError
+from hardneg.retrieve import dense_run
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ QUALITY_JSON = "quality.json"
 PER_QUERY_JSON = "quality_per_query.json"
 REPORT_HTML = "quality_report.html"
 METRICS = ("mrr@3", "mrr@10", "ndcg@10", "recall@100")
-MINED_POLICIES = ("random", "bm25", "positive-aware", "paper", "hybrid")
 ARMS = (
     "untuned",
     "in-batch",
@@ -93,22 +93,6 @@ def ensemble_vectors(
         proj.transform([p[2] for p in parts]),
         parts[0][3],
     )
-
-
-def dense_run(
-    D: np.ndarray,
-    doc_ids: Sequence[str],
-    Q: np.ndarray,
-    query_ids: Sequence[str],
-    qids: Sequence[str],
-    k: int,
-) -> Run:
-    from hardneg.retrieve import dense_search, run_from_arrays
-
-    qi = {q: i for i, q in enumerate(query_ids)}
-    qids = [q for q in qids if q in qi]
-    S, Ix = dense_search(Q[[qi[q] for q in qids]], D, k)
-    return run_from_arrays(S, Ix, qids, list(doc_ids))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -492,17 +476,20 @@ def run_study(
     fixed = document_vectors(ds, bcfg0, params["embed"].get("cache_dir")) if bcfg0.tune == "query" else None
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
-            if (runs_dir / f"{arm}-{seed}.json").exists() and str(seed) in load_state()["arms"].get(arm, {}):
+            done = runs_dir / f"{arm}-{seed}.json"
+            if done.exists() and json.loads(done.read_text(encoding="utf-8")).get("key") == key:
                 continue
             t0 = time.perf_counter()
             if arm not in neg_cache:
                 neg_cache[arm] = arm_negatives(arm, ds, params, vectors, bm25_train, emb, out)
             rows, nstats = neg_cache[arm]
-            bcfg = BiEncoderConfig.from_params(params, seed=seed, max_steps=cfg["max_steps"], eval_every=0)
-            if arm == "paper-drop":
-                bcfg = BiEncoderConfig.from_params(
-                    params, seed=seed, max_steps=cfg["max_steps"], eval_every=0, drop_without_negative=True
-                )
+            bcfg = BiEncoderConfig.from_params(
+                params,
+                seed=seed,
+                max_steps=cfg["max_steps"],
+                eval_every=0,
+                drop_without_negative=True if arm == "paper-drop" else None,  # None: the params value
+            )
             if arm == "untuned":
                 model, steps, tstats = load_biencoder(bcfg.base_model, bcfg.max_length), 0, {}
             else:

@@ -195,6 +195,21 @@ def run_from_arrays(
     return run
 
 
+def dense_run(
+    D: np.ndarray,
+    doc_ids: Sequence[str],
+    Q: np.ndarray,
+    query_ids: Sequence[str],
+    qids: Sequence[str],
+    k: int,
+) -> Run:
+    """Exact top-``k`` inner-product run over ``D`` for the queries ``qids`` (those without a vector are skipped)."""
+    qi = {q: i for i, q in enumerate(query_ids)}
+    qids = [q for q in qids if q in qi]
+    S, Ix = dense_search(Q[[qi[q] for q in qids]], D, k)
+    return run_from_arrays(S, Ix, qids, list(doc_ids))
+
+
 def save_run(run: Run, path: str | os.PathLike) -> Path:
     from hardneg.embed import atomic_write_json
 

@@ -425,11 +425,14 @@ def _dev_eval(ds, reduced_dir, params, cfg, fixed):
     cand = top_candidates(fs, cfg.eval_depth, sorted(dev_q))
     docs = sorted({d for c in cand.values() for d in c})
     pos = {d: i for i, d in enumerate(docs)}
+    D_fixed = None
+    if fixed is not None:  # tune: query: the candidates' vectors never change during training
+        di = {d: i for i, d in enumerate(fixed[1])}
+        D_fixed = fixed[0][[di[d] for d in docs]]
 
     def dev_eval(model: Any) -> float:
-        if fixed is not None:
-            di = {d: i for i, d in enumerate(fixed[1])}
-            D = fixed[0][[di[d] for d in docs]]
+        if D_fixed is not None:
+            D = D_fixed
         else:
             D = encode(model, [ds.corpus[d].full_text for d in docs], bf16=cfg.bf16)
         Q = encode(model, [ds.queries[q].text for q in cand], bf16=cfg.bf16)
