@@ -110,6 +110,20 @@ def _root_logging_to(stream: Any):
         root.setLevel(saved_level)
 
 
+@contextlib.contextmanager
+def _builtin_print_restored():
+    """Put ``builtins.print`` back after a run. KFP's ``logging_utils.indented_print`` swaps it without a lock; two
+    ParallelFor tasks on two threads can restore each other's indenting wrapper, which then indents every later
+    ``print`` of the process (a notebook, the next run's log lines)."""
+    import builtins
+
+    saved = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = saved
+
+
 def run_local(
     params: dict[str, Any], repo: str | os.PathLike = ".", *, caching: bool = True, verbose: bool = False
 ) -> dict[str, Any]:
@@ -128,6 +142,7 @@ def run_local(
     (root / "logs").mkdir(parents=True, exist_ok=True)
     log_file = root / "logs" / f"run-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.log"
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_builtin_print_restored())
         if not verbose:
             fh = stack.enter_context(log_file.open("w", encoding="utf-8"))
             filt = RunLogFilter(sys.stdout, fh, log_path=str(log_file))

@@ -34,6 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def _builtin_print_kept():
+    """Tests that drive KFP's local runner directly can leave its (thread-unsafe) indenting ``print`` behind; put
+    the real one back so no later test reads indented lines (pipelines.run.run_local does the same for users)."""
+    import builtins
+
+    saved = builtins.print
+    yield
+    builtins.print = saved
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

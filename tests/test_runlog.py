@@ -400,3 +400,30 @@ def test_commands_are_quiet_by_default_and_verbose_shows_everything(flags, expec
     )
     assert res.exit_code == 0, res.output
     assert seen == {"bars": expect, "verbose": bool(flags)}
+
+
+def test_run_local_puts_builtin_print_back(tmp_path, monkeypatch, capsys):
+    """KFP's indented_print is not thread-safe: two parallel tasks can leave its indenting wrapper as
+    ``builtins.print`` for the rest of the process. run_local restores the print it started with."""
+    import builtins
+
+    import pipelines.run as run
+
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: abc.dir\n  path: data\n")
+    monkeypatch.setenv("HARDNEG_GIT_COMMIT", "deadbeef")
+    real = builtins.print
+
+    def leaky_run(*a):
+        builtins.print = lambda *args, **kw: real("    ", *args, **kw)  # what the race leaves behind
+        return {}
+
+    monkeypatch.setattr(run, "_run_local", leaky_run)
+    from hardneg.config import load_params
+
+    params = load_params(Path(run.__file__).resolve().parents[1] / "params.yaml")
+    params["pipeline"]["pipeline_root"] = str(tmp_path / "lo")
+    try:
+        run.run_local(params, tmp_path)
+        assert builtins.print is real
+    finally:
+        builtins.print = real
