@@ -12,6 +12,7 @@ alone (dense retrieval over the whole corpus). One seed (13): this is a coarse g
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -71,8 +72,9 @@ def main() -> int:
         if key in prev:
             results[key] = prev[key]
             continue
-        cfg = BiEncoderConfig.from_params(
-            params, lr=lr, max_steps=steps, eval_every=0, tune=base.tune, trainable_layers=layers
+        cfg = dataclasses.replace(  # from_params ignores None overrides; layers None = all layers
+            BiEncoderConfig.from_params(params, lr=lr, max_steps=steps, eval_every=0, tune=base.tune),
+            trainable_layers=layers,
         )
         t0 = time.perf_counter()
         out = train_biencoder(ds, None, tmp / key.replace(",", "_"), cfg, doc_vectors=fixed)

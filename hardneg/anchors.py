@@ -119,7 +119,7 @@ def st_negatives(
     }
     if relative_margin is not None:
         kwargs["relative_margin"] = relative_margin
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(params["embed"].get("bf16", "auto"))):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(params["embed"]["bf16"])):
         out = util.mine_hard_negatives(ds, model, corpus=corpus, **kwargs)
     text2doc: dict[str, str] = {}
     for d, doc in dataset.corpus.items():

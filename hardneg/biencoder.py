@@ -47,66 +47,50 @@ TUNE_MODES = ("query", "both")
 
 @dataclass(frozen=True)
 class BiEncoderConfig:
-    """``train`` (common keys) + ``train.bi_encoder`` of params.yaml; defaults live in params.yaml."""
+    """What the bi-encoder trainer reads: ``train`` (common keys) + ``train.bi_encoder`` of params.yaml, typed by
+    :mod:`hardneg.settings`. No defaults here: they live in params.yaml (build one with :meth:`from_params`)."""
 
-    base_model: str = "all-MiniLM-L6-v2"
-    max_length: int = 256  # tokens, queries and documents
-    max_steps: int = 80
-    queries_per_step: int = 32
-    negatives_per_query: int = 1  # mined negatives per query per step (sampled from its mined list)
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    scale: float = 20.0  # 1 / temperature of the softmax over cosines
-    drop_without_negative: bool = False
-    # query: fine-tune the query tower, documents keep the base model's cached vectors | both
-    tune: str = "query"
-    trainable_layers: int | None = (
-        None  # train only the top N transformer layers (embeddings frozen); None: all
-    )
-    bf16: bool = False  # resolved from train.bf16 (auto: native bf16 only, hardneg/hw.py)
-    seed: int = 13
-    torch_threads: int | None = 1
-    time_cap_min: float = 0.0  # safety net only (0: none); recorded when it binds
-    eval_every: int = (
-        0  # dev evaluation every N steps (+ at the end) and best-checkpoint keeping; 0: final model
-    )
-    eval_depth: int = 30
-    batch_size: int = 64  # encoding batch size (evaluation)
+    base_model: str
+    max_length: int  # tokens, queries and documents
+    max_steps: int
+    queries_per_step: int
+    negatives_per_query: int  # mined negatives per query per step (sampled from its mined list)
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    scale: float  # 1 / temperature of the softmax over cosines
+    drop_without_negative: bool
+    tune: str  # query: fine-tune the query tower, documents keep the base model's cached vectors | both
+    trainable_layers: int | None  # train only the top N transformer layers (embeddings frozen); None: all
+    bf16: bool  # resolved from train.bf16 (auto: native bf16 only, hardneg/hw.py)
+    seed: int
+    torch_threads: int | None
+    time_cap_min: float  # safety net only (0: none); recorded when it binds
+    eval_every: int  # dev evaluation every N steps (+ at the end) and best-checkpoint keeping; 0: final model
+    eval_depth: int
+    batch_size: int  # encoding batch size (dev evaluation, document vectors)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> BiEncoderConfig:
-        t = dict(params.get("train", {}))
-        common = {k: t[k] for k in ("base_model", "max_steps", "seed", "torch_threads") if k in t}
-        common["bf16"] = use_bf16(t.get("bf16", "auto"))
-        if "time_cap_min" in t:
-            common["time_cap_min"] = t["time_cap_min"]
-        for k in ("eval_every", "eval_depth"):
-            if k in t:
-                common[k] = t[k]
+        """From params (merged over the packaged defaults, every key typed by hardneg.settings); ``overrides`` (not
+        None) replace single fields, e.g. ``from_params(params, max_steps=12, tune="both")``."""
+        from hardneg.settings import settings
+
+        t = settings(params).train
         sec = {
-            **common,
-            **dict(t.get("bi_encoder") or {}),
-            **{k: v for k, v in overrides.items() if v is not None},
+            **{
+                k: getattr(t, k) for k in ("base_model", "max_steps", "seed", "torch_threads", "time_cap_min")
+            },
+            "eval_every": t.eval_every,
+            "eval_depth": t.eval_depth,
+            "bf16": use_bf16(t.bf16),
+            **asdict(t.bi_encoder),
         }
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(sec) - known)
+        unknown = sorted(set(overrides) - known)
         if unknown:
             raise ConfigError(f"unknown train.bi_encoder option(s) {unknown}; known: {sorted(known)}")
-        types = {f.name: f.type for f in fields(cls)}
-        for k, v in sec.items():
-            want = types[k]
-            ok = {
-                "int": isinstance(v, int) and not isinstance(v, bool),
-                "float": isinstance(v, (int, float)) and not isinstance(v, bool),
-                "bool": isinstance(v, bool),
-                "str": isinstance(v, str),
-                "int | None": v is None or (isinstance(v, int) and not isinstance(v, bool)),
-                "float | None": v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
-            }.get(str(want), True)
-            if not ok:
-                raise ConfigError(f"train.bi_encoder.{k} must be {want}, got {v!r}")
-        cfg = cls(**sec)
+        cfg = cls(**{**sec, **{k: v for k, v in overrides.items() if v is not None}})
         if cfg.tune not in TUNE_MODES:
             raise ConfigError(f"train.bi_encoder.tune must be one of {list(TUNE_MODES)}, got {cfg.tune!r}")
         if cfg.max_steps < 1 or cfg.queries_per_step < 2 or cfg.negatives_per_query < 0:

@@ -28,11 +28,12 @@ def default_params() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def _merge(base: dict, override: dict, where: str = "") -> dict:
+def merge_params(base: dict, override: dict, where: str = "") -> dict:
+    """``override`` merged over ``base`` section by section (nested mappings merged, other values replaced)."""
     out = copy.deepcopy(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, f"{where}{k}.")
+            out[k] = merge_params(out[k], v, f"{where}{k}.")
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -57,7 +58,14 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     unknown = sorted(set(user) - set(params))
     if unknown:
         raise ConfigError(f"{p}: unknown section(s) {unknown}; known: {sorted(params)}")
-    return _merge(params, user)
+    merged = merge_params(params, user)
+    from hardneg.settings import settings
+
+    try:
+        settings(merged)  # every key and type checked here, before any stage starts
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return merged
 
 
 def params_hash(params: dict[str, Any], sections: Iterable[str] | None = None) -> str:

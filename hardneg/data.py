@@ -420,31 +420,28 @@ def load_dataset_for(
         from hardneg.config import load_params
 
         params = load_params()
-    data_p = params.get("data") or {}
-    val_p = params.get("validate") or {}
+    from hardneg.settings import settings
+
+    s = settings(params)
+    d = s.data
     ds = load_dataset(
-        data_dir,
-        empty_documents=val_p.get("empty_documents") or "drop",
-        empty_queries=val_p.get("empty_queries") or "drop",
+        data_dir, empty_documents=s.validate.empty_documents, empty_queries=s.validate.empty_queries
     )
-    max_q = data_p.get("dev_max_queries", 500)
-    dev_split = data_p.get("dev_split") or "dev"
-    train_split = data_p.get("train_split") or "train"
     ds, record = carve_dev_split(
         ds,
-        dev_split=dev_split,
-        train_split=train_split,
-        fraction=data_p.get("dev_fraction", 0.1),
-        seed=data_p.get("dev_seed", 13),
-        max_queries=max_q,
+        dev_split=d.dev_split,
+        train_split=d.train_split,
+        fraction=d.dev_fraction,
+        seed=d.dev_seed,
+        max_queries=d.dev_max_queries,
     )
     record["top_up"] = top_up_dev_split(
         ds,
-        dev_split=dev_split,
-        train_split=train_split,
-        min_queries=int(data_p.get("dev_min_queries", 0) or 0),
-        max_fraction=float(data_p.get("dev_max_fraction", 0.25)),
-        seed=int(data_p.get("dev_seed", 13)),
+        dev_split=d.dev_split,
+        train_split=d.train_split,
+        min_queries=d.dev_min_queries,
+        max_fraction=d.dev_max_fraction,
+        seed=d.dev_seed,
     )
     return ds, record
 

@@ -474,7 +474,7 @@ def embed_dataset(
     chunk = int(cfg.get("chunk_size") or 512)
     from hardneg.hw import use_bf16
 
-    bf16 = use_bf16(cfg.get("bf16", "auto"))
+    bf16 = use_bf16(cfg["bf16"])
     entries = []
     for m, slug in zip(models, slugs, strict=True):
         st_d: dict[str, Any] = {}

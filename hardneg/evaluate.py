@@ -338,12 +338,14 @@ def evaluate_reranker(
     ``extra_first_stages`` are other first-stage runs reported alone (e.g. ``{"bm25": run}``). With ``scorer=None``
     only first stages are evaluated. The fusion weight is tuned on ``dev_split`` and applied unchanged on test.
     """
-    data_p = params.get("data", {})
-    test_split = test_split or data_p.get("test_split", "test")
-    dev_split = dev_split or data_p.get("dev_split", "dev")
-    depth = int(depth or params["retrieve"]["rerank_depth"])
-    ev = params.get("evaluate", {})
-    weights = [float(w) for w in ev.get("fusion_weights", [0.0, 0.5, 1.0])]
+    from hardneg.settings import settings
+
+    s = settings(params)
+    test_split = test_split or s.data.test_split
+    dev_split = dev_split or s.data.dev_split
+    depth = int(depth or s.retrieve.rerank_depth)
+    ev = s.evaluate
+    weights = ev.fusion_weights
     test_qrels = dataset.split_qrels(test_split)
     qtext, dtext = query_texts_of(dataset), doc_texts_of(dataset)
     metrics: dict[str, Any] = {
@@ -381,7 +383,7 @@ def evaluate_reranker(
     metrics["rerank_pairs_test"] = sum(len(v) for v in cand.values())
     record("rerank", combine(fs_test, test_scores, depth))
 
-    if ev.get("fusion", True):
+    if ev.fusion:
         weight: float | None = None
         if dev_split in dataset.qrels:
             dev_qrels = dataset.split_qrels(dev_split)
@@ -396,8 +398,10 @@ def evaluate_reranker(
                 "fusion": evaluate_run(combine(fs_dev, dev_reranker_scores, depth, weight), dev_qrels).mean,
             }
         else:
-            weight = float(ev.get("default_weight", 0.5))
-            log.warning("no %s split: fusion weight %.2f not tuned", dev_split, weight)
+            raise HardnegError(
+                f"no {dev_split} split to choose the fusion weight on (data.dev_split; hardneg.data.load_dataset_for "
+                "carves one from train when the folder has none)"
+            )
         metrics["fusion_weight"] = weight
         record("fusion", combine(fs_test, test_scores, depth, weight))
         # diagnostic only (never used for selection): the test curve over all weights
@@ -477,9 +481,10 @@ def first_stage_runs(
     ``splits`` (default: dev and test), ``retrieve.top_k`` candidates each: ``{"dense": run, "bm25": run}``."""
     from hardneg.reduce import load_reduced
     from hardneg.retrieve import bm25_search, dense_run
+    from hardneg.settings import section
 
-    data_p = params.get("data", {})
-    splits = list(splits or [data_p.get("dev_split", "dev"), data_p.get("test_split", "test")])
+    d = section(params, "data")
+    splits = list(splits or [d.dev_split, d.test_split])
     qids = [q for s in splits if s in dataset.qrels for q in dataset.split_qrels(s)]
     D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
     qi = {q: i for i, q in enumerate(query_ids)}

@@ -1039,17 +1039,20 @@ def export_from_params(
     **kwargs: Any,
 ) -> ExportResult:
     """``export_model`` with the thresholds and opset of params' ``export`` section."""
-    e = params["export"]
+    from hardneg.settings import settings
+
+    s = settings(params)
+    e = s.export
     return export_model(
         model_dir,
         out_dir,
         dev_set,
-        opset=int(e["opset"]),
-        parity_fp32_max_abs=float(e["parity_fp32_max_abs"]),
-        parity_int8_max_mrr_drop=float(e["parity_int8_max_mrr_drop"]),
-        sample_pairs=int(e["parity_sample_pairs"]),
+        opset=e.opset,
+        parity_fp32_max_abs=e.parity_fp32_max_abs,
+        parity_int8_max_mrr_drop=e.parity_int8_max_mrr_drop,
+        sample_pairs=e.parity_sample_pairs,
         params=params,
-        serve_variant=str(params.get("serve", {}).get("variant", "auto")),
+        serve_variant=s.serve.variant,
         **kwargs,
     )
 

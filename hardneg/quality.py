@@ -171,7 +171,7 @@ def no_training_systems(
     k = int(params["retrieve"]["top_k"])
     dev_qrels = dataset.split_qrels(params["data"]["dev_split"])
     weights = [float(w) for w in params["evaluate"]["fusion_weights"]]
-    variance = params["reduce"].get("variance")
+    variance = params["reduce"]["variance"]
     systems: dict[str, dict[str, Any]] = {
         "bm25": {"run": bm25_search(dataset.corpus, {q: dataset.queries[q] for q in qids}, k), "weight": None}
     }
@@ -418,7 +418,7 @@ def run_study(
     qids = sorted(set(qrels["dev"]) | set(qrels["test"]))
     emb = Path(emb_dir)
     slugs = list(json.loads((emb / "manifest.json").read_text(encoding="utf-8"))["models"])
-    variance = params["reduce"].get("variance")
+    variance = params["reduce"]["variance"]
     k = int(params["retrieve"]["top_k"])
 
     # 1. ensemble weights and no-training systems, chosen on dev
@@ -473,7 +473,7 @@ def run_study(
     state = load_state()
     neg_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
     bcfg0 = BiEncoderConfig.from_params(params)
-    fixed = document_vectors(ds, bcfg0, params["embed"].get("cache_dir")) if bcfg0.tune == "query" else None
+    fixed = document_vectors(ds, bcfg0, params["embed"]["cache_dir"]) if bcfg0.tune == "query" else None
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
             done = runs_dir / f"{arm}-{seed}.json"

@@ -234,7 +234,9 @@ def reduce_embeddings(
     if not top_file.exists():
         raise HardnegError(f"{top_file} not found: run `hardneg embed` first (or check --emb-dir)")
     top = json.loads(top_file.read_text(encoding="utf-8"))
-    cfg = params.get("reduce", {})
+    from hardneg.settings import section
+
+    cfg = section(params, "reduce")
     slugs: list[str] = list(top["models"])
     if not slugs:
         raise HardnegError(f"{top_file} lists no models")
@@ -245,17 +247,15 @@ def reduce_embeddings(
             raise HardnegError(
                 f"{emb / s}/ids.json differs from {slugs[0]}: the models were embedded from different data; rerun `hardneg embed`"
             )
-    weights = (
-        [float(m["weight"]) for *_, m in loaded] if cfg.get("weight_models", True) else [1.0] * len(slugs)
-    )
+    weights = [float(m["weight"]) for *_, m in loaded] if cfg.weight_models else [1.0] * len(slugs)
     proj = fit_projection(
         [D for D, *_ in loaded],
         weights,
         slugs,
-        variance=cfg.get("variance"),
-        n_components=cfg.get("n_components"),
-        fit_sample=cfg.get("fit_sample"),
-        seed=int(cfg.get("seed", 13)),
+        variance=cfg.variance,
+        n_components=cfg.n_components,
+        fit_sample=cfg.fit_sample,
+        seed=cfg.seed,
     )
     Dr = proj.transform([D for D, *_ in loaded])
     Qr = proj.transform([Q for _, Q, *_ in loaded])
@@ -273,10 +273,10 @@ def reduce_embeddings(
         "part_dims": proj.part_dims,
         "input_dim": proj.input_dim,
         "n_components": proj.n_components,
-        "variance_target": cfg.get("variance"),
-        "n_components_fixed": cfg.get("n_components"),
+        "variance_target": cfg.variance,
+        "n_components_fixed": cfg.n_components,
         "explained_variance_kept": round(float(cum[proj.n_components - 1]), 6) if len(cum) else 1.0,
-        "fit_rows": int(min(len(ids0["doc_ids"]), cfg.get("fit_sample") or len(ids0["doc_ids"]))),
+        "fit_rows": int(min(len(ids0["doc_ids"]), cfg.fit_sample or len(ids0["doc_ids"]))),
         "n_docs": int(Dr.shape[0]),
         "n_queries": int(Qr.shape[0]),
         "cumulative_explained_variance": [round(float(c), 6) for c in cum],

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.errors import DataValidationError, GateFailedError, HardnegError
-from hardneg.hw import use_bf16
+from hardneg.settings import section
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ def validation_markdown(summary: Mapping[str, Any]) -> str:
 
 def embed_items(params: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The fan-out of the embed stage: one item per (model, corpus shard); ``embed.shards`` > 1 splits the corpus."""
-    shards = max(1, int(params["embed"].get("shards", 1) or 1))
+    shards = section(params, "embed").shards
+    if shards < 1:
+        raise HardnegError(f"embed.shards must be >= 1, got {shards} (params.yaml)")
     return [
         {"model": dict(m), "shard": s, "num_shards": shards}
         for m in params["embed"]["models"]
@@ -256,11 +258,7 @@ def first_stage(
     from hardneg.quality import tune_hybrid
     from hardneg.retrieve import fuse_runs
 
-    name = str(params["evaluate"].get("first_stage", "dense"))
-    if name not in FIRST_STAGES:
-        raise HardnegError(
-            f"evaluate.first_stage must be one of {list(FIRST_STAGES)}, got {name!r} (params.yaml)"
-        )
+    name = section(params, "evaluate").first_stage  # dense | bm25 | hybrid (typed by hardneg.settings)
     dev = params["data"]["dev_split"]
     want = list(dict.fromkeys([dev, *splits]))
     runs = first_stage_runs(dataset, reduced_dir, params, splits=want, bm25=name != "dense")
@@ -312,7 +310,7 @@ def mine_stage(
             f"{reduced_dir} was embedded from another corpus than {corpus_file}: rerun `hardneg embed` and `hardneg reduce`"
         )
     split = params["data"]["train_split"]
-    if params["mine"].get("policy") == "st-default":
+    if section(params, "mine").policy == "st-default":
         rows, stats = _st_default_negatives(ds, params, split, Path(out_dir))
         from hardneg.anchors import add_distances
 
@@ -352,8 +350,10 @@ def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_di
 
     name = str(params["train"]["base_model"])
     mcfg = next((m for m in params["embed"]["models"] if str(m["name"]) == name), {"name": name})
-    cache = params["embed"].get("cache_dir")
-    bf16 = use_bf16(params["embed"].get("bf16", "auto"))
+    from hardneg.hw import use_bf16
+
+    emb = section(params, "embed")
+    cache, bf16 = emb.cache_dir, use_bf16(emb.bf16)
     doc_ids, query_ids = list(ds.corpus), list(ds.queries)
     D = embed_texts([ds.corpus[d].full_text for d in doc_ids], mcfg, cache, "document", False, bf16=bf16)
     Q = embed_texts([ds.queries[q].text for q in query_ids], mcfg, cache, "query", False, bf16=bf16)
@@ -391,7 +391,7 @@ def train_stage(
 
     ds, split_record = load_dataset_for(data_dir, params)
     rows = read_negatives(mined_dir)
-    kind = str(params["train"].get("kind", "cross-encoder"))
+    kind = section(params, "train").kind
     if kind == "bi-encoder":
         model_dir = _train_biencoder(ds, rows, reduced_dir, params, out_dir, Path(mined_dir) / NEGATIVES_FILE)
     elif kind == "cross-encoder":
@@ -406,7 +406,6 @@ def train_stage(
             dev_candidates=dev,
             negatives_file=Path(mined_dir) / NEGATIVES_FILE,
             progress=False,
-            overrides=dict(params["train"].get("cross_encoder") or {}),
         )
     else:
         raise HardnegError(f"train.kind must be bi-encoder or cross-encoder, got {kind!r} (params.yaml)")
@@ -447,7 +446,8 @@ def _train_biencoder(ds, rows, reduced_dir, params, out_dir, negatives_file: Pat
     from hardneg.lineage import sha256_file
 
     cfg = BiEncoderConfig.from_params(params)
-    fixed = document_vectors(ds, cfg, params["embed"].get("cache_dir")) if cfg.tune == "query" else None
+    cache_dir = section(params, "embed").cache_dir
+    fixed = document_vectors(ds, cfg, cache_dir) if cfg.tune == "query" else None
     return train_biencoder(
         ds,
         rows,
@@ -473,17 +473,14 @@ def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset
         )
         scorer = BiEncoderScorer(model_dir, max_length=int(info["max_length"]), bf16=cfg.bf16)
         if info.get("tune") == "query":
-            D, ids = document_vectors(dataset, cfg, params["embed"].get("cache_dir"))
+            D, ids = document_vectors(dataset, cfg, section(params, "embed").cache_dir)
             scorer.preload([dataset.corpus[d].full_text for d in ids], D)
         return scorer
     from hardneg.evaluate import CrossEncoderScorer
+    from hardneg.train import CrossEncoderConfig
 
-    ce = params["train"].get("cross_encoder") or {}
-    return CrossEncoderScorer(
-        model_dir,
-        max_length=int(ce.get("max_length") or params["train"].get("max_length", 192)),
-        bf16=use_bf16(params["train"].get("bf16", "auto")),
-    )
+    cfg = CrossEncoderConfig.from_params(params)
+    return CrossEncoderScorer(model_dir, max_length=cfg.max_length, bf16=cfg.bf16)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
@@ -526,7 +523,7 @@ def headline(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
     first = systems["first_stage"]["mrr@10"]
     served_name = "fusion" if "fusion" in systems else "rerank"
     served = systems[served_name]["mrr@10"]
-    min_gain = float(params["pipeline"].get("min_gain_mrr10", 0.0))
+    min_gain = section(params, "pipeline").min_gain_mrr10
     out: dict[str, Any] = {
         "first_stage": metrics.get("first_stage_name", "dense"),
         "first_stage_mrr@10": round(first, 4),
@@ -564,7 +561,7 @@ def export_stage(
     depth = int(params["retrieve"]["rerank_depth"])
     run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
     dev = DevSet.from_dataset(
-        ds, split=dev_split, run=run, depth=depth, max_queries=params["export"].get("parity_dev_queries")
+        ds, split=dev_split, run=run, depth=depth, max_queries=section(params, "export").parity_dev_queries
     )
     res = export_from_params(
         model_dir, out_dir, dict(params), dev, model_name=params["serve"]["model_name"], version=version

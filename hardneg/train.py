@@ -24,6 +24,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,99 @@ def _dev_mrr(
     return evaluate_run(combine(dev_run, scores, depth), dev_qrels, ("mrr@10",)).mean["mrr@10"]
 
 
+@dataclass(frozen=True)
+class CrossEncoderConfig:
+    """What the cross-encoder trainer reads: ``train`` (common keys) + ``train.cross_encoder`` of params.yaml, typed
+    by :mod:`hardneg.settings` (no defaults here: they live in params.yaml)."""
+
+    base_model: str
+    max_steps: int
+    seed: int
+    bf16: bool  # resolved from train.bf16
+    torch_threads: int | None
+    time_cap_min: float  # safety net only (0: none)
+    eval_every: int
+    eval_depth: int
+    loss: str
+    margin: float
+    group_size: int
+    queries_per_step: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    max_length: int
+    eval_at_start: bool
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> CrossEncoderConfig:
+        from hardneg.settings import settings
+
+        t = settings(params).train
+        common = (
+            "base_model",
+            "max_steps",
+            "seed",
+            "torch_threads",
+            "time_cap_min",
+            "eval_every",
+            "eval_depth",
+        )
+        sec = {**{k: getattr(t, k) for k in common}, "bf16": use_bf16(t.bf16), **asdict(t.cross_encoder)}
+        unknown = sorted(set(overrides) - set(sec))
+        if unknown:
+            raise ConfigError(f"unknown train.cross_encoder option(s) {unknown}; known: {sorted(sec)}")
+        cfg = cls(**{**sec, **{k: v for k, v in overrides.items() if v is not None}})
+        if cfg.loss not in LOSSES:
+            raise ConfigError(f"unknown train.cross_encoder.loss '{cfg.loss}': use one of {list(LOSSES)}")
+        if cfg.group_size < 2:
+            raise ConfigError(
+                f"train.cross_encoder.group_size must be >= 2 (a positive and at least one negative), got {cfg.group_size}"
+            )
+        if cfg.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {cfg.max_steps}")
+        return cfg
+
+
+class _Checkpoints:
+    """Dev MRR@10 of the model being trained (reranking a first-stage run's top ``depth``), the best state kept."""
+
+    def __init__(self, dataset: Any, params: Mapping[str, Any], candidates: Any, cfg: CrossEncoderConfig):
+        self.dataset, self.cfg, self.qrels, self.candidates = dataset, cfg, None, candidates
+        self.curve: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {"mrr@10": -1.0, "step": 0, "state": None}
+        self.seconds = 0.0
+        dev_split = params["data"]["dev_split"]
+        if candidates is not None and dev_split in dataset.qrels:
+            self.qrels = dataset.split_qrels(dev_split)
+            self.candidates = {q: candidates[q] for q in self.qrels if q in candidates}
+            if not self.candidates:
+                log.warning("dev candidates cover no %s query: no dev evaluation", dev_split)
+                self.qrels = None
+
+    def evaluate(self, model: Any, tok: Any, step: int, t_start: float) -> None:
+        if self.qrels is None:
+            return
+        c, t = self.cfg, time.perf_counter()
+        m = _dev_mrr(
+            model, tok, self.dataset, self.candidates, self.qrels, c.eval_depth, c.max_length, c.bf16, 64
+        )
+        self.seconds += time.perf_counter() - t
+        self.curve.append({"step": step, "mrr@10": m, "seconds": round(time.perf_counter() - t_start, 1)})
+        log.info("step %d: dev MRR@10 (rerank top-%d) %.4f", step, c.eval_depth, m)
+        if m >= self.best["mrr@10"]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.best.update({"mrr@10": m, "step": step, "state": state})
+
+    def restore_best(self, model: Any, step: int) -> None:
+        if self.best["state"] is not None and self.best["step"] != step:
+            log.info(
+                "restoring the best dev checkpoint (step %d, MRR@10 %.4f)",
+                self.best["step"],
+                self.best["mrr@10"],
+            )
+            model.load_state_dict(self.best["state"])
+
+
 def train_reranker(
     dataset: Any,
     negatives_rows: Sequence[Mapping[str, Any]],
@@ -187,111 +281,63 @@ def train_reranker(
 ) -> Path:
     """Fine-tune a CrossEncoder on query groups from ``negatives_rows``; returns ``out_dir``.
 
-    ``params`` is the full params dict (its ``train`` section, ``retrieve.rerank_depth`` for the dev evaluation and
-    ``data.dev_split``); ``overrides`` replaces keys of the ``train`` section (e.g. ``{"seed": 14, "max_steps": 60}``).
-    ``dev_candidates`` is a first-stage run covering the dev queries; without it no dev evaluation is done and the
-    final weights are saved.
+    ``params`` is the full params dict (``train`` + ``train.cross_encoder``, ``data.dev_split``); ``overrides``
+    replaces fields of :class:`CrossEncoderConfig` (e.g. ``{"seed": 14, "max_steps": 60}``). ``dev_candidates`` is a
+    first-stage run covering the dev queries; without it no dev evaluation is done and the final weights are saved.
     """
-    import torch
     from sentence_transformers import CrossEncoder
 
-    from hardneg.config import params_hash
-    from hardneg.lineage import current_lineage, sha256_file, write_lineage
     from hardneg.models import resolve_model
 
-    cfg = {**dict(params["train"]), **dict(overrides or {})}
-    loss_name = str(cfg.get("loss", "listwise"))
-    if loss_name not in LOSSES:
-        raise ConfigError(f"unknown train.loss '{loss_name}': use one of {list(LOSSES)}")
-    group_size = int(cfg.get("group_size", 8))
-    if group_size < 2:
-        raise ConfigError(
-            f"train.group_size must be >= 2 (a positive and at least one negative), got {group_size}"
-        )
-    qps = int(cfg.get("queries_per_step", 4))
-    lr = float(cfg.get("lr", 1e-4))
-    max_length = int(cfg.get("max_length", 192))
-    max_steps = int(cfg.get("max_steps", 100))
-    # a safety net only: training length is max_steps (reproducible); the cap stops early and is recorded
-    budget_s = float(cfg.get("time_cap_min") or 0) * 60.0
-    eval_every = int(cfg.get("eval_every") or 0)
-    eval_depth = int(cfg.get("eval_depth") or params.get("retrieve", {}).get("rerank_depth", 30))
-    bf16 = use_bf16(cfg.get("bf16", "auto"))
-    seed = int(cfg.get("seed", 13))
-    margin = float(cfg.get("margin", 1.0))
-    warmup_ratio = float(cfg.get("warmup_ratio", 0.1))
-    if max_steps < 1:
-        raise ConfigError(f"train.max_steps must be >= 1, got {max_steps}")
-
+    cfg = CrossEncoderConfig.from_params(params, **dict(overrides or {}))
     groups, gstats = build_groups(dataset, negatives_rows)
     if not groups:
         raise HardnegError(f"no usable training groups: all {gstats['rows']} negatives rows have no negative")
-
-    apply_torch_threads({"train": cfg})
-    set_seed(seed)
-    resolved = resolve_model(str(cfg["base_model"]))
+    apply_torch_threads({"train": {"torch_threads": cfg.torch_threads}})
+    set_seed(cfg.seed)
+    resolved = resolve_model(cfg.base_model)
     if resolved.backend != "torch":
         raise ConfigError(f"train.base_model must be a PyTorch model (got the ONNX model '{resolved.name}')")
-    ce = CrossEncoder(resolved.path, num_labels=1, max_length=max_length, device="cpu")
+    ce = CrossEncoder(resolved.path, num_labels=1, max_length=cfg.max_length, device="cpu")
+    set_seed(
+        cfg.seed
+    )  # the data order and dropout do not depend on how many random numbers model loading used
+    checkpoints = _Checkpoints(dataset, params, dev_candidates, cfg)
+    run = _fit(ce, cfg, dataset, groups, checkpoints, progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ce.save_pretrained(str(out))
+    _write_training_record(out, cfg, params, run, checkpoints, gstats, negatives_rows, negatives_file)
+    return out
+
+
+def _fit(
+    ce: Any, cfg: CrossEncoderConfig, dataset: Any, groups: list, checkpoints: _Checkpoints, progress: bool
+) -> dict[str, Any]:
+    """The training loop: ``cfg.max_steps`` steps (or until the time cap), dev checkpoints, best state restored."""
+    import torch
+
     model, tok = ce.model, ce.tokenizer
-    set_seed(seed)  # the data order and dropout do not depend on how many random numbers model loading used
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(cfg.get("weight_decay", 0.01)))
-
-    dev_qrels = None
-    dev_split = params.get("data", {}).get("dev_split", "dev")
-    if dev_candidates is not None and dev_split in dataset.qrels:
-        dev_qrels = dataset.split_qrels(dev_split)
-        dev_candidates = {q: dev_candidates[q] for q in dev_qrels if q in dev_candidates}
-        if not dev_candidates:
-            log.warning("dev candidates cover no %s query: no dev evaluation", dev_split)
-            dev_qrels = None
-
-    horizon = max_steps
-    warmup = max(1, round(warmup_ratio * horizon))
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    horizon, budget_s = cfg.max_steps, cfg.time_cap_min * 60.0
+    warmup = max(1, round(cfg.warmup_ratio * horizon))
     qtext = {q: dataset.queries[q].text for q, _, _ in groups}
-
-    loss_curve: list[float] = []
-    dev_curve: list[dict[str, float]] = []
-    best: dict[str, Any] = {"mrr@10": -1.0, "step": 0, "state": None}
-    t_start = time.perf_counter()
-    eval_seconds = 0.0
-    step_seconds = 0.0
-    step_times: list[float] = []
-    pairs_seen = 0
-    stopped_by = "max_steps"
-
-    def run_eval(step: int) -> None:
-        nonlocal eval_seconds
-        if dev_qrels is None:
-            return
-        t = time.perf_counter()
-        m = _dev_mrr(model, tok, dataset, dev_candidates, dev_qrels, eval_depth, max_length, bf16, 64)
-        eval_seconds += time.perf_counter() - t
-        dev_curve.append({"step": step, "mrr@10": m, "seconds": round(time.perf_counter() - t_start, 1)})
-        log.info("step %d: dev MRR@10 (rerank top-%d) %.4f", step, eval_depth, m)
-        if m >= best["mrr@10"]:
-            best.update(
-                {
-                    "mrr@10": m,
-                    "step": step,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                }
-            )
-
-    if cfg.get("eval_at_start"):
-        run_eval(0)  # the untrained model's dev value (costs one evaluation of the budget)
-    order: list[int] = []
+    run: dict[str, Any] = {"loss_curve": [], "step_seconds": 0.0, "pairs": 0, "stopped_by": "max_steps"}
+    t_start = run["t_start"] = time.perf_counter()
+    if cfg.eval_at_start:
+        checkpoints.evaluate(model, tok, 0, t_start)  # the untrained model's dev value
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=horizon, desc=f"train ({loss_name})", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=horizon, desc=f"train ({cfg.loss})", unit="step", dynamic_ncols=True)
+    order: list[int] = []
     step = 0
     model.train()
     while step < horizon:
         if budget_s and time.perf_counter() - t_start >= budget_s:
-            stopped_by = "time_cap"
+            run["stopped_by"] = "time_cap"
             log.warning(
                 "train.time_cap_min reached at step %d of %d (recorded as stopped_by: time_cap)",
                 step,
@@ -300,83 +346,100 @@ def train_reranker(
             break
         t0 = time.perf_counter()
         batch_q, batch_d = [], []
-        for _ in range(qps):
+        for _ in range(cfg.queries_per_step):
             if not order:
                 order = list(rng.permutation(len(groups)))
             q, p, negs = groups[int(order.pop())]
-            for d in [p, *sample_negatives(negs, group_size - 1, rng)]:
+            for d in [p, *sample_negatives(negs, cfg.group_size - 1, rng)]:
                 batch_q.append(qtext[q])
                 batch_d.append(dataset.corpus[d].full_text)
-        feats = tok(
-            batch_q, batch_d, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
         for g in opt.param_groups:
-            g["lr"] = lr * lr_factor(step, warmup, horizon)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**feats).logits
-        loss = group_loss(logits.float().view(qps, group_size), loss_name, margin)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            g["lr"] = cfg.lr * lr_factor(step, warmup, horizon)
+        loss = _step(model, tok, opt, batch_q, batch_d, cfg)
         step += 1
-        pairs_seen += len(batch_q)
-        loss_curve.append(round(float(loss.item()), 5))
-        step_times.append(time.perf_counter() - t0)
-        step_seconds += step_times[-1]
+        run["pairs"] += len(batch_q)
+        run["loss_curve"].append(round(loss, 5))
+        run["step_seconds"] += time.perf_counter() - t0
         if step % 20 == 0:
-            log.info(
-                "step %d/%d loss %.4f (%.1f s/step)",
-                step,
-                horizon,
-                np.mean(loss_curve[-20:]),
-                step_seconds / step,
-            )
+            mean = np.mean(run["loss_curve"][-20:])
+            log.info("step %d/%d loss %.4f (%.1f s/step)", step, horizon, mean, run["step_seconds"] / step)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(loss_curve[-10:]):.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        if eval_every and step % eval_every == 0 and step < horizon:
-            run_eval(step)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < horizon:
+            checkpoints.evaluate(model, tok, step, t_start)
             model.train()
     if bar is not None:
         bar.close()
-    if not dev_curve or dev_curve[-1]["step"] != step:
-        run_eval(step)
-    if best["state"] is not None and best["step"] != step:
-        log.info("restoring the best dev checkpoint (step %d, MRR@10 %.4f)", best["step"], best["mrr@10"])
-        model.load_state_dict(best["state"])
+    if not checkpoints.curve or checkpoints.curve[-1]["step"] != step:
+        checkpoints.evaluate(model, tok, step, t_start)
+    checkpoints.restore_best(model, step)
     model.eval()
+    return {**run, "steps": step, "horizon": horizon}
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ce.save_pretrained(str(out))
-    seconds = time.perf_counter() - t_start
+
+def _step(
+    model: Any, tok: Any, opt: Any, batch_q: list[str], batch_d: list[str], cfg: CrossEncoderConfig
+) -> float:
+    """One optimiser step on ``queries_per_step`` groups of ``group_size`` (query, document) pairs; returns the loss."""
+    import torch
+
+    feats = tok(
+        batch_q, batch_d, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt"
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        logits = model(**feats).logits
+    loss = group_loss(logits.float().view(cfg.queries_per_step, cfg.group_size), cfg.loss, cfg.margin)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
+def _write_training_record(
+    out: Path,
+    cfg: CrossEncoderConfig,
+    params: Mapping[str, Any],
+    run: Mapping[str, Any],
+    checkpoints: _Checkpoints,
+    gstats: Mapping[str, Any],
+    negatives_rows: Sequence[Mapping[str, Any]],
+    negatives_file: str | os.PathLike | None,
+) -> None:
+    """``lineage.json`` (params hash of the resolved config, negatives sha256) + ``train_metrics.json``."""
+    from hardneg.config import params_hash
+    from hardneg.lineage import current_lineage, sha256_file, write_lineage
+
+    seconds = time.perf_counter() - run["t_start"]
     neg_sha = sha256_file(negatives_file) if negatives_file is not None else rows_fingerprint(negatives_rows)
     lin = current_lineage(None)
-    lin.params_hash = params_hash({**dict(params), "train": cfg}, ["train"])
-    lin = lin.derive(negatives_sha256=neg_sha, base_model=str(cfg["base_model"]))
-    write_lineage(out, lin)
+    lin.params_hash = params_hash({**dict(params), "train": asdict(cfg)}, ["train"])
+    write_lineage(out, lin.derive(negatives_sha256=neg_sha, base_model=cfg.base_model))
+    step_s, best = run["step_seconds"], checkpoints.best
     metrics = {
-        "loss": loss_name,
-        "steps": step,
-        "horizon": horizon,
-        "stopped_by": stopped_by,
+        "loss": cfg.loss,
+        "steps": run["steps"],
+        "horizon": run["horizon"],
+        "stopped_by": run["stopped_by"],
         "seconds": round(seconds, 1),
-        "train_seconds": round(step_seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "pairs": pairs_seen,
-        "pairs_per_s": round(pairs_seen / step_seconds, 2) if step_seconds else None,
-        "loss_curve": loss_curve,
-        "dev_curve": dev_curve,
-        "best_step": best["step"] if best["state"] is not None else step,
+        "train_seconds": round(step_s, 1),
+        "eval_seconds": round(checkpoints.seconds, 1),
+        "pairs": run["pairs"],
+        "pairs_per_s": round(run["pairs"] / step_s, 2) if step_s else None,
+        "loss_curve": run["loss_curve"],
+        "dev_curve": checkpoints.curve,
+        "best_step": best["step"] if best["state"] is not None else run["steps"],
         "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
         "groups": gstats,
-        "config": cfg,
+        "config": asdict(cfg),
     }
     (out / TRAIN_METRICS_FILE).write_text(
         json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
     )
     log.info(
-        "trained %d steps in %.0f s (%.1f pairs/s); saved %s", step, seconds, metrics["pairs_per_s"] or 0, out
+        "trained %d steps in %.0f s (%.1f pairs/s); saved %s",
+        run["steps"],
+        seconds,
+        metrics["pairs_per_s"] or 0,
+        out,
     )
-    return out

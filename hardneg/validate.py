@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hardneg.data import EMPTY_POLICIES, ReadStats, available_splits, iter_corpus, iter_qrels, iter_queries
-from hardneg.errors import ConfigError, DataFormatError
+from hardneg.data import ReadStats, available_splits, iter_corpus, iter_qrels, iter_queries
+from hardneg.errors import DataFormatError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,16 +48,6 @@ log = logging.getLogger(__name__)
 BAD_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 MAX_EXAMPLES = 5
 
-DEFAULTS: dict[str, Any] = {
-    "min_text_chars": 1,
-    "max_text_chars": 100_000,
-    "max_query_chars": 2_000,
-    "score_min": 0,
-    "score_max": 4,
-    "empty_documents": "drop",
-    "empty_queries": "drop",
-    "max_bad_encoding_frac": 0.005,
-}
 # which params.yaml key decides what happens to an empty text, per table
 EMPTY_KEY = {"corpus": "empty_documents", "queries": "empty_queries"}
 
@@ -102,20 +92,16 @@ class ValidationReport:
 
 
 def validation_params(params: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``validate`` section (accepts the full params dict or the section itself), completed with defaults."""
+    """The ``validate`` section of the full params dict (typed and completed by :mod:`hardneg.settings`)."""
+    from dataclasses import asdict
+
+    from hardneg.settings import section
+
     if params is None:
         from hardneg.config import load_params
 
         params = load_params()
-    section = params["validate"] if isinstance(params.get("validate"), dict) else params
-    out = dict(DEFAULTS)
-    out.update({k: v for k, v in section.items() if k in DEFAULTS and v is not None})
-    for key in EMPTY_KEY.values():
-        if out[key] not in EMPTY_POLICIES:
-            raise ConfigError(
-                f"validate.{key} must be one of {' | '.join(EMPTY_POLICIES)}, got {out[key]!r} (params.yaml)"
-            )
-    return out
+    return asdict(section(params, "validate"))
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -552,7 +538,11 @@ def validate_dataset(
 
         params = load_params()
     p = validation_params(params)
-    data_p = params.get("data") if isinstance(params.get("data"), dict) else {}
+    from dataclasses import asdict
+
+    from hardneg.settings import section
+
+    data_p = asdict(section(params, "data"))
     r = Path(root)
     report = ValidationReport(root=str(r), success=False)
     if not r.is_dir():
@@ -682,7 +672,7 @@ def _empty_ids(df) -> set[str]:
 
 def _split_warnings(splits: list[str], data_p: dict[str, Any], report: ValidationReport) -> None:
     """A folder without a dev split is accepted (public BEIR sets ship train + test): say what the pipeline does."""
-    dev, train = data_p.get("dev_split") or "dev", data_p.get("train_split") or "train"
+    dev, train = data_p["dev_split"], data_p["train_split"]
     if dev in splits:
         return
     if train in splits:

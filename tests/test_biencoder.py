@@ -4,6 +4,7 @@ the loss, the labels it reads, determinism, learning, outputs."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -46,8 +47,11 @@ def cfg(model_dir, **kw) -> BiEncoderConfig:
         "seed": 5,
         "torch_threads": None,
         "tune": "both",
+        "trainable_layers": None,
     }
-    return BiEncoderConfig(**{**base, **kw})
+    both = {**base, **kw}
+    none = {k: None for k, v in both.items() if v is None}  # from_params ignores None overrides
+    return dataclasses.replace(BiEncoderConfig.from_params(default_params(), **both), **none)
 
 
 def hand_rows(ds, seed: int = 0) -> list[dict]:

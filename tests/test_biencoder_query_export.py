@@ -5,6 +5,7 @@ documents with the document graph."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -45,11 +46,13 @@ def query_dir(tmp_path_factory, base_dir, tiny_data_dir):
     import torch
 
     from hardneg.biencoder import BiEncoderConfig, document_vectors, train_biencoder
+    from hardneg.config import default_params
     from hardneg.data import load_dataset
 
     tmp = tmp_path_factory.mktemp("query-tuned")
     ds = load_dataset(tiny_data_dir)
-    cfg = BiEncoderConfig(
+    cfg = BiEncoderConfig.from_params(
+        default_params(),
         base_model=str(base_dir),
         max_length=BI_MAX_LENGTH,
         max_steps=25,
@@ -61,6 +64,7 @@ def query_dir(tmp_path_factory, base_dir, tiny_data_dir):
         torch_threads=1,
         tune="query",
     )
+    cfg = dataclasses.replace(cfg, trainable_layers=None)  # all layers (the tiny model has 2)
     threads = torch.get_num_threads()
     try:
         vectors = document_vectors(ds, cfg, tmp / "cache")

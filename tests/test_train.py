@@ -46,13 +46,8 @@ def tiny_params(model_dir, **train) -> dict:
     p = default_params()
     p["train"].update(
         {
+            "kind": "cross-encoder",
             "base_model": str(model_dir),
-            "loss": "listwise",
-            "group_size": 4,
-            "queries_per_step": 4,
-            "lr": 1e-3,
-            "warmup_ratio": 0.1,
-            "max_length": 64,
             "max_steps": 40,
             "time_cap_min": 0,
             "eval_every": 0,
@@ -62,7 +57,18 @@ def tiny_params(model_dir, **train) -> dict:
             "torch_threads": None,
         }
     )
-    p["train"].update(train)
+    p["train"]["cross_encoder"].update(
+        {
+            "loss": "listwise",
+            "group_size": 4,
+            "queries_per_step": 4,
+            "lr": 1e-3,
+            "warmup_ratio": 0.1,
+            "max_length": 64,
+        }
+    )
+    for k, v in train.items():
+        (p["train"]["cross_encoder"] if k in p["train"]["cross_encoder"] else p["train"])[k] = v
     p["retrieve"]["rerank_depth"] = 10
     return p
 

@@ -1,0 +1,360 @@
+"""Typed, frozen settings: one dataclass per params.yaml section, checked key by key.
+
+The defaults live in one place, ``hardneg/resources/params.default.yaml`` (a copy of the repository's params.yaml):
+the dataclasses below declare names and types only. :func:`settings` merges a params dict over those defaults and
+builds a :class:`Settings`; an unknown key, a missing key or a value of the wrong type is a
+:class:`~hardneg.errors.ConfigError` naming the key (``train.bi_encoder.lr must be float, got '3e-4'``).
+:func:`hardneg.config.load_params` runs this check on every load, so a typo fails before any stage starts.
+
+Stages read their section as attributes (``settings(params).train.max_steps``): no ``.get(key, default)`` with a
+second default in the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from hardneg.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class Data:
+    dir: str
+    train_split: str
+    dev_split: str
+    test_split: str
+    dev_fraction: float
+    dev_max_queries: int
+    dev_min_queries: int
+    dev_max_fraction: float
+    dev_seed: int
+
+
+@dataclass(frozen=True)
+class Validate:
+    min_text_chars: int
+    max_text_chars: int
+    max_query_chars: int
+    score_min: int
+    score_max: int
+    empty_documents: Literal["drop", "refuse"]
+    empty_queries: Literal["drop", "refuse"]
+    max_bad_encoding_frac: float
+
+
+@dataclass(frozen=True)
+class EmbedModel:
+    """One entry of ``embed.models``; ``None`` (or absent) takes the model's own default (hardneg.models)."""
+
+    name: str
+    weight: float = 1.0
+    max_length: int | None = None
+    batch_size: int | None = None
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Embed:
+    cache_dir: str | None
+    chunk_size: int
+    bf16: Literal["auto"] | bool
+    shards: int
+    models: list[EmbedModel]
+
+
+@dataclass(frozen=True)
+class Reduce:
+    variance: float | None
+    n_components: int | None
+    fit_sample: int | None
+    weight_models: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class Retrieve:
+    top_k: int
+    rerank_depth: int
+
+
+@dataclass(frozen=True)
+class BiEncoderSection:
+    max_length: int
+    queries_per_step: int
+    negatives_per_query: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    trainable_layers: int | None
+    scale: float
+    drop_without_negative: bool
+    batch_size: int
+    tune: Literal["query", "both"]
+
+
+@dataclass(frozen=True)
+class CrossEncoderSection:
+    loss: Literal["listwise", "bce", "margin"]
+    margin: float
+    group_size: int
+    queries_per_step: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    max_length: int
+    eval_at_start: bool
+
+
+@dataclass(frozen=True)
+class Train:
+    kind: Literal["bi-encoder", "cross-encoder"]
+    base_model: str
+    max_steps: int
+    seed: int
+    bf16: Literal["auto"] | bool
+    torch_threads: int | None
+    time_cap_min: float
+    eval_every: int
+    eval_depth: int
+    bi_encoder: BiEncoderSection
+    cross_encoder: CrossEncoderSection
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    first_stage: Literal["dense", "bm25", "hybrid"]
+    fusion: bool
+    fusion_weights: list[float]
+
+
+@dataclass(frozen=True)
+class Compare:
+    arms: list[str]
+    seeds: list[int]
+    max_steps: int | None
+    num_negatives: int
+    ensemble_weight_grid: list[float]
+
+
+@dataclass(frozen=True)
+class Export:
+    opset: int
+    parity_fp32_max_abs: float
+    parity_int8_max_mrr_drop: float
+    parity_sample_pairs: int
+    parity_dev_queries: int | None
+
+
+@dataclass(frozen=True)
+class Serve:
+    model_name: str
+    variant: Literal["auto", "int8", "fp32"]
+    intra_op_threads: int | None
+    max_documents: int
+    max_text_chars: int
+    max_body_bytes: int
+    doc_cache_size: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: str
+    memory: str
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    git_repo: str
+    dvc_secret: str
+    cache_pvc: str
+    cache_mount: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    pipeline_root: str
+    image: str
+    min_gain_mrr10: float
+    gpu_stages: list[str]
+    resources: dict[str, Resources]
+    cluster: Cluster
+
+
+@dataclass(frozen=True)
+class Release:
+    k8s_dir: str
+    releases_dir: str
+    overlay: str
+    image: str
+    canary_percent: int
+    storage_uri: dict[str, str]
+    kubernetes_version: str
+
+
+ST_DEFAULT = "st-default"  # mine.policy handled by hardneg.anchors (sentence-transformers defaults)
+
+# ``mine`` keeps its own typed config (hardneg.mine.MineConfig: policy-specific checks); it is checked here too.
+SECTIONS: dict[str, type] = {
+    "data": Data,
+    "validate": Validate,
+    "embed": Embed,
+    "reduce": Reduce,
+    "retrieve": Retrieve,
+    "train": Train,
+    "evaluate": Evaluate,
+    "compare": Compare,
+    "export": Export,
+    "serve": Serve,
+    "pipeline": Pipeline,
+    "release": Release,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: Data
+    validate: Validate
+    embed: Embed
+    reduce: Reduce
+    retrieve: Retrieve
+    train: Train
+    evaluate: Evaluate
+    compare: Compare
+    export: Export
+    serve: Serve
+    pipeline: Pipeline
+    release: Release
+    mine: Any  # hardneg.mine.MineConfig
+
+
+# ----------------------------------------------------------------------------------------------------- building
+
+
+def settings(params: Mapping[str, Any]) -> Settings:
+    """Typed settings of ``params`` (merged over the packaged defaults first, so a partial dict is fine)."""
+    from hardneg.config import default_params, merge_params
+    from hardneg.mine import MineConfig
+
+    full = merge_params(default_params(), dict(params))
+    unknown = sorted(set(full) - set(SECTIONS) - {"mine"})
+    if unknown:
+        raise ConfigError(f"params: unknown section(s) {unknown}; known: {sorted([*SECTIONS, 'mine'])}")
+    built = {name: build(cls, full.get(name), name) for name, cls in SECTIONS.items()}
+    _check_mine_types(full.get("mine"), MineConfig)
+    policy = full["mine"].get("policy")
+    if policy == ST_DEFAULT:  # not a hardneg.mine policy (sentence-transformers' miner): check the other keys
+        mine = dataclasses.replace(MineConfig.from_params(full, policy="hybrid"), policy=ST_DEFAULT)
+    else:
+        mine = MineConfig.from_params(full)
+    return Settings(**built, mine=mine)
+
+
+def section(params: Mapping[str, Any], name: str) -> Any:
+    """One typed section, e.g. ``section(params, "train").max_steps``."""
+    return getattr(settings(params), name)
+
+
+def build(cls: type, value: Any, where: str) -> Any:
+    """``cls(**value)`` with every key checked: unknown, missing and wrongly typed keys name ``where.key``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys, got {_show(value)}")
+    flds = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(flds))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {[f'{where}.{k}' for k in unknown]}; known in {where}: {sorted(flds)}"
+        )
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for name, f in flds.items():
+        if name not in value:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name} is missing (params.yaml)")
+            continue
+        kwargs[name] = _convert(hints[name], value[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, v: Any, where: str) -> Any:
+    """``v`` checked against the annotation ``tp`` (ints are accepted where floats are expected)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return v
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arm in get_args(tp):
+            try:
+                return _convert(arm, v, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {_show(v)}")
+    if origin is Literal:
+        if v in get_args(tp) and type(v) is type(get_args(tp)[0]):
+            return v
+        raise ConfigError(f"{where} must be one of {list(get_args(tp))}, got {_show(v)}")
+    if tp is type(None):
+        if v is None:
+            return None
+        raise ConfigError(f"{where} must be null, got {_show(v)}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, v, where)
+    if origin is list:
+        if not isinstance(v, list):
+            raise ConfigError(f"{where} must be a list, got {_show(v)}")
+        (item,) = get_args(tp)
+        return [_convert(item, x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if origin is dict:
+        if not isinstance(v, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {_show(v)}")
+        _, val = get_args(tp)
+        return {str(k): _convert(val, x, f"{where}.{k}") for k, x in v.items()}
+    return _scalar(tp, v, where)
+
+
+def _scalar(tp: Any, v: Any, where: str) -> Any:
+    if tp is bool:
+        ok = isinstance(v, bool)
+    elif tp is int:
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif tp is float:
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        v = float(v) if ok else v
+    elif tp is str:
+        ok = isinstance(v, str)
+    else:  # pragma: no cover - a new annotation kind
+        raise TypeError(f"settings: unsupported annotation {tp!r} at {where}")
+    if not ok:
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {_show(v)}")
+    return v
+
+
+def _check_mine_types(sec: Any, cls: type) -> None:
+    """Types of the ``mine`` section (MineConfig.from_params checks names and values)."""
+    if not isinstance(sec, Mapping):
+        raise ConfigError(f"mine must be a mapping of keys, got {_show(sec)}")
+    hints = typing.get_type_hints(cls)
+    for k, v in sec.items():
+        if k in hints:
+            _convert(hints[k], v, f"mine.{k}")
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _show(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
