@@ -196,7 +196,9 @@ def test_empty_texts_refused_when_asked(tmp_path, params):
 
 
 def test_bad_policy_value_is_a_config_error(public_dir, params):
-    with pytest.raises(ConfigError, match=r"validate\.empty_documents must be one of \['drop', 'refuse'\], got 'keep'"):
+    with pytest.raises(
+        ConfigError, match=r"validate\.empty_documents must be one of \['drop', 'refuse'\], got 'keep'"
+    ):
         validate_dataset(public_dir, _with(params, "validate", empty_documents="keep"))
     with pytest.raises(ConfigError, match="validate.empty_queries"):
         load_dataset(public_dir, empty_queries="ignore")
