@@ -19,7 +19,9 @@ def mine(
 
     lineage = use_lineage(lineage_json)
 
-    meta = mine_stage(data.path, reduced.path, json.loads(params_json), negatives.path)
+    stats = mine_stage(data.path, reduced.path, json.loads(params_json), negatives.path)
+    keep = ("policy", "split", "pairs", "pairs_without_negative", "queries_without_negative")
+    meta = {k: stats[k] for k in (*keep, "negatives_per_pair_mean", "seconds") if k in stats}
     negatives.metadata.update({**lineage, **meta})
     record_metrics(metrics, meta)
     return int(meta.get("pairs", 0))

@@ -18,7 +18,9 @@ def reduce(
 
     lineage = use_lineage(lineage_json)
 
-    meta = reduce_stage([e.path for e in embeddings], json.loads(params_json), reduced.path)
+    stats = reduce_stage([e.path for e in embeddings], json.loads(params_json), reduced.path)
+    keys = ("models", "n_components", "explained_variance_kept", "input_dim", "n_docs")
+    meta = {k: stats[k] for k in keys if k in stats}
     reduced.metadata.update({**lineage, **meta})
     record_metrics(metrics, meta)
     return int(meta["n_components"])

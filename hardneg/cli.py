@@ -155,34 +155,46 @@ def validate_cmd(
     json_out: _JsonOut = None,
     data_docs: _DataDocs = None,
 ) -> None:
-    """Validate a BEIR folder (format + Great Expectations checks); exit 1 when any check fails."""
+    """Validate a BEIR folder (format + Great Expectations checks); exit 1 when any check fails: the `validate`
+    stage (hardneg.stages.validate_stage)."""
     from hardneg.errors import DataValidationError
-    from hardneg.validate import validate_dataset
+    from hardneg.stages import validate_stage
 
     params = get_params()
     root = data_dir if data_dir is not None else Path(params["data"]["dir"])
-    report = validate_dataset(root, params, data_docs_dir=data_docs)
+    try:
+        summary = validate_stage(root, params, json_out=json_out, data_docs_dir=data_docs)["report"]
+    except DataValidationError as e:
+        if e.summary is not None:
+            _print_validation(root, e.summary, json_out)
+        raise
+    _print_validation(root, summary, json_out)
+    out.print(f"[bold green]OK[/] {root} passed validation ({len(summary['warnings'])} warning(s))")
+
+
+def _print_validation(root: Path, summary: dict[str, Any], json_out: Path | None) -> None:
     rows = [
-        [f.file, f"{f.check} ({f.severity})", f.count, ", ".join(f.examples), f.message]
-        for f in report.failures + report.warnings
+        [
+            f["file"],
+            f"{f['check']} ({f['severity']})",
+            f["count"],
+            ", ".join(map(str, f["examples"])),
+            f["message"],
+        ]
+        for f in summary["failures"] + summary["warnings"]
     ]
     if rows:
         columns = ["file", "check", "rows failing", "example ids", "message"]
         print_table(f"validation of {root}", columns, rows)
-    st = report.stats
+    st = summary.get("stats", {})
     parts = [f"{st[k]['count']} {k}" for k in ("docs", "queries") if k in st]
     parts += [f"{s}: {v['rows']} qrels / {v['queries']} queries" for s, v in st.get("qrels", {}).items()]
     if parts:
         out.print(f"{root}: " + "; ".join(parts), highlight=False)
-    if report.data_docs:
-        out.print(f"GX Data Docs: {report.data_docs}", highlight=False)
+    if summary.get("data_docs"):
+        out.print(f"GX Data Docs: {summary['data_docs']}", highlight=False)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         out.print(f"wrote {json_out}", highlight=False)
-    if not report.success:
-        raise DataValidationError(f"{root}: {len(report.failures)} check(s) failed")
-    out.print(f"[bold green]OK[/] {root} passed validation ({len(report.warnings)} warning(s))")
 
 
 # ------------------------------------------------------------------------------------------ embed / reduce / mine
@@ -199,17 +211,16 @@ def embed_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/embeddings"),
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
 ) -> None:
-    """Embed the corpus and all queries with every model in params embed.models (cached, resumable)."""
+    """Embed the corpus and all queries with every model in params embed.models (cached, resumable): the `embed`
+    stage (hardneg.stages.embed_stage)."""
     import time
 
-    from hardneg.data import load_dataset
-    from hardneg.embed import embed_dataset
+    from hardneg.stages import embed_stage
 
     params = get_params()
     root = data_dir if data_dir is not None else Path(params["data"]["dir"])
     t0 = time.perf_counter()
-    ds = load_dataset(root)
-    man = embed_dataset(ds, params, out_dir, progress=not no_progress)
+    man = embed_stage(root, params, None, out_dir, progress=not no_progress)["manifest"]
     rows = [
         [
             e["model"],
@@ -237,10 +248,11 @@ def reduce_cmd(
     ),
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/reduced"),
 ) -> None:
-    """Concatenate the per-model vectors and project them with PCA (variance target or fixed dimension)."""
-    from hardneg.reduce import reduce_embeddings
+    """Concatenate the per-model vectors and project them with PCA (variance target or fixed dimension): the
+    `reduce` stage (hardneg.stages.reduce_stage)."""
+    from hardneg.stages import reduce_stage
 
-    st = reduce_embeddings(emb_dir, get_params(), out_dir)
+    st = reduce_stage([emb_dir], get_params(), out_dir)
     rows = [
         [
             " + ".join(f"{m}:{d}" for m, d in zip(st["models"], st["part_dims"], strict=True)),
@@ -296,8 +308,7 @@ def mine_cmd(
     if split:
         params["data"]["train_split"] = split
     root = data_dir if data_dir is not None else Path(params["data"]["dir"])
-    mine_stage(root, reduced_dir, params, out_dir)
-    st = json.loads((out_dir / "mine_stats.json").read_text(encoding="utf-8"))
+    st = mine_stage(root, reduced_dir, params, out_dir)
     rej = ", ".join(f"{k}={v}" for k, v in (st.get("rejected") or {}).items() if v) or "none"
     keys = (
         "policy",
@@ -479,58 +490,36 @@ def export_cmd(
     out: Annotated[
         Path, typer.Option("--out", help="export folder to write (replaced if it is an earlier export)")
     ],
-    dev_run: Annotated[
-        Path | None,
+    reduced_dir: Annotated[
+        Path,
         typer.Option(
-            "--dev-run",
-            help="first-stage run.json {qid: {doc_id: score}}: the int8 gate reranks its top --depth",
+            "--reduced-dir", help="`hardneg reduce` output: the first stage whose dev top is the int8 gate"
         ),
-    ] = None,
+    ] = Path("runs/reduced"),
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="BEIR folder with dev texts + qrels (default: params data.dir)"),
     ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="qrels split for the int8 gate (default: params data.dev_split)")
-    ] = None,
-    depth: Annotated[
-        int | None, typer.Option(help="candidates per dev query (default: params retrieve.rerank_depth)")
-    ] = None,
-    max_dev_queries: Annotated[int | None, typer.Option(help="sample at most this many dev queries")] = None,
     no_dev: Annotated[
         bool, typer.Option("--no-dev", help="no dev set: skip the int8 MRR@10 gate (fp32 parity still gates)")
     ] = False,
-    model_name: Annotated[
-        str | None, typer.Option(help="name recorded in metadata.json (default: params serve.model_name)")
-    ] = None,
     version: Annotated[
         str | None, typer.Option(help="version recorded in metadata.json (default: model fingerprint)")
     ] = None,
 ) -> None:
-    """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores or cosines, int8 MRR@10 on dev); writes
-    metadata.json. The kind (cross-encoder | bi-encoder) comes from the folder's hardneg_model.json."""
-    from hardneg.errors import ConfigError
-    from hardneg.export import DevSet, export_from_params
+    """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores or cosines; int8 MRR@10 on the served first
+    stage's dev candidates, as the pipeline does); writes metadata.json: the `export` stage
+    (hardneg.stages.export_stage). The kind (cross-encoder | bi-encoder) comes from the folder's hardneg_model.json."""
+    from hardneg.stages import export_stage
 
     params = get_params()
-    dev = None
-    if not no_dev:
-        root = data_dir or Path(params["data"]["dir"])
-        if not (root / "qrels").is_dir():
-            raise ConfigError(
-                f"no dev data at {root} (qrels/ missing): pass --data-dir, or --no-dev to skip the int8 MRR gate"
-            )
-        dev = DevSet.from_beir(
-            root,
-            split or params["data"]["dev_split"],
-            run=dev_run,
-            depth=depth or int(params["retrieve"]["rerank_depth"]),
-            max_queries=max_dev_queries,
+    root = _dataset_root(data_dir)
+    if not no_dev and not (root / "qrels").is_dir():
+        raise HardnegError(
+            f"no dev data at {root} (qrels/ missing): pass --data-dir, or --no-dev to skip the int8 MRR gate"
         )
-    res = export_from_params(
-        model_dir, out, params, dev, model_name=model_name or params["serve"]["model_name"], version=version
-    )
-    p, m = res.parity, res.metadata
+    res = export_stage(root, reduced_dir, model_dir, params, out, version=version, dev=not no_dev)
+    p, m = res["parity"], res["metadata"]
     rows = [
         ["kind", f"{p.get('kind')} (score: {p['fp32'].get('score')})"],
         ["version", m.get("version")],

@@ -17,7 +17,11 @@ class DataFormatError(HardnegError):
 
 
 class DataValidationError(HardnegError):
-    """Well-formed data that fails one or more validation checks."""
+    """Well-formed data that fails one or more validation checks; ``summary`` is the report (``to_dict()``)."""
+
+    def __init__(self, message: str, summary: dict | None = None):
+        self.summary = summary
+        super().__init__(message)
 
 
 class ModelNotFoundError(HardnegError):

@@ -80,27 +80,41 @@ def fetch_data_stage(
 
 
 def validate_stage(
-    data_dir: str | os.PathLike, params: Mapping[str, Any], report_path: str | os.PathLike | None = None
+    data_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    report_path: str | os.PathLike | None = None,
+    *,
+    json_out: str | os.PathLike | None = None,
+    data_docs_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Validate the data; raise DataValidationError (stopping the pipeline before embedding) when it fails."""
+    """Validate the data; write the Markdown report (``report_path``), the JSON report (``json_out``) and GX Data
+    Docs (``data_docs_dir``) when asked; raise DataValidationError (with the report as ``summary``; it stops the
+    pipeline before embedding) when a check fails. Returns the data version, stats, warnings and the report."""
     from hardneg.lineage import data_version
     from hardneg.validate import validate_dataset
 
-    report = validate_dataset(data_dir, dict(params))
+    report = validate_dataset(data_dir, dict(params), data_docs_dir=data_docs_dir)
     summary = report.to_dict()
     if report_path is not None:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(validation_markdown(summary), encoding="utf-8")
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if not report.success:
         lines = [
             f"{f.file}: {f.check}: {f.message} ({f.count} rows; e.g. {', '.join(map(str, f.examples[:3]))})"
             for f in report.failures
         ]
-        raise DataValidationError(f"{data_dir} failed validation:\n  " + "\n  ".join(lines))
+        raise DataValidationError(
+            f"{data_dir} failed validation: {len(report.failures)} check(s) failed:\n  " + "\n  ".join(lines),
+            summary,
+        )
     return {
         "data_version": data_version(),
         "stats": summary.get("stats", {}),
         "warnings": len(summary.get("warnings", [])),
+        "report": summary,
     }
 
 
@@ -136,14 +150,20 @@ def embed_items(params: Mapping[str, Any]) -> list[dict[str, Any]]:
 def embed_stage(
     data_dir: str | os.PathLike,
     params: Mapping[str, Any],
-    item: Mapping[str, Any],
+    item: Mapping[str, Any] | None,
     out_dir: str | os.PathLike,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Embed one model on one contiguous corpus shard (queries go with shard 0). Writes ``hardneg embed`` layout."""
+    """Embed one model on one contiguous corpus shard (queries go with shard 0; an ``item`` of :func:`embed_items`),
+    or, with ``item=None``, every model of ``embed.models`` on the whole corpus (the CLI / dvc). Writes the
+    ``hardneg embed`` layout; returns the item's summary, or ``{"manifest": <top manifest>}`` for all models."""
     from hardneg.data import BeirDataset, load_dataset
     from hardneg.embed import embed_dataset
 
     ds = load_dataset(data_dir)
+    if item is None:
+        return {"manifest": embed_dataset(ds, params, out_dir, progress=progress)}
     shard, n = int(item.get("shard", 0)), int(item.get("num_shards", 1))
     if not 0 <= shard < n:
         raise HardnegError(f"embed shard {shard} out of range for {n} shards")
@@ -155,7 +175,7 @@ def embed_stage(
         )
     p = copy.deepcopy(dict(params))
     p["embed"]["models"] = [dict(item["model"])]
-    top = embed_dataset(ds, p, out_dir, progress=False)
+    top = embed_dataset(ds, p, out_dir, progress=progress)
     meta = {"shard": shard, "num_shards": n, "model": item["model"]["name"]}
     (Path(out_dir) / EMBED_SHARD_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return {
@@ -222,15 +242,18 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
 def reduce_stage(
     emb_dirs: Sequence[str | os.PathLike], params: Mapping[str, Any], out_dir: str | os.PathLike
 ) -> dict[str, Any]:
+    """PCA over the concatenated model vectors. ``emb_dirs``: one ``hardneg embed`` folder (all models) or the
+    per-(model, shard) folders of the pipeline's fan-out, merged first. Returns the reduce stats (reduce.json)."""
     from hardneg.reduce import reduce_embeddings
 
+    if len(emb_dirs) == 1 and not (Path(emb_dirs[0]) / EMBED_SHARD_FILE).exists():
+        return reduce_embeddings(emb_dirs[0], params, out_dir)  # already one folder: nothing to merge
     merged = Path(out_dir).parent / (Path(out_dir).name + ".merged-embeddings")
     try:
         merge_embedding_shards(emb_dirs, merged)
-        stats = reduce_embeddings(merged, params, out_dir)
+        return reduce_embeddings(merged, params, out_dir)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
-    return {k: stats[k] for k in ("models", "n_components", "explained_variance_kept", "input_dim", "n_docs")}
 
 
 # ---------------------------------------------------------------------------------------------- first stage
@@ -327,16 +350,7 @@ def mine_stage(
     else:
         rows, stats = mine_negatives(ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params)
     write_outputs(out_dir, rows, stats, params, inputs)
-    keep = (
-        "policy",
-        "split",
-        "pairs",
-        "pairs_without_negative",
-        "queries_without_negative",
-        "negatives_per_pair_mean",
-        "seconds",
-    )
-    return {k: stats[k] for k in keep if k in stats}
+    return stats  # = mine_stats.json
 
 
 def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_dir: Path) -> tuple[list, dict]:
@@ -551,22 +565,26 @@ def export_stage(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
     version: str | None = None,
+    *,
+    dev: bool = True,
 ) -> dict[str, Any]:
-    """ONNX fp32 + int8 with parity gates on the dev first-stage candidates (raises GateFailedError)."""
+    """ONNX fp32 + int8 with parity gates (raises GateFailedError); the int8 MRR@10 gate reranks the served first
+    stage's dev candidates (``dev=False``: no dev set, that gate is skipped and recorded as skipped)."""
     from hardneg.data import load_dataset_for
     from hardneg.export import DevSet, export_from_params
 
-    ds, _ = load_dataset_for(data_dir, params)
-    dev_split = params["data"]["dev_split"]
-    depth = int(params["retrieve"]["rerank_depth"])
-    run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
-    dev = DevSet.from_dataset(
-        ds, split=dev_split, run=run, depth=depth, max_queries=section(params, "export").parity_dev_queries
-    )
+    dev_set = None
+    if dev:
+        ds, _ = load_dataset_for(data_dir, params)
+        dev_split = params["data"]["dev_split"]
+        depth = int(params["retrieve"]["rerank_depth"])
+        run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
+        max_queries = section(params, "export").parity_dev_queries
+        dev_set = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth, max_queries=max_queries)
     res = export_from_params(
-        model_dir, out_dir, dict(params), dev, model_name=params["serve"]["model_name"], version=version
+        model_dir, out_dir, dict(params), dev_set, model_name=params["serve"]["model_name"], version=version
     )
-    return {"export_dir": str(res.out_dir), "parity": res.parity}
+    return {"export_dir": str(res.out_dir), "parity": res.parity, "metadata": res.metadata}
 
 
 def served_evaluation_stage(

@@ -93,7 +93,9 @@ def test_reduce(record, tmp_path):
     from components.reduce import reduce
 
     meta = {"models": ["a", "b"], "n_components": 42, "explained_variance_kept": 0.95}
-    calls = record("reduce_stage", meta)
+    calls = record(
+        "reduce_stage", {**meta, "part_dims": [3, 4], "seconds": 1.5}
+    )  # the component keeps the headline
     shards = [Art(tmp_path / "e0"), Art(tmp_path / "e1")]
     reduced, metrics = Art(tmp_path / "r"), Art(tmp_path / "m")
     assert reduce.python_func(shards, json.dumps(PARAMS), json.dumps(LINEAGE), reduced, metrics) == 42

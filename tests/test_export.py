@@ -252,22 +252,44 @@ def test_mrr_at_k():
     assert mrr_at_k({"q1": [0.9, 0.1, 0.5], "q2": [0.2, 0.1]}, dev, k=1) == 0.0
 
 
-def test_cli_export(trained_dir, tiny_data_dir, tmp_path):
+def test_cli_export(trained_dir, tiny_data_dir, tiny_model_dir, tmp_path):
+    """`hardneg export` is the export stage: the int8 gate reranks the served first stage's dev candidates (a real
+    `hardneg embed` + `hardneg reduce` of the fixture with the tiny model)."""
+    import yaml
+
     from hardneg.cli import app
 
     out = tmp_path / "cli-export"
-    # a partial params file: the export section only (int8 gate loosened for 8 queries)
+    model = {"name": str(tiny_model_dir), "weight": 1.0, "max_length": 64, "batch_size": 16}
     cfg = tmp_path / "params.yaml"
-    cfg.write_text(f"export:\n  parity_int8_max_mrr_drop: {TINY_INT8_MAX_MRR_DROP}\n")
-    args = ["--config", str(cfg), "export", "--model-dir", str(trained_dir), "--out", str(out)]
-    res = CliRunner().invoke(
-        app, [*args, "--data-dir", str(tiny_data_dir), "--depth", "10", "--version", "cli1"]
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "export": {"parity_int8_max_mrr_drop": TINY_INT8_MAX_MRR_DROP},  # loosened for a tiny dev set
+                "embed": {"cache_dir": str(tmp_path / "cache"), "models": [model]},
+                "reduce": {"variance": 0.9},
+                "retrieve": {"rerank_depth": 10},
+            }
+        )
     )
+    base = ["--config", str(cfg)]
+    emb, red = tmp_path / "emb", tmp_path / "red"
+    for args in (
+        ["embed", "--data-dir", str(tiny_data_dir), "--out", str(emb), "--no-progress"],
+        ["reduce", "--emb-dir", str(emb), "--out", str(red)],
+    ):
+        res = CliRunner().invoke(app, [*base, *args])
+        assert res.exit_code == 0, res.output
+    args = ["export", "--model-dir", str(trained_dir), "--out", str(out), "--reduced-dir", str(red)]
+    res = CliRunner().invoke(app, [*base, *args, "--data-dir", str(tiny_data_dir), "--version", "cli1"])
     assert res.exit_code == 0, res.output
     assert "int8 MRR@10 drop" in res.output
     assert json.loads((out / "metadata.json").read_text())["version"] == "cli1"
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["int8"]["threshold_mrr_drop"] == TINY_INT8_MAX_MRR_DROP
     assert (
-        json.loads((out / "parity.json").read_text())["int8"]["threshold_mrr_drop"] == TINY_INT8_MAX_MRR_DROP
+        parity["int8"]["dev"]["queries"] > 0
+        and parity["int8"]["dev"]["pairs"] <= 10 * parity["int8"]["dev"]["queries"]
     )
     res = CliRunner().invoke(
         app, ["export", "--model-dir", str(tmp_path / "nope"), "--out", str(out), "--no-dev"]
