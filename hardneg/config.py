@@ -7,36 +7,21 @@ the repo's params.yaml) so a partial file works; unknown top-level sections are 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
 from collections.abc import Iterable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hardneg.errors import ConfigError
+from hardneg.settings import default_params, merge_params, settings
+
+__all__ = ["default_params", "load_params", "merge_params", "params_hash"]
 
 DEFAULT_PARAMS_FILE = "params.yaml"
-
-
-def default_params() -> dict[str, Any]:
-    text = resources.files("hardneg").joinpath("resources/params.default.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
-
-
-def merge_params(base: dict, override: dict, where: str = "") -> dict:
-    """``override`` merged over ``base`` section by section (nested mappings merged, other values replaced)."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_params(out[k], v, f"{where}{k}.")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -59,8 +44,6 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{p}: unknown section(s) {unknown}; known: {sorted(params)}")
     merged = merge_params(params, user)
-    from hardneg.settings import settings
-
     try:
         settings(merged)  # every key and type checked here, before any stage starts
     except ConfigError as e:

@@ -53,12 +53,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hardneg.errors import ConfigError, HardnegError
+from hardneg import settings as _settings
+from hardneg.errors import HardnegError
 
 log = logging.getLogger(__name__)
 
 Policy = Literal["paper", "positive-aware", "hybrid", "rank-window", "random", "bm25"]
-POLICIES: tuple[str, ...] = ("paper", "positive-aware", "hybrid", "rank-window", "random", "bm25")
+POLICIES = _settings.MINE_POLICIES
 
 # rejection rules, in the order they are checked (a candidate is attributed to the first that rejects it)
 RULES: tuple[str, ...] = (
@@ -198,63 +199,7 @@ def text_duplicate_groups(texts: Iterable[str]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------ config
 
 
-@dataclass(frozen=True)
-class MineConfig:
-    policy: str = "hybrid"
-    top_k: int = 100
-    index: str = "flat"
-    num_negatives: int = 7
-    paper_num_negatives: int = 1
-    rescan: bool = True
-    perc_pos: float = 0.95
-    dedup_sim: float = 0.98
-    dedup_negatives: bool = True
-    rank_min: int = 0
-    rank_max: int = 30
-    seed: int = 13
-    search_batch_size: int = 4096
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> MineConfig:
-        """From full params (``params['mine']``) or a bare mine section; ``overrides`` win (``None`` ignored)."""
-        known = set(cls.__dataclass_fields__)
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"params must be a mapping, got {type(params).__name__}")
-        sec = dict(params["mine"]) if "mine" in params else (dict(params) if set(params) <= known else {})
-        sec.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(sec) - known)
-        if unknown:
-            raise ConfigError(f"unknown mine option(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**sec)
-        cfg.validate()
-        return cfg
-
-    @property
-    def n(self) -> int:
-        return int(self.paper_num_negatives if self.policy == "paper" else self.num_negatives)
-
-    def validate(self) -> None:
-        if self.policy not in POLICIES:
-            raise ConfigError(f"unknown mining policy '{self.policy}'; use one of {list(POLICIES)}")
-        if self.n < 1:
-            raise ConfigError(f"the number of negatives must be >= 1, got {self.n}")
-        if self.top_k < 1:
-            raise ConfigError(f"mine.top_k must be >= 1, got {self.top_k}")
-        if not 0.0 < self.perc_pos <= 1.0:
-            raise ConfigError(f"mine.perc_pos must be in (0, 1], got {self.perc_pos}")
-        if not -1.0 <= self.dedup_sim <= 1.0:
-            raise ConfigError(f"mine.dedup_sim must be a cosine in [-1, 1], got {self.dedup_sim}")
-        if not 0 <= self.rank_min < self.rank_max:
-            raise ConfigError(
-                f"need 0 <= mine.rank_min < mine.rank_max, got {self.rank_min}..{self.rank_max}"
-            )
-        if self.policy == "rank-window" and self.rank_max - self.rank_min < self.num_negatives:
-            log.warning(
-                "rank window %d..%d is narrower than num_negatives=%d",
-                self.rank_min,
-                self.rank_max,
-                self.num_negatives,
-            )
+MineConfig = _settings.MineConfig  # typed mine section (hardneg.settings)
 
 
 # -------------------------------------------------------------------------------------------------- the miner

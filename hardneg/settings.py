@@ -12,14 +12,39 @@ second default in the code.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from hardneg.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def default_params() -> dict[str, Any]:
+    """The packaged defaults (``hardneg/resources/params.default.yaml``): the one home of every default value."""
+    from importlib import resources
+
+    import yaml
+
+    text = resources.files("hardneg").joinpath("resources/params.default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def merge_params(base: dict, override: dict, where: str = "") -> dict:
+    """``override`` merged over ``base`` section by section (nested mappings merged, other values replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_params(out[k], v, f"{where}{k}.")
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
 
 # --------------------------------------------------------------------------------------------------- sections
 
@@ -203,7 +228,74 @@ class Release:
 
 ST_DEFAULT = "st-default"  # mine.policy handled by hardneg.anchors (sentence-transformers defaults)
 
-# ``mine`` keeps its own typed config (hardneg.mine.MineConfig: policy-specific checks); it is checked here too.
+MINE_POLICIES: tuple[str, ...] = ("paper", "positive-aware", "hybrid", "rank-window", "random", "bm25")
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """The ``mine`` section (policy-specific value checks in :meth:`validate`). No defaults here: from_params
+    completes a partial section with the packaged params."""
+
+    policy: str
+    top_k: int
+    index: str
+    num_negatives: int
+    paper_num_negatives: int
+    rescan: bool
+    perc_pos: float
+    dedup_sim: float
+    dedup_negatives: bool
+    rank_min: int
+    rank_max: int
+    seed: int
+    search_batch_size: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> MineConfig:
+        """From full params (``params['mine']``) or a bare mine section, completed with the packaged defaults;
+        ``overrides`` win (``None`` ignored). Unknown keys and wrongly typed values name the key."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"params must be a mapping, got {type(params).__name__}")
+        sec = dict(params["mine"]) if "mine" in params else (dict(params) if set(params) <= known else {})
+        sec.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(sec) - known)
+        if unknown:
+            raise ConfigError(f"unknown mine option(s) {unknown}; known: {sorted(known)}")
+        hints = get_type_hints(cls)
+        sec = {k: _convert(hints[k], v, f"mine.{k}") for k, v in {**default_params()["mine"], **sec}.items()}
+        cfg = cls(**sec)
+        cfg.validate()
+        return cfg
+
+    @property
+    def n(self) -> int:
+        return int(self.paper_num_negatives if self.policy == "paper" else self.num_negatives)
+
+    def validate(self) -> None:
+        if self.policy not in MINE_POLICIES:
+            raise ConfigError(f"unknown mining policy '{self.policy}'; use one of {list(MINE_POLICIES)}")
+        if self.n < 1:
+            raise ConfigError(f"the number of negatives must be >= 1, got {self.n}")
+        if self.top_k < 1:
+            raise ConfigError(f"mine.top_k must be >= 1, got {self.top_k}")
+        if not 0.0 < self.perc_pos <= 1.0:
+            raise ConfigError(f"mine.perc_pos must be in (0, 1], got {self.perc_pos}")
+        if not -1.0 <= self.dedup_sim <= 1.0:
+            raise ConfigError(f"mine.dedup_sim must be a cosine in [-1, 1], got {self.dedup_sim}")
+        if not 0 <= self.rank_min < self.rank_max:
+            raise ConfigError(
+                f"need 0 <= mine.rank_min < mine.rank_max, got {self.rank_min}..{self.rank_max}"
+            )
+        if self.policy == "rank-window" and self.rank_max - self.rank_min < self.num_negatives:
+            log.warning(
+                "rank window %d..%d is narrower than num_negatives=%d",
+                self.rank_min,
+                self.rank_max,
+                self.num_negatives,
+            )
+
+
 SECTIONS: dict[str, type] = {
     "data": Data,
     "validate": Validate,
@@ -234,7 +326,7 @@ class Settings:
     serve: Serve
     pipeline: Pipeline
     release: Release
-    mine: Any  # hardneg.mine.MineConfig
+    mine: MineConfig
 
 
 # ----------------------------------------------------------------------------------------------------- building
@@ -242,15 +334,11 @@ class Settings:
 
 def settings(params: Mapping[str, Any]) -> Settings:
     """Typed settings of ``params`` (merged over the packaged defaults first, so a partial dict is fine)."""
-    from hardneg.config import default_params, merge_params
-    from hardneg.mine import MineConfig
-
     full = merge_params(default_params(), dict(params))
     unknown = sorted(set(full) - set(SECTIONS) - {"mine"})
     if unknown:
         raise ConfigError(f"params: unknown section(s) {unknown}; known: {sorted([*SECTIONS, 'mine'])}")
     built = {name: build(cls, full.get(name), name) for name, cls in SECTIONS.items()}
-    _check_mine_types(full.get("mine"), MineConfig)
     policy = full["mine"].get("policy")
     if policy == ST_DEFAULT:  # not a hardneg.mine policy (sentence-transformers' miner): check the other keys
         mine = dataclasses.replace(MineConfig.from_params(full, policy="hybrid"), policy=ST_DEFAULT)
@@ -336,16 +424,6 @@ def _scalar(tp: Any, v: Any, where: str) -> Any:
     if not ok:
         raise ConfigError(f"{where} must be {_type_name(tp)}, got {_show(v)}")
     return v
-
-
-def _check_mine_types(sec: Any, cls: type) -> None:
-    """Types of the ``mine`` section (MineConfig.from_params checks names and values)."""
-    if not isinstance(sec, Mapping):
-        raise ConfigError(f"mine must be a mapping of keys, got {_show(sec)}")
-    hints = typing.get_type_hints(cls)
-    for k, v in sec.items():
-        if k in hints:
-            _convert(hints[k], v, f"mine.{k}")
 
 
 def _type_name(tp: Any) -> str:

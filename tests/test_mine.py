@@ -147,7 +147,14 @@ def toy():
 
 
 PARAMS = {
-    "mine": {"top_k": 100, "num_negatives": 3, "dedup_sim": 0.98, "perc_pos": 0.95, "seed": 13},
+    "mine": {
+        "policy": "hybrid",
+        "top_k": 100,
+        "num_negatives": 3,
+        "dedup_sim": 0.98,
+        "perc_pos": 0.95,
+        "seed": 13,
+    },
     "data": {"dev_split": "dev", "test_split": "test"},
 }
 
