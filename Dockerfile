@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # hardneg pipeline image: every KFP component runs in it (the executor needs kfp, baked in: components use
-# install_kfp_package=False and no packages_to_install, stack.md 1.5). Build from the repo root:
+# install_kfp_package=False and no packages_to_install, docs/stack.md 1.5). Build from the repo root:
 #   docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" -t ghcr.io/hardneg/hardneg-python:0.1.0 .
 #
 # PYTHON_IMAGE is pinned by digest. The all-zero digest below is a PLACEHOLDER (the build fails on purpose until it is

@@ -552,16 +552,13 @@ def export_cmd(
 
 
 def _import_serving():
-    """``serving/`` sits next to the ``hardneg`` package in the checkout (and the image); put it on the path."""
+    """``serving`` is installed with hardneg (pyproject packages); say how to fix an install without it."""
     try:
         import serving  # noqa: F401
     except ImportError:
-        root = Path(__file__).resolve().parents[1]
-        if not (root / "serving" / "__init__.py").exists():
-            raise HardnegError(
-                "the `serving` package is not installed next to hardneg (run from the repository checkout)"
-            ) from None
-        sys.path.insert(0, str(root))
+        raise HardnegError(
+            "the `serving` package is not installed: `pip install -e '.[serve]'` from the checkout (or use the image)"
+        ) from None
 
 
 @app.command("serve")
@@ -593,7 +590,7 @@ def serve_cmd(
     _import_serving()
     from serving import clean_argv
 
-    with clean_argv():  # kserve parses sys.argv when imported (stack.md 2.4)
+    with clean_argv():  # kserve parses sys.argv when imported (docs/stack.md 2.4)
         from serving.predictor import HardnegReranker, Limits
         from serving.server import serve
     params = get_params()

@@ -374,7 +374,7 @@ def _onnx_export(
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | outputs
     with torch.inference_mode(), warnings.catch_warnings():
-        # the legacy exporter is deprecated (dynamo=True needs onnxscript: stack.md 3.3); tracer warnings are benign
+        # the legacy exporter is deprecated (dynamo=True needs onnxscript: docs/stack.md 3.3); tracer warnings are benign
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)

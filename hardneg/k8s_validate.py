@@ -1,4 +1,4 @@
-"""Offline validation of rendered Kubernetes manifests (no cluster, no network; stack.md section 6).
+"""Offline validation of rendered Kubernetes manifests (no cluster, no network; docs/docs/stack.md section 6).
 
 * Built-in kinds: ``kubernetes_validate.validate(doc, version, strict=True)`` against the bundled JSON schemas
   (strict: unknown fields fail). A kind without a schema is a failure, except InferenceService, which has none there.
@@ -141,7 +141,7 @@ def validate_builtin(doc: dict[str, Any], version: str = K8S_VERSION) -> list[st
 
 @cache
 def _model_namespaces() -> tuple[Any, ...]:
-    # `import kserve` parses sys.argv at import time (stack.md 2.4): import it with a clean argv.
+    # `import kserve` parses sys.argv at import time (docs/stack.md 2.4): import it with a clean argv.
     argv = sys.argv
     sys.argv = sys.argv[:1]
     try:

@@ -6,7 +6,7 @@ random sample of at most ``fit_sample`` rows), keeps the smallest number of comp
 total (or a fixed ``n_components``), and the projected vectors are L2-normalised again. The projection is saved as
 ``pca.npz`` so serving-time queries can be projected the same way (:meth:`Projection.transform`).
 
-Unspecified by the paper (see docs/notes): we fit on the corpus only (not queries), centre on the corpus mean, and
+Unspecified by the paper (see docs/paper.md): we fit on the corpus only (not queries), centre on the corpus mean, and
 re-normalise after projection. ``variance: null`` and ``n_components: null`` turn PCA off (concatenation only), for the
 no-PCA ablation.
 """

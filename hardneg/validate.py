@@ -9,7 +9,7 @@ Two layers:
    ``_id`` / ``record`` / ``text_chars`` / ``text_clean`` columns (the texts themselves are never kept), qrels into
    ``query-id`` / ``corpus-id`` / ``score`` plus boolean columns (``query_known``, ``doc_known``,
    ``query_one_split``) checked with ``ExpectColumnValuesToBeInSet(value_set=[True])`` (a set of 200k ids inside
-   the suite is ~40 s; the boolean column is ~0.1 s, stack.md section 4).
+   the suite is ~40 s; the boolean column is ~0.1 s, docs/docs/stack.md section 4).
 
 Each expectation carries ``meta={"check": NAME}``; failed expectations become :class:`Failure` rows with a few example
 ids, and every failure message ends with ``fix: ...`` (the params.yaml key to change, or what to do to the file).
@@ -610,7 +610,7 @@ def validate_dataset(
     if splits:
         _split_warnings(splits, data_p, report)
 
-    # cross-file boolean columns (never ExpectColumnValuesToBeInSet with the id set itself: stack.md section 4)
+    # cross-file boolean columns (never ExpectColumnValuesToBeInSet with the id set itself: docs/docs/stack.md section 4)
     splits_of: dict[str, list[str]] = {}
     for split, df in qrels.items():
         for q in df["query-id"].unique():

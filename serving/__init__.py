@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def clean_argv() -> Iterator[None]:
-    """Import kserve inside this: it parses ``sys.argv`` at import time (stack.md 2.4) and would reject our flags."""
+    """Import kserve inside this: it parses ``sys.argv`` at import time (docs/stack.md 2.4) and would reject our flags."""
     argv = sys.argv
     sys.argv = argv[:1]
     try:

@@ -374,7 +374,7 @@ class HardnegReranker(Model):
             out_rank.set_data_from_numpy(np.asarray(order, dtype=np.int64), binary_data=False)
             return InferResponse(
                 response_id=payload.id
-                or generate_uuid(),  # V2 without "id" would otherwise be a 500 (stack.md 2.2)
+                or generate_uuid(),  # V2 without "id" would otherwise be a 500 (docs/stack.md 2.2)
                 model_name=self.name,
                 model_version=self.reranker.version if self.reranker else None,
                 infer_outputs=[out_scores, out_rank],

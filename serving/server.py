@@ -1,6 +1,6 @@
 """KServe ModelServer wiring around :class:`serving.predictor.HardnegReranker`.
 
-What KServe 0.21 lacks and this adds (stack.md 2):
+What KServe 0.21 lacks and this adds (docs/stack.md 2):
 
 * a host to bind (KServe hard-codes 0.0.0.0): ``HardnegRESTServer`` sets ``config.host``;
 * a request body limit (``serve.max_body_bytes`` -> 413) and Prometheus counters ``hardneg_requests_total{protocol,

@@ -20,7 +20,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# `import kserve` parses sys.argv at import time (stack.md 2.4): import it here with a clean argv, once.
+# `import kserve` parses sys.argv at import time (docs/stack.md 2.4): import it here with a clean argv, once.
 _argv = sys.argv
 sys.argv = sys.argv[:1]
 try:
@@ -100,7 +100,7 @@ def _build_tiny_bert(out: Path, corpus_dir: Path) -> Path:
     (out / "vocab.txt").write_text("\n".join(_wordpiece_vocab(lines, 600)) + "\n", encoding="utf-8")
     tok = BertTokenizerFast(
         vocab=str(out / "vocab.txt"), model_max_length=128
-    )  # vocab=, not vocab_file= (stack.md 3.2)
+    )  # vocab=, not vocab_file= (docs/stack.md 3.2)
     cfg = BertConfig(
         vocab_size=tok.vocab_size,
         hidden_size=32,

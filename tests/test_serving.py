@@ -1,4 +1,4 @@
-"""KServe server: every endpoint and bad-input case in-process (FastAPI TestClient, stack.md 2.3), property-based
+"""KServe server: every endpoint and bad-input case in-process (FastAPI TestClient, docs/stack.md 2.3), property-based
 request parsing (hypothesis), and one real `hardneg serve` process called with tritonclient (V2) and plain HTTP (V1)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hardneg.rerank import ExportIntegrityError, OnnxReranker
 from serving.predictor import HardnegReranker, Limits
 from serving.server import create_app
 
-# KServe's V1 route returns ORJSONResponse, deprecated in FastAPI 0.165 (stack.md 2.1): not ours to fix
+# KServe's V1 route returns ORJSONResponse, deprecated in FastAPI 0.165 (docs/stack.md 2.1): not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
 
 NAME = "tiny-rr"
