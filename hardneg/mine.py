@@ -221,19 +221,35 @@ def take_diverse(
 def take_diverse_rows(
     code: np.ndarray, cand_vecs: np.ndarray, n: int, dup_sim: float, text_groups: np.ndarray | None = None
 ) -> list[np.ndarray]:
-    """:func:`take_diverse` for every row of a ``[U, K]`` code matrix (in place); rows with the same eligible set
-    share one greedy pass (per-pair rows of one query mostly do)."""
-    done: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    """:func:`take_diverse` for every row of a ``[U, K]`` code matrix (in place). The duplicate relation is computed
+    once per query over the first eligible candidates (each row's greedy pass rarely looks further); a row that
+    needs more falls back to :func:`take_diverse`."""
+    elig = code == 0
+    head = np.flatnonzero(elig.any(axis=0))[: 4 * int(n) + 32]
+    V = cand_vecs[head]
+    dup = (V @ V.T) >= dup_sim - 1e-7
+    if text_groups is not None:
+        g = text_groups[head]
+        dup |= (g[:, None] == g[None, :]) & (g[:, None] >= 0)
+    neighbours = [set(np.flatnonzero(r).tolist()) for r in dup]
+    mark = _RULE_CODE["duplicate_of_negative"]
     out: list[np.ndarray] = []
     for u in range(code.shape[0]):
-        key = np.packbits(code[u] == 0).tobytes()
-        if key not in done:
-            before = code[u].copy()
-            sel = take_diverse(code[u], cand_vecs, n, dup_sim, text_groups)
-            done[key] = (sel, np.flatnonzero(code[u] != before))
-        sel, marked = done[key]
-        code[u, marked] = _RULE_CODE["duplicate_of_negative"]
-        out.append(sel)
+        local = np.flatnonzero(elig[u, head]).tolist()
+        taken: list[int] = []
+        blocked: set[int] = set()
+        for j in local:
+            if len(taken) >= n:
+                break
+            if j in blocked:
+                code[u, head[j]] = mark
+                continue
+            taken.append(j)
+            blocked |= neighbours[j]
+        if len(taken) < n and int(elig[u].sum()) > len(local):
+            out.append(take_diverse(code[u], cand_vecs, n, dup_sim, text_groups))
+        else:
+            out.append(head[taken].astype(np.int64))
     return out
 
 
