@@ -9,6 +9,9 @@ Parts (select with --parts, default all):
      ONNX int8) in docs/s, and mean cosine agreement with torch fp32 of the same model.
   d  re-mining with a new threshold after a full embed -> reduce -> mine run (CLI, cache hit), as a fraction of the
      first run's wall time.
+  e  many positives per query (NFCorpus-shaped synthetic set: 3.6k docs x 128 dims, 2,590 train queries x 43
+     positives, ~111k pairs): wall time and pairs with a negative of paper and hybrid under both
+     mine.positive_reading values. Writes benchmarks/results/mining_scale.json (--parts e --out that file).
 
 Every measurement that reports memory runs in its own subprocess (peak RSS = the child's ru_maxrss).
 Run: .venv/bin/python benchmarks/mining.py [--parts a,b,c,d] > benchmarks/results/mining.log 2>&1
@@ -663,9 +666,22 @@ def part_d(res: Results, args, tmp: Path) -> None:
         )
 
 
+def part_e(res: Results, args, tmp: Path) -> None:
+    part = "e_many_positives_per_query"
+    spec = {"n_docs": 3600, "n_queries": 2590, "n_pos": 43, "dim": 128}
+    res.put(part, "setup", {**spec, "top_k": TOP_K, "num_negatives": NUM_NEG, "paper_num_negatives": 1})
+    for policy in ("paper", "hybrid"):
+        log(f"e: {policy}, both positive readings")
+        res.put(
+            part,
+            policy,
+            run_child("readings", {**spec, "policy": policy, "readings": ["per-pair", "all-positives"]}),
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--data-dir", default=str(REPO / "data" / "scifact"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mining.json"))
     ap.add_argument("--scale-sizes", default="10000,100000,1000000")
@@ -689,7 +705,7 @@ def main() -> None:
     try:
         for p in [x.strip() for x in args.parts.split(",") if x.strip()]:
             t = time.perf_counter()
-            {"a": part_a, "b": part_b, "c": part_c, "d": part_d}[p](res, args, tmp)
+            {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}[p](res, args, tmp)
             log(f"part {p} done in {time.perf_counter() - t:.0f}s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

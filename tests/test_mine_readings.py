@@ -46,7 +46,9 @@ def random_case(seed: int, n_docs: int = 80, n_queries: int = 6, dim: int = 6, m
     return _dataset(n_docs, qrels), D, [f"d{i}" for i in range(n_docs)], Q, list(qrels)
 
 
-def many_positives_case(n_pos: int = 30, n_queries: int = 12, per_topic: int = 45, dim: int = 24, seed: int = 0):
+def many_positives_case(
+    n_pos: int = 30, n_queries: int = 12, per_topic: int = 45, dim: int = 24, seed: int = 0
+):
     """Topic clusters; each query's ``n_pos`` positives are random members of its topic (NFCorpus-like)."""
     rng = np.random.default_rng(seed)
     n_docs = n_queries * per_topic
@@ -163,7 +165,10 @@ def test_per_pair_cap_policies_use_each_pairs_own_positive(policy):
         assert all(1 - dqn <= cap + 1e-5 for dqn in r["d_qn"]), r
         if policy == "hybrid":
             assert all(dqn < dpn + 1e-6 for dqn, dpn in zip(r["d_qn"], r["d_pn"], strict=True))
-    assert st["readings"]["per-pair"]["pairs_with_negative"] >= st["readings"]["all-positives"]["pairs_with_negative"]
+    assert (
+        st["readings"]["per-pair"]["pairs_with_negative"]
+        >= st["readings"]["all-positives"]["pairs_with_negative"]
+    )
 
 
 def test_warning_names_the_setting_when_most_queries_get_no_negative(caplog):
@@ -188,7 +193,9 @@ def test_stats_keys_for_both_readings():
     ds, D, ids, Q, qids = random_case(3)
     for policy in ("paper", "hybrid", "rank-window", "random"):
         _, st = mine_negatives(ds, D, ids, Q, qids, "train", {"mine": {}}, policy=policy)
-        assert {"pairs", "pairs_with_negatives", "pairs_without_negative", "queries_without_negative"} <= set(st)
+        assert {"pairs", "pairs_with_negatives", "pairs_without_negative", "queries_without_negative"} <= set(
+            st
+        )
         assert st["positive_reading"] == "per-pair" and set(st["readings"]) == set(READINGS)
         for counts in st["readings"].values():
             assert set(counts) == {
