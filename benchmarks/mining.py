@@ -9,6 +9,9 @@ Parts (select with --parts, default all):
      ONNX int8) in docs/s, and mean cosine agreement with torch fp32 of the same model.
   d  re-mining with a new threshold after a full embed -> reduce -> mine run (CLI, cache hit), as a fraction of the
      first run's wall time.
+  e  many positives per query (NFCorpus-shaped synthetic set: 3.6k docs x 128 dims, 2,590 train queries x 43
+     positives, ~111k pairs): wall time and pairs with a negative of paper and hybrid under both
+     mine.positive_reading values. Writes benchmarks/results/mining_scale.json (--parts e --out that file).
 
 Every measurement that reports memory runs in its own subprocess (peak RSS = the child's ru_maxrss).
 Run: .venv/bin/python benchmarks/mining.py [--parts a,b,c,d] > benchmarks/results/mining.log 2>&1
@@ -270,6 +273,91 @@ def child_scale(spec: dict) -> dict:
     }
 
 
+def many_positives_dataset(
+    n_docs: int, n_queries: int, n_pos: int, dim: int, seed: int = 0, n_heavy: int = 0, heavy_pos: int = 0
+):
+    """Synthetic corpus shaped like a public BEIR set with many graded positives per query (NFCorpus-like: 3.6k
+    docs, ~43 positives per training query): topic clusters of ``n_docs / n_topics`` documents; a query sits near its
+    topic centre and its positives are ``n_pos`` random documents of that topic, so the other topic members compete
+    with the positives. ``n_heavy`` queries get ``heavy_pos`` extra positives from anywhere in the corpus (public
+    sets have a few queries with hundreds of positives; they set the candidate depth ``top_k + guards``). Returns ``(dataset, D, doc_ids, Q, query_ids)`` (unit vectors)."""
+    import numpy as np
+
+    from hardneg.data import BeirDataset, Document, Query
+
+    rng = np.random.default_rng(seed)
+    per_topic = max(n_pos + 10, int(n_pos * 1.4))
+    n_topics = max(1, n_docs // per_topic)
+    C = rng.standard_normal((n_topics, dim)).astype(np.float32)
+    C /= np.linalg.norm(C, axis=1, keepdims=True)
+    topic = np.arange(n_docs) % n_topics
+    D = C[topic] + rng.standard_normal((n_docs, dim)).astype(np.float32) * np.float32(1.0 / np.sqrt(dim))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    qt = rng.integers(0, n_topics, n_queries)
+    Q = C[qt] + rng.standard_normal((n_queries, dim)).astype(np.float32) * np.float32(0.8 / np.sqrt(dim))
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    doc_ids = [f"d{i}" for i in range(n_docs)]
+    query_ids = [f"q{i}" for i in range(n_queries)]
+    members = [np.flatnonzero(topic == t) for t in range(n_topics)]
+    train = {}
+    for i, t in enumerate(qt):
+        pos = rng.choice(members[t], size=min(n_pos, len(members[t])), replace=False)
+        train[query_ids[i]] = {doc_ids[j]: int(rng.integers(1, 3)) for j in pos}  # graded 1..2
+        train[query_ids[i]][doc_ids[int(rng.choice(members[(t + 1) % n_topics]))]] = (
+            0  # a judged non-relevant
+        )
+    for i in range(min(n_heavy, n_queries)):
+        for j in rng.choice(n_docs, size=min(heavy_pos, n_docs), replace=False):
+            train[query_ids[i]].setdefault(doc_ids[j], 1)
+    ds = BeirDataset(
+        root=Path("."),
+        corpus={d: Document(d, f"synthetic document {d}") for d in doc_ids},
+        queries={q: Query(q, q) for q in query_ids},
+        qrels={"train": train},
+    )
+    return ds, D, doc_ids, Q.astype(np.float32), query_ids
+
+
+def child_readings(spec: dict) -> dict:
+    """Selection time and yield of one policy under both ``mine.positive_reading`` values on
+    :func:`many_positives_dataset` (~100k (query, positive) pairs)."""
+    from hardneg.mine import mine_negatives
+
+    t = time.perf_counter()
+    ds, D, doc_ids, Q, query_ids = many_positives_dataset(
+        int(spec["n_docs"]),
+        int(spec["n_queries"]),
+        int(spec["n_pos"]),
+        int(spec["dim"]),
+        n_heavy=int(spec.get("n_heavy", 0)),
+        heavy_pos=int(spec.get("heavy_pos", 0)),
+    )
+    gen_s = time.perf_counter() - t
+    out = {"generate_s": round(gen_s, 2)}
+    for reading in spec["readings"]:
+        params = {"mine": {"policy": spec["policy"], "top_k": TOP_K, "num_negatives": NUM_NEG}}
+        over = {"positive_reading": reading} if reading != "legacy" else {}
+        t = time.perf_counter()
+        rows, stats = mine_negatives(ds, D, doc_ids, Q, query_ids, "train", params, progress=False, **over)
+        wall = time.perf_counter() - t
+        out[reading] = {
+            "mine_wall_s": round(wall, 2),
+            "search_s": stats["seconds"]["search"],
+            "select_s": stats["seconds"]["select"],
+            "pairs": stats["pairs"],
+            "pairs_with_negatives": stats["pairs_with_negatives"],
+            "queries_mined": stats["queries_mined"],
+            "queries_without_negative": stats["queries_without_negative"],
+            "rescans": stats["rescans"],
+            "candidate_depth": stats["candidate_depth"],
+            "readings": stats.get("readings"),
+            "peak_rss_mb": peak_rss_mb(),
+            "loadavg": loadavg(),
+        }
+        log(f"readings {spec['policy']} {reading}: {out[reading]}")
+    return out
+
+
 def child_throughput(spec: dict) -> dict:
     """docs/s per model x backend on a SciFact sample; cosine agreement with torch fp32 of the same model."""
     import numpy as np
@@ -384,7 +472,13 @@ def _export_minilm_onnx(model_dir: str, out: Path) -> None:
     shutil.copy(Path(model_dir) / "tokenizer.json", out / "tokenizer.json")
 
 
-CHILDREN = {"st": child_st, "ours": child_ours, "scale": child_scale, "throughput": child_throughput}
+CHILDREN = {
+    "st": child_st,
+    "ours": child_ours,
+    "scale": child_scale,
+    "throughput": child_throughput,
+    "readings": child_readings,
+}
 
 
 # ================================================================================================= parent
@@ -572,9 +666,22 @@ def part_d(res: Results, args, tmp: Path) -> None:
         )
 
 
+def part_e(res: Results, args, tmp: Path) -> None:
+    part = "e_many_positives_per_query"
+    spec = {"n_docs": 3600, "n_queries": 2590, "n_pos": 43, "dim": 128}
+    res.put(part, "setup", {**spec, "top_k": TOP_K, "num_negatives": NUM_NEG, "paper_num_negatives": 1})
+    for policy in ("paper", "hybrid"):
+        log(f"e: {policy}, both positive readings")
+        res.put(
+            part,
+            policy,
+            run_child("readings", {**spec, "policy": policy, "readings": ["per-pair", "all-positives"]}),
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--data-dir", default=str(REPO / "data" / "scifact"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mining.json"))
     ap.add_argument("--scale-sizes", default="10000,100000,1000000")
@@ -598,7 +705,7 @@ def main() -> None:
     try:
         for p in [x.strip() for x in args.parts.split(",") if x.strip()]:
             t = time.perf_counter()
-            {"a": part_a, "b": part_b, "c": part_c, "d": part_d}[p](res, args, tmp)
+            {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e}[p](res, args, tmp)
             log(f"part {p} done in {time.perf_counter() - t:.0f}s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

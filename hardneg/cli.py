@@ -308,10 +308,11 @@ def mine_cmd(
     if split:
         params["data"]["train_split"] = split
     root = data_dir if data_dir is not None else Path(params["data"]["dir"])
-    st = mine_stage(root, reduced_dir, params, out_dir)
+    st = mine_stage(root, reduced_dir, params, out_dir, progress=not no_progress)
     rej = ", ".join(f"{k}={v}" for k, v in (st.get("rejected") or {}).items() if v) or "none"
     keys = (
         "policy",
+        "positive_reading",
         "split",
         "pairs",
         "pairs_without_negative",
@@ -321,6 +322,16 @@ def mine_cmd(
     )
     table = [[k.replace("_", " "), st[k]] for k in keys if k in st]
     table += [["negatives per pair", st.get("negatives_per_pair_mean")], ["rejected per rule", rej]]
+    for reading, c in (
+        st.get("readings") or {}
+    ).items():  # both mine.positive_reading values, same candidates
+        table.append(
+            [
+                f"reading {reading}",
+                f"{c['pairs_with_negative']}/{c['pairs']} pairs with a negative, "
+                f"{c['queries_without_negative']} queries without",
+            ]
+        )
     print_table(f"mined negatives -> {out_dir}", ["", ""], table)
 
 

@@ -229,6 +229,8 @@ class Release:
 ST_DEFAULT = "st-default"  # mine.policy handled by hardneg.anchors (sentence-transformers defaults)
 
 MINE_POLICIES: tuple[str, ...] = ("paper", "positive-aware", "hybrid", "rank-window", "random", "bm25")
+# how a rule that compares a candidate with "the positive" reads when a query has several positives
+MINE_READINGS: tuple[str, ...] = ("per-pair", "all-positives")
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ class MineConfig:
     completes a partial section with the packaged params."""
 
     policy: str
+    positive_reading: str
     top_k: int
     index: str
     num_negatives: int
@@ -275,6 +278,10 @@ class MineConfig:
     def validate(self) -> None:
         if self.policy not in MINE_POLICIES:
             raise ConfigError(f"unknown mining policy '{self.policy}'; use one of {list(MINE_POLICIES)}")
+        if self.positive_reading not in MINE_READINGS:
+            raise ConfigError(
+                f"unknown mine.positive_reading '{self.positive_reading}'; use one of {list(MINE_READINGS)}"
+            )
         if self.n < 1:
             raise ConfigError(f"the number of negatives must be >= 1, got {self.n}")
         if self.top_k < 1:

@@ -307,10 +307,11 @@ def mine_stage(
     reduced_dir: str | os.PathLike,
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Mine negatives for the train split with ``mine.policy``: a :mod:`hardneg.mine` policy over the reduced
     vectors, or ``st-default`` (sentence-transformers ``mine_hard_negatives`` defaults with the reranker's base model,
-    whose vectors come from the embedding cache)."""
+    whose vectors come from the embedding cache). ``progress``: a progress bar over the queries."""
     import numpy as np
 
     from hardneg.data import load_dataset_for
@@ -348,7 +349,9 @@ def mine_stage(
             negatives_per_pair_mean=round(sum(len(r["negative_ids"]) for r in rows) / max(1, len(rows)), 4),
         )
     else:
-        rows, stats = mine_negatives(ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params)
+        rows, stats = mine_negatives(
+            ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params, progress=progress
+        )
     write_outputs(out_dir, rows, stats, params, inputs)
     return stats  # = mine_stats.json
 

@@ -293,17 +293,30 @@ def test_rank_window_counts_ranks_after_the_guards(toy):
     assert st["rejected"]["outside_rank_window"] == 5
 
 
-def test_multiple_positives_one_row_each_same_negatives():
+def test_multiple_positives_one_row_each_both_readings():
     vec = {"p1": unit(60), "p2": unit(-20), "x": unit(-35), "y": unit(10), "z": unit(120)}
     ds = _dataset({k: k for k in vec}, {"train": {"q": {"p1": 1, "p2": 1}}}, ["q"])
     ids = list(vec)
     D = np.stack([vec[k] for k in ids])
     rows, st = mine_negatives(
-        ds, D, ids, unit(0)[None], ["q"], "train", {"mine": {}}, policy="paper", paper_num_negatives=3
+        ds,
+        D,
+        ids,
+        unit(0)[None],
+        ["q"],
+        "train",
+        {"mine": {"positive_reading": "all-positives"}},
+        policy="paper",
+        paper_num_negatives=3,
     )
     assert [r["positive_id"] for r in rows] == ["p1", "p2"]
-    # x (-35deg) beats p1 but not p2: rejected by condition 1 against p2; y (10deg) beats both
+    # all-positives: x (-35deg) beats p1 but not p2: rejected by condition 1 against p2; y (10deg) beats both
     assert rows[0]["negative_ids"] == rows[1]["negative_ids"] == ["y"]
+    # per-pair (the default): the (q, p1) pair keeps x too, the (q, p2) pair only y; p2 is never p1's negative
+    pp, _ = mine_negatives(
+        ds, D, ids, unit(0)[None], ["q"], "train", {"mine": {}}, policy="paper", paper_num_negatives=3
+    )
+    assert pp[0]["negative_ids"] == ["y", "x"] and pp[1]["negative_ids"] == ["y"]
     assert rows[0]["d_qp"] == pytest.approx(0.5, abs=1e-5) and rows[1]["d_qp"] == pytest.approx(
         d(unit(0), unit(-20)), abs=1e-5
     )
