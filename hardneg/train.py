@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.errors import ConfigError, DataFormatError, HardnegError
+from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import apply_torch_threads, use_bf16
 
 log = logging.getLogger(__name__)
@@ -42,26 +42,17 @@ TRAIN_METRICS_FILE = "train_metrics.json"
 
 
 def load_negatives(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a ``negatives.jsonl`` (``{query_id, positive_id, negative_ids, ...}``)."""
+    """Rows of a ``negatives.jsonl`` (``{query_id, positive_id, negative_ids, ...}``; a folder is accepted too). The
+    ``hardneg mine`` folder's checksums are verified first: a half-written or modified file is refused."""
+    from hardneg.artifacts import read_jsonl, verify_checksums
+
     p = Path(path)
     if p.is_dir():
         p = p / "negatives.jsonl"
     if not p.exists():
         raise HardnegError(f"negatives file not found: {p} (run `hardneg mine` first)")
-    rows = []
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(p, f"invalid JSON ({e.msg})", lineno) from None
-            for k in ("query_id", "positive_id", "negative_ids"):
-                if k not in row:
-                    raise DataFormatError(p, f"missing field '{k}'", lineno)
-            rows.append(row)
-    return rows
+    verify_checksums(p.parent, "hardneg mine")
+    return read_jsonl(p, required=("query_id", "positive_id", "negative_ids"), rerun="hardneg mine")
 
 
 def rows_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -347,36 +338,41 @@ def train_reranker(
         model.load_state_dict(best["state"])
     model.eval()
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ce.save_pretrained(str(out))
-    seconds = time.perf_counter() - t_start
-    neg_sha = sha256_file(negatives_file) if negatives_file is not None else rows_fingerprint(negatives_rows)
-    lin = current_lineage(None)
-    lin.params_hash = params_hash({**dict(params), "train": cfg}, ["train"])
-    lin = lin.derive(negatives_sha256=neg_sha, base_model=str(cfg["base_model"]))
-    write_lineage(out, lin)
-    metrics = {
-        "loss": loss_name,
-        "steps": step,
-        "horizon": horizon,
-        "stopped_by": stopped_by,
-        "seconds": round(seconds, 1),
-        "train_seconds": round(step_seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
-        "pairs": pairs_seen,
-        "pairs_per_s": round(pairs_seen / step_seconds, 2) if step_seconds else None,
-        "loss_curve": loss_curve,
-        "dev_curve": dev_curve,
-        "best_step": best["step"] if best["state"] is not None else step,
-        "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
-        "groups": gstats,
-        "config": cfg,
-    }
-    (out / TRAIN_METRICS_FILE).write_text(
-        json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
+    from hardneg.artifacts import atomic_write_json, staged_output
+
+    with staged_output(out_dir, "hardneg train") as out:  # published (with checksums) when complete
+        ce.save_pretrained(str(out))
+        seconds = time.perf_counter() - t_start
+        neg_sha = (
+            sha256_file(negatives_file) if negatives_file is not None else rows_fingerprint(negatives_rows)
+        )
+        lin = current_lineage(None)
+        lin.params_hash = params_hash({**dict(params), "train": cfg}, ["train"])
+        lin = lin.derive(negatives_sha256=neg_sha, base_model=str(cfg["base_model"]))
+        write_lineage(out, lin)
+        metrics = {
+            "loss": loss_name,
+            "steps": step,
+            "horizon": horizon,
+            "stopped_by": stopped_by,
+            "seconds": round(seconds, 1),
+            "train_seconds": round(step_seconds, 1),
+            "eval_seconds": round(eval_seconds, 1),
+            "pairs": pairs_seen,
+            "pairs_per_s": round(pairs_seen / step_seconds, 2) if step_seconds else None,
+            "loss_curve": loss_curve,
+            "dev_curve": dev_curve,
+            "best_step": best["step"] if best["state"] is not None else step,
+            "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
+            "groups": gstats,
+            "config": cfg,
+        }
+        atomic_write_json(out / TRAIN_METRICS_FILE, metrics, sort_keys=True)
     log.info(
-        "trained %d steps in %.0f s (%.1f pairs/s); saved %s", step, seconds, metrics["pairs_per_s"] or 0, out
+        "trained %d steps in %.0f s (%.1f pairs/s); saved %s",
+        step,
+        seconds,
+        metrics["pairs_per_s"] or 0,
+        out_dir,
     )
-    return out
+    return Path(out_dir)
