@@ -53,8 +53,8 @@ def is_no_space(exc: BaseException) -> bool:
     return False
 
 
-def disk_full(path: str | os.PathLike, exc: BaseException) -> DiskFullError:
-    hint = _RERUN.get()
+def disk_full(path: str | os.PathLike, exc: BaseException, rerun: str | None = None) -> DiskFullError:
+    hint = rerun or _RERUN.get()
     rerun = f"`{hint}`" if hint else "the stage"
     return DiskFullError(
         f"no space left writing {path} ({exc}): free disk space and rerun {rerun}; "
@@ -325,7 +325,7 @@ def staged_output(out_dir: str | os.PathLike, rerun: str) -> Iterator[Path]:
     """Yield a fresh staging folder to write a stage's output into; on success publish it as ``out_dir``
     (:func:`publish_dir`), on failure remove it (``out_dir`` untouched). ``rerun`` is the command named in
     messages (disk full, corrupt output)."""
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # a library may change the working directory meanwhile
     if out.exists() and not out.is_dir():
         raise HardnegError(f"{out} exists and is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -965,7 +965,7 @@ def export_model(
     """
     if serve_variant not in SERVE_VARIANTS:
         raise HardnegError(f"serve variant must be one of {list(SERVE_VARIANTS)}, got '{serve_variant}'")
-    src, out = Path(model_dir), Path(out_dir)
+    src, out = Path(model_dir), Path(out_dir).absolute()  # absolute: int8 quantisation runs in a temp cwd
     from hardneg.artifacts import verify_checksums
 
     verify_checksums(src, "hardneg train")  # a half-written or modified model folder is refused
@@ -1003,8 +1003,12 @@ def export_model(
                 json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
         _publish(staging, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        from hardneg.artifacts import disk_full, is_no_space
+
+        if is_no_space(e) and not isinstance(e, HardnegError):
+            raise disk_full(out, e, "hardneg export") from e
         raise
     if not parity["passed"]:
         raise _gate_failure(parity, out)
