@@ -302,12 +302,14 @@ def key_hashes(stage: Stage, root: Path) -> dict[str, str]:
 def verified(stage: Stage, root: Path) -> str | None:
     """None when the output folder is absent or passes its checksums; else the refusal message."""
     sys.path.insert(0, str(REPO))
-    from hardneg.artifacts import verify_checksums
+    from hardneg.artifacts import CHECKSUMS_FILE, verify_checksums
     from hardneg.errors import HardnegError
 
     out = root / stage.out
     if stage.name in ("compare", "pipeline") or not out.is_dir():
         return None
+    if not (out / CHECKSUMS_FILE).exists():  # every stage writes it last: without it the folder is incomplete
+        return f"{out} has no {CHECKSUMS_FILE}"
     try:
         verify_checksums(out, f"hardneg {stage.name}")
     except HardnegError as e:
