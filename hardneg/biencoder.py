@@ -479,46 +479,47 @@ def train_biencoder(
         model.load_state_dict(best["state"])
     model.eval()
     seconds = time.perf_counter() - t0
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out))
-    (out / KIND_FILE).write_text(
-        json.dumps(
-            {
-                "kind": "bi-encoder",
-                "max_length": cfg.max_length,
-                "base_model": cfg.base_model,
-                "tune": cfg.tune,
-                # tune: query -> documents are embedded by the base model (the export ships it as a second graph)
-                "document_encoder": cfg.base_model if cfg.tune == "query" else "self",
-            },
-            indent=2,
+    from hardneg.artifacts import staged_output
+
+    with staged_output(out_dir, "hardneg train") as out:  # published (with checksums) when complete
+        model.save(str(out))
+        (out / KIND_FILE).write_text(
+            json.dumps(
+                {
+                    "kind": "bi-encoder",
+                    "max_length": cfg.max_length,
+                    "base_model": cfg.base_model,
+                    "tune": cfg.tune,
+                    # tune: query -> documents are embedded by the base model (the export ships it as a second graph)
+                    "document_encoder": cfg.base_model if cfg.tune == "query" else "self",
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
         )
-        + "\n",
-        encoding="utf-8",
-    )
-    lin = current_lineage(None)
-    if params_for_hash is not None:
-        lin.params_hash = params_hash(dict(params_for_hash), ["train"])
-    lin = lin.derive(base_model=cfg.base_model, **dict(lineage_extra or {}))
-    write_lineage(out, lin)
-    metrics = {
-        "kind": "bi-encoder",
-        "steps": step,
-        "stopped_by": stopped_by,
-        "seconds": round(seconds, 1),
-        "train_seconds": round(seconds - eval_s, 1),
-        "s_per_step": round((seconds - eval_s) / max(1, step), 3),
-        "loss_curve": loss_curve,
-        "dev_curve": dev_curve,
-        "best_step": best["step"] if best["state"] is not None else step,
-        "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
-        "training_set": ts.stats,
-        "trainable_parameters": n_trainable,
-        "config": asdict(cfg),
-    }
-    (out / TRAIN_METRICS_FILE).write_text(
-        json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    log.info("trained %d steps in %.0f s; saved %s", step, seconds, out)
-    return out
+        lin = current_lineage(None)
+        if params_for_hash is not None:
+            lin.params_hash = params_hash(dict(params_for_hash), ["train"])
+        lin = lin.derive(base_model=cfg.base_model, **dict(lineage_extra or {}))
+        write_lineage(out, lin)
+        metrics = {
+            "kind": "bi-encoder",
+            "steps": step,
+            "stopped_by": stopped_by,
+            "seconds": round(seconds, 1),
+            "train_seconds": round(seconds - eval_s, 1),
+            "s_per_step": round((seconds - eval_s) / max(1, step), 3),
+            "loss_curve": loss_curve,
+            "dev_curve": dev_curve,
+            "best_step": best["step"] if best["state"] is not None else step,
+            "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
+            "training_set": ts.stats,
+            "trainable_parameters": n_trainable,
+            "config": asdict(cfg),
+        }
+        (out / TRAIN_METRICS_FILE).write_text(
+            json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+    log.info("trained %d steps in %.0f s; saved %s", step, seconds, out_dir)
+    return Path(out_dir)

@@ -16,18 +16,20 @@ it always re-embeds). The model is loaded only when some chunk is missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from hardneg.artifacts import atomic_save_npy, atomic_write_json, staged_output
 from hardneg.errors import ConfigError, ModelNotFoundError
 from hardneg.models import ResolvedModel, resolve_model
 
@@ -70,29 +72,6 @@ def texts_hash(texts: Sequence[str]) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
-    _atomic_write_bytes(Path(path), lambda fh: np.save(fh, arr, allow_pickle=False))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8")
-    _atomic_write_bytes(Path(path), lambda fh: fh.write(data))
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
@@ -363,7 +342,7 @@ def embed_texts(
                 arr = _encode_sorted(encoder, texts[s:e], prompt, batch_size, bar)
                 t_encode += time.perf_counter() - t
                 if path is not None:
-                    atomic_save_npy(path, arr)
+                    _save_chunk(path, arr)
             parts.append(arr)
     finally:
         bar.close()
@@ -389,8 +368,25 @@ def embed_texts(
     return out
 
 
+def _save_chunk(path: Path, arr: np.ndarray) -> None:
+    """The chunk, then its sha256 next to it (``<chunk>.sha256``), both atomically."""
+    from hardneg.artifacts import atomic_write_text, sha256_file
+
+    atomic_save_npy(path, arr)
+    atomic_write_text(path.with_suffix(".sha256"), sha256_file(path) + "\n")
+
+
 def _load_chunk(path: Path, rows: int) -> np.ndarray | None:
+    """A cached chunk, or None (recompute it) when it is missing, corrupt (sha256 differs from its ``.sha256``) or
+    invalid; a chunk from before checksums is validated and gets its ``.sha256``."""
+    from hardneg.artifacts import atomic_write_text, sha256_file
+
     if not path.exists():
+        return None
+    sidecar = path.with_suffix(".sha256")
+    digest = sha256_file(path)
+    if sidecar.exists() and sidecar.read_text(encoding="utf-8").strip() != digest:
+        log.warning("cache chunk %s is corrupt (sha256 differs from %s): recomputing it", path, sidecar.name)
         return None
     try:
         arr = np.load(path, allow_pickle=False)
@@ -400,6 +396,9 @@ def _load_chunk(path: Path, rows: int) -> np.ndarray | None:
     if arr.ndim != 2 or arr.shape[0] != rows or arr.dtype != np.float32 or not np.isfinite(arr).all():
         log.warning("ignoring invalid cache chunk %s (shape %s, dtype %s)", path, arr.shape, arr.dtype)
         return None
+    if not sidecar.exists():
+        with contextlib.suppress(OSError):  # a read-only cache still works
+            atomic_write_text(sidecar, digest + "\n")
     return arr
 
 
@@ -462,8 +461,6 @@ def embed_dataset(
     slugs = [model_slug(str(m["name"])) for m in models]
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"embed.models lists the same model twice: {[str(m['name']) for m in models]}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     doc_ids = list(dataset.corpus)
     query_ids = list(dataset.queries)
     doc_texts = [dataset.corpus[d].full_text for d in doc_ids]
@@ -475,54 +472,57 @@ def embed_dataset(
     from hardneg.hw import use_bf16
 
     bf16 = use_bf16(cfg["bf16"])
-    entries = []
-    for m, slug in zip(models, slugs, strict=True):
-        st_d: dict[str, Any] = {}
-        st_q: dict[str, Any] = {}
-        D = embed_texts(doc_texts, m, cache, "document", progress, chunk_size=chunk, bf16=bf16, stats=st_d)
-        Q = embed_texts(query_texts, m, cache, "query", progress, chunk_size=chunk, bf16=bf16, stats=st_q)
-        mdir = out / slug
-        atomic_save_npy(mdir / "corpus.npy", D)
-        atomic_save_npy(mdir / "queries.npy", Q)
-        atomic_write_json(mdir / "ids.json", {"doc_ids": doc_ids, "query_ids": query_ids})
-        man = {
-            "model": str(m["name"]),
-            "slug": slug,
-            "backend": st_d["backend"],
-            "precision": st_d["precision"],
-            "model_fingerprint": st_d["fingerprint"],
-            "dim": int(D.shape[1]),
-            "weight": float(m.get("weight", 1.0) or 0.0),
-            "max_length": int(_model_cfg_value(m, "max_length", 256)),
-            "query_prompt": str(_model_cfg_value(m, "query_prompt", "")),
-            "document_prompt": str(_model_cfg_value(m, "document_prompt", "")),
-            "n_docs": len(doc_ids),
-            "n_queries": len(query_ids),
+    with staged_output(out_dir, "hardneg embed") as out:  # published (with checksums) when complete
+        entries = []
+        for m, slug in zip(models, slugs, strict=True):
+            st_d: dict[str, Any] = {}
+            st_q: dict[str, Any] = {}
+            D = embed_texts(
+                doc_texts, m, cache, "document", progress, chunk_size=chunk, bf16=bf16, stats=st_d
+            )
+            Q = embed_texts(query_texts, m, cache, "query", progress, chunk_size=chunk, bf16=bf16, stats=st_q)
+            mdir = out / slug
+            atomic_save_npy(mdir / "corpus.npy", D)
+            atomic_save_npy(mdir / "queries.npy", Q)
+            atomic_write_json(mdir / "ids.json", {"doc_ids": doc_ids, "query_ids": query_ids})
+            man = {
+                "model": str(m["name"]),
+                "slug": slug,
+                "backend": st_d["backend"],
+                "precision": st_d["precision"],
+                "model_fingerprint": st_d["fingerprint"],
+                "dim": int(D.shape[1]),
+                "weight": float(m.get("weight", 1.0) or 0.0),
+                "max_length": int(_model_cfg_value(m, "max_length", 256)),
+                "query_prompt": str(_model_cfg_value(m, "query_prompt", "")),
+                "document_prompt": str(_model_cfg_value(m, "document_prompt", "")),
+                "n_docs": len(doc_ids),
+                "n_queries": len(query_ids),
+                "corpus_sha256": corpus_sha,
+                "timing": {
+                    "corpus_s": st_d["seconds"],
+                    "queries_s": st_q["seconds"],
+                    "corpus_docs_per_s": round(st_d["rows_encoded"] / st_d["encode_seconds"], 2)
+                    if st_d["rows_encoded"] and st_d["encode_seconds"]
+                    else None,
+                    "model_load_s": round(st_d["load_seconds"] + st_q["load_seconds"], 3),
+                    "corpus_chunks_cached": f"{st_d['chunks_cached']}/{st_d['chunks']}",
+                    "queries_chunks_cached": f"{st_q['chunks_cached']}/{st_q['chunks']}",
+                },
+            }
+            atomic_write_json(mdir / "manifest.json", man)
+            entries.append(man)
+        top = {
+            "models": [e["slug"] for e in entries],
+            "entries": entries,
             "corpus_sha256": corpus_sha,
-            "timing": {
-                "corpus_s": st_d["seconds"],
-                "queries_s": st_q["seconds"],
-                "corpus_docs_per_s": round(st_d["rows_encoded"] / st_d["encode_seconds"], 2)
-                if st_d["rows_encoded"] and st_d["encode_seconds"]
-                else None,
-                "model_load_s": round(st_d["load_seconds"] + st_q["load_seconds"], 3),
-                "corpus_chunks_cached": f"{st_d['chunks_cached']}/{st_d['chunks']}",
-                "queries_chunks_cached": f"{st_q['chunks_cached']}/{st_q['chunks']}",
-            },
+            "data_dir": str(dataset.root),
         }
-        atomic_write_json(mdir / "manifest.json", man)
-        entries.append(man)
-    top = {
-        "models": [e["slug"] for e in entries],
-        "entries": entries,
-        "corpus_sha256": corpus_sha,
-        "data_dir": str(dataset.root),
-    }
-    atomic_write_json(out / "manifest.json", top)
-    lin = current_lineage(None)
-    lin.params_hash = params_hash(dict(params), ["embed"])
-    lin = lin.derive(
-        corpus_sha256=corpus_sha, **{f"model:{e['slug']}": e["model_fingerprint"] for e in entries}
-    )
-    write_lineage(out, lin)
+        atomic_write_json(out / "manifest.json", top)
+        lin = current_lineage(None)
+        lin.params_hash = params_hash(dict(params), ["embed"])
+        lin = lin.derive(
+            corpus_sha256=corpus_sha, **{f"model:{e['slug']}": e["model_fingerprint"] for e in entries}
+        )
+        write_lineage(out, lin)
     return top

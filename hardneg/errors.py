@@ -34,3 +34,11 @@ class ConfigError(HardnegError):
 
 class GateFailedError(HardnegError):
     """A quality or parity gate failed (export, pipeline)."""
+
+
+class ArtifactError(HardnegError):
+    """A stage output that is incomplete or corrupt (a file missing or not matching its checksum)."""
+
+
+class DiskFullError(HardnegError):
+    """A write failed for lack of space (ENOSPC, EDQUOT, or EFBIG from a file size limit)."""

@@ -447,18 +447,15 @@ def write_evaluation(
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from hardneg.artifacts import atomic_write_json
+
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    p = Path(path)
-    if not p.exists():
-        raise HardnegError(f"run file not found: {p}")
-    obj = json.loads(p.read_text(encoding="utf-8"))
-    return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in obj.items()}
+    from hardneg.artifacts import read_run
+
+    return read_run(path)
 
 
 def load_per_query(

@@ -157,13 +157,9 @@ class DevSet:
         root = ds.root
         qrels = ds.split_qrels(split)
         if isinstance(run, str | os.PathLike):
-            p = Path(run)
-            try:
-                run = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise HardnegError(f"{p}: cannot read the dev run ({e})") from None
-            if not isinstance(run, dict):
-                raise HardnegError(f"{p}: expected {{query_id: {{doc_id: score}}}}")
+            from hardneg.artifacts import read_run
+
+            run = read_run(run)
         qids = sorted(q for q in qrels if q in ds.queries)
         rng = random.Random(seed)
         if max_queries is not None and len(qids) > max_queries:
@@ -734,9 +730,9 @@ def _prepare_out_dir(out_dir: Path) -> Path:
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    from hardneg.artifacts import publish_dir
+
+    publish_dir(staging, out_dir)  # checksums.sha256, then an atomic swap under a lock (last writer wins)
 
 
 def _int8_gate(
@@ -969,7 +965,10 @@ def export_model(
     """
     if serve_variant not in SERVE_VARIANTS:
         raise HardnegError(f"serve variant must be one of {list(SERVE_VARIANTS)}, got '{serve_variant}'")
-    src, out = Path(model_dir), Path(out_dir)
+    src, out = Path(model_dir), Path(out_dir).absolute()  # absolute: int8 quantisation runs in a temp cwd
+    from hardneg.artifacts import verify_checksums
+
+    verify_checksums(src, "hardneg train")  # a half-written or modified model folder is refused
     info = read_model_info(src)
     kind = info["kind"]
     _check_source(src, kind)
@@ -1004,8 +1003,12 @@ def export_model(
                 json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
         _publish(staging, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        from hardneg.artifacts import disk_full, is_no_space
+
+        if is_no_space(e) and not isinstance(e, HardnegError):
+            raise disk_full(out, e, "hardneg export") from e
         raise
     if not parity["passed"]:
         raise _gate_failure(parity, out)

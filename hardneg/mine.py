@@ -942,39 +942,26 @@ def write_outputs(
     params: Mapping[str, Any],
     inputs: Mapping[str, str] | None = None,
 ) -> Path:
-    """``negatives.jsonl`` (atomic), ``mine_stats.json`` and ``lineage.json`` (params hash of embed/reduce/mine,
-    model fingerprints and corpus hash in ``inputs``, plus the sha256 of negatives.jsonl)."""
-    import json
-
+    """``negatives.jsonl``, ``mine_stats.json`` and ``lineage.json`` (params hash of embed/reduce/mine, model
+    fingerprints and corpus hash in ``inputs``, plus the sha256 of negatives.jsonl), published with checksums."""
+    from hardneg.artifacts import atomic_write_json, atomic_write_jsonl, staged_output
     from hardneg.config import params_hash
-    from hardneg.embed import atomic_write_json
     from hardneg.lineage import current_lineage, sha256_file, write_lineage
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    neg = out / NEGATIVES_FILE
-    tmp = neg.with_name(f".{neg.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, neg)
-    atomic_write_json(out / STATS_FILE, stats)
-    lin = current_lineage(None)
-    lin.params_hash = params_hash(dict(params), ["embed", "reduce", "mine"])
-    lin = lin.derive(**dict(inputs or {}), negatives_sha256=sha256_file(neg))
-    lin.extra = {"policy": stats.get("policy"), "split": stats.get("split"), "pairs": stats.get("pairs")}
-    write_lineage(out, lin)
-    return neg
+    with staged_output(out_dir, "hardneg mine") as out:
+        neg = out / NEGATIVES_FILE
+        atomic_write_jsonl(neg, rows)
+        atomic_write_json(out / STATS_FILE, stats)
+        lin = current_lineage(None)
+        lin.params_hash = params_hash(dict(params), ["embed", "reduce", "mine"])
+        lin = lin.derive(**dict(inputs or {}), negatives_sha256=sha256_file(neg))
+        lin.extra = {"policy": stats.get("policy"), "split": stats.get("split"), "pairs": stats.get("pairs")}
+        write_lineage(out, lin)
+    return Path(out_dir) / NEGATIVES_FILE
 
 
 def read_negatives(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a ``negatives.jsonl`` (a folder is accepted too)."""
-    import json
+    """Rows of a ``negatives.jsonl`` (a folder is accepted too); the folder's checksums are verified first."""
+    from hardneg.train import load_negatives
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / NEGATIVES_FILE
-    if not p.exists():
-        raise HardnegError(f"{p} not found: run `hardneg mine` first")
-    with open(p, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return load_negatives(path)

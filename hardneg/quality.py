@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import read_json
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.retrieve import dense_run
 
@@ -385,7 +386,7 @@ def _study_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _save(path: Path, obj: Any) -> None:
-    from hardneg.embed import atomic_write_json
+    from hardneg.artifacts import atomic_write_json
 
     atomic_write_json(path, obj)
 
@@ -463,7 +464,7 @@ def run_study(
     def load_state() -> dict[str, Any]:
         st: dict[str, Any] = {"key": key, "arms": {}, "per_query": {}}
         for f in sorted(runs_dir.glob("*.json")) if runs_dir.exists() else []:
-            r = json.loads(f.read_text(encoding="utf-8"))
+            r = read_json(f, rerun="hardneg compare")
             if r.get("key") != key:
                 continue
             st["arms"].setdefault(r["arm"], {})[str(r["seed"])] = r["result"]
@@ -477,7 +478,7 @@ def run_study(
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
             done = runs_dir / f"{arm}-{seed}.json"
-            if done.exists() and json.loads(done.read_text(encoding="utf-8")).get("key") == key:
+            if done.exists() and read_json(done, rerun="hardneg compare").get("key") == key:
                 continue
             t0 = time.perf_counter()
             if arm not in neg_cache:

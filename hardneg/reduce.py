@@ -13,7 +13,6 @@ no-PCA ablation.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.embed import atomic_save_npy, atomic_write_json, l2_normalize
+from hardneg.artifacts import atomic_save_npy, atomic_write_json, read_json, staged_output, verify_checksums
+from hardneg.embed import l2_normalize
 from hardneg.errors import ConfigError, HardnegError
 
 PCA_FILE = "pca.npz"
@@ -215,8 +215,8 @@ def _load_model_dir(emb_dir: Path, slug: str) -> tuple[np.ndarray, np.ndarray, d
             raise HardnegError(f"{mdir / f} not found: run `hardneg embed` first (or check --emb-dir)")
     D = np.load(mdir / "corpus.npy", mmap_mode="r")
     Q = np.load(mdir / "queries.npy", mmap_mode="r")
-    ids = json.loads((mdir / "ids.json").read_text(encoding="utf-8"))
-    man = json.loads((mdir / "manifest.json").read_text(encoding="utf-8"))
+    ids = read_json(mdir / "ids.json", rerun="hardneg embed")
+    man = read_json(mdir / "manifest.json", rerun="hardneg embed")
     return D, Q, ids, man
 
 
@@ -233,7 +233,8 @@ def reduce_embeddings(
     top_file = emb / "manifest.json"
     if not top_file.exists():
         raise HardnegError(f"{top_file} not found: run `hardneg embed` first (or check --emb-dir)")
-    top = json.loads(top_file.read_text(encoding="utf-8"))
+    verify_checksums(emb, "hardneg embed")  # a half-written or modified embeddings folder is refused
+    top = read_json(top_file, rerun="hardneg embed")
     from hardneg.settings import section
 
     cfg = section(params, "reduce")
@@ -259,38 +260,37 @@ def reduce_embeddings(
     )
     Dr = proj.transform([D for D, *_ in loaded])
     Qr = proj.transform([Q for _, Q, *_ in loaded])
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(out / "corpus.npy", Dr)
-    atomic_save_npy(out / "queries.npy", Qr)
-    atomic_write_json(out / "doc_ids.json", ids0["doc_ids"])
-    atomic_write_json(out / "query_ids.json", ids0["query_ids"])
-    proj.save(out / PCA_FILE)
-    cum = np.cumsum(proj.explained_variance_ratio)
-    stats = {
-        "models": slugs,
-        "weights": weights,
-        "part_dims": proj.part_dims,
-        "input_dim": proj.input_dim,
-        "n_components": proj.n_components,
-        "variance_target": cfg.variance,
-        "n_components_fixed": cfg.n_components,
-        "explained_variance_kept": round(float(cum[proj.n_components - 1]), 6) if len(cum) else 1.0,
-        "fit_rows": int(min(len(ids0["doc_ids"]), cfg.fit_sample or len(ids0["doc_ids"]))),
-        "n_docs": int(Dr.shape[0]),
-        "n_queries": int(Qr.shape[0]),
-        "cumulative_explained_variance": [round(float(c), 6) for c in cum],
-        "seconds": round(time.perf_counter() - t0, 3),
-        "corpus_sha256": top.get("corpus_sha256"),
-    }
-    atomic_write_json(out / "reduce.json", stats)
-    try:
-        inputs = read_lineage(emb).inputs  # the model fingerprints and corpus hash from `hardneg embed`
-    except HardnegError:
-        inputs = {}
-    lin = current_lineage(None).derive(**inputs)
-    lin.params_hash = params_hash(dict(params), ["embed", "reduce"])
-    write_lineage(out, lin)
+    with staged_output(out_dir, "hardneg reduce") as out:  # published (with checksums) when complete
+        atomic_save_npy(out / "corpus.npy", Dr)
+        atomic_save_npy(out / "queries.npy", Qr)
+        atomic_write_json(out / "doc_ids.json", ids0["doc_ids"])
+        atomic_write_json(out / "query_ids.json", ids0["query_ids"])
+        proj.save(out / PCA_FILE)
+        cum = np.cumsum(proj.explained_variance_ratio)
+        stats = {
+            "models": slugs,
+            "weights": weights,
+            "part_dims": proj.part_dims,
+            "input_dim": proj.input_dim,
+            "n_components": proj.n_components,
+            "variance_target": cfg.variance,
+            "n_components_fixed": cfg.n_components,
+            "explained_variance_kept": round(float(cum[proj.n_components - 1]), 6) if len(cum) else 1.0,
+            "fit_rows": int(min(len(ids0["doc_ids"]), cfg.fit_sample or len(ids0["doc_ids"]))),
+            "n_docs": int(Dr.shape[0]),
+            "n_queries": int(Qr.shape[0]),
+            "cumulative_explained_variance": [round(float(c), 6) for c in cum],
+            "seconds": round(time.perf_counter() - t0, 3),
+            "corpus_sha256": top.get("corpus_sha256"),
+        }
+        atomic_write_json(out / "reduce.json", stats)
+        try:
+            inputs = read_lineage(emb).inputs  # the model fingerprints and corpus hash from `hardneg embed`
+        except HardnegError:
+            inputs = {}
+        lin = current_lineage(None).derive(**inputs)
+        lin.params_hash = params_hash(dict(params), ["embed", "reduce"])
+        write_lineage(out, lin)
     return stats
 
 
@@ -300,10 +300,11 @@ def load_reduced(red_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], np.
     for f in ("corpus.npy", "queries.npy", "doc_ids.json", "query_ids.json"):
         if not (r / f).exists():
             raise HardnegError(f"{r / f} not found: run `hardneg reduce` first (or check --reduced-dir)")
+    verify_checksums(r, "hardneg reduce")  # a half-written or modified reduced folder is refused
     D = np.load(r / "corpus.npy")
     Q = np.load(r / "queries.npy")
-    doc_ids = json.loads((r / "doc_ids.json").read_text(encoding="utf-8"))
-    query_ids = json.loads((r / "query_ids.json").read_text(encoding="utf-8"))
+    doc_ids = read_json(r / "doc_ids.json", rerun="hardneg reduce")
+    query_ids = read_json(r / "query_ids.json", rerun="hardneg reduce")
     if len(doc_ids) != D.shape[0] or len(query_ids) != Q.shape[0]:
         raise HardnegError(
             f"{r}: ids and vectors disagree in length (a partial write?): rerun `hardneg reduce`"

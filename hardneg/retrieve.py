@@ -7,7 +7,6 @@ query x corpus score matrix is never built).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -211,7 +210,7 @@ def dense_run(
 
 
 def save_run(run: Run, path: str | os.PathLike) -> Path:
-    from hardneg.embed import atomic_write_json
+    from hardneg.artifacts import atomic_write_json
 
     p = Path(path)
     if p.suffix != ".json":
@@ -221,18 +220,9 @@ def save_run(run: Run, path: str | os.PathLike) -> Path:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "run.json"
-    if not p.exists():
-        raise HardnegError(f"run file not found: {p}")
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise HardnegError(f"{p}: invalid JSON ({e.msg})") from None
-    if not isinstance(obj, dict) or not all(isinstance(v, dict) for v in obj.values()):
-        raise HardnegError(f"{p}: a run must be {{query_id: {{doc_id: score}}}}")
-    return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in obj.items()}
+    from hardneg.artifacts import read_run
+
+    return read_run(path)
 
 
 # --------------------------------------------------------------------------------------------------- hybrid

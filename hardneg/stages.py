@@ -190,12 +190,13 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
     """Join per-(model, shard) embed outputs into one ``hardneg embed`` folder (models in params order)."""
     import numpy as np
 
-    from hardneg.embed import atomic_save_npy, atomic_write_json
+    from hardneg.artifacts import atomic_save_npy, atomic_write_json, verify_checksums, write_checksums
     from hardneg.lineage import Lineage, read_lineage, write_lineage
 
     by_slug: dict[str, list[tuple[int, Path, dict]]] = {}
     order: list[str] = []
     for d in map(Path, shard_dirs):
+        verify_checksums(d, "hardneg embed")  # a half-written or modified shard is refused
         top = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
         shard = (
             json.loads((d / EMBED_SHARD_FILE).read_text(encoding="utf-8"))
@@ -233,6 +234,7 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
         {"models": order, "entries": entries, "corpus_sha256": entries[0].get("corpus_sha256")},
     )
     write_lineage(out, lineage or Lineage("untracked", "unknown", "none"))
+    write_checksums(out)
     return out
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.errors import ConfigError, DataFormatError, HardnegError
+from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import apply_torch_threads, use_bf16
 
 log = logging.getLogger(__name__)
@@ -43,26 +43,17 @@ TRAIN_METRICS_FILE = "train_metrics.json"
 
 
 def load_negatives(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a ``negatives.jsonl`` (``{query_id, positive_id, negative_ids, ...}``)."""
+    """Rows of a ``negatives.jsonl`` (``{query_id, positive_id, negative_ids, ...}``; a folder is accepted too). The
+    ``hardneg mine`` folder's checksums are verified first: a half-written or modified file is refused."""
+    from hardneg.artifacts import read_jsonl, verify_checksums
+
     p = Path(path)
     if p.is_dir():
         p = p / "negatives.jsonl"
     if not p.exists():
         raise HardnegError(f"negatives file not found: {p} (run `hardneg mine` first)")
-    rows = []
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(p, f"invalid JSON ({e.msg})", lineno) from None
-            for k in ("query_id", "positive_id", "negative_ids"):
-                if k not in row:
-                    raise DataFormatError(p, f"missing field '{k}'", lineno)
-            rows.append(row)
-    return rows
+    verify_checksums(p.parent, "hardneg mine")
+    return read_jsonl(p, required=("query_id", "positive_id", "negative_ids"), rerun="hardneg mine")
 
 
 def rows_fingerprint(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -304,11 +295,12 @@ def train_reranker(
     )  # the data order and dropout do not depend on how many random numbers model loading used
     checkpoints = _Checkpoints(dataset, params, dev_candidates, cfg)
     run = _fit(ce, cfg, dataset, groups, checkpoints, progress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ce.save_pretrained(str(out))
-    _write_training_record(out, cfg, params, run, checkpoints, gstats, negatives_rows, negatives_file)
-    return out
+    from hardneg.artifacts import staged_output
+
+    with staged_output(out_dir, "hardneg train") as out:  # published (with checksums) when complete
+        ce.save_pretrained(str(out))
+        _write_training_record(out, cfg, params, run, checkpoints, gstats, negatives_rows, negatives_file)
+    return Path(out_dir)
 
 
 def _fit(
@@ -433,9 +425,9 @@ def _write_training_record(
         "groups": gstats,
         "config": asdict(cfg),
     }
-    (out / TRAIN_METRICS_FILE).write_text(
-        json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-    )
+    from hardneg.artifacts import atomic_write_json
+
+    atomic_write_json(out / TRAIN_METRICS_FILE, metrics, sort_keys=True)
     log.info(
         "trained %d steps in %.0f s (%.1f pairs/s); saved %s",
         run["steps"],

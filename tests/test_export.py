@@ -113,7 +113,9 @@ def test_metadata_has_lineage_fusion_metrics_and_checksums_of_every_file(export_
     )
     assert lin.inputs["negatives_sha256"] == LINEAGE["inputs"]["negatives_sha256"]
     assert len(lin.inputs["model_fingerprint"]) == 64
-    others = sorted(p.name for p in export_dir.iterdir() if p.name != "metadata.json")
+    others = sorted(
+        p.name for p in export_dir.iterdir() if p.name not in ("metadata.json", "checksums.sha256")
+    )
     assert sorted(meta["files"]) == others
     for name, digest in meta["files"].items():
         assert sha256_file(export_dir / name) == digest

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from hardneg.embed import atomic_save_npy, atomic_write_json, l2_normalize
+from hardneg.artifacts import atomic_save_npy, atomic_write_json
+from hardneg.embed import l2_normalize
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.reduce import (
     Projection,
