@@ -107,10 +107,20 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "export",
-            lambda p: ["export", "--model-dir", "model", "--out", "export", "--data-dir", "data"],
+            lambda p: [
+                "export",
+                "--model-dir",
+                "model",
+                "--reduced-dir",
+                "red",
+                "--out",
+                "export",
+                "--data-dir",
+                "data",
+            ],
             "export",
             ("*.onnx",),
-            ("model",),
+            ("model", "red"),
         ),
         Stage(
             "compare",
