@@ -31,6 +31,16 @@ from hardneg.errors import ArtifactError, DataFormatError, DiskFullError, Hardne
 log = logging.getLogger(__name__)
 
 CHECKSUMS_FILE = "checksums.sha256"
+# the on-disk names every module shares (one definition each)
+NEGATIVES_FILE = "negatives.jsonl"  # hardneg mine: one row per (query, positive)
+KIND_FILE = (
+    "hardneg_model.json"  # hardneg train: the reranker kind (bi-encoder | cross-encoder) and how to load it
+)
+TRAIN_METRICS_FILE = "train_metrics.json"  # hardneg train: steps, curves, config
+METRICS_FILE = "metrics.json"  # hardneg evaluate
+FUSION_FILE = "fusion.json"  # hardneg evaluate -> the model folder: the served fusion weight (chosen on dev)
+
+Run = dict[str, dict[str, float]]  # a ranking: {query_id: {doc_id: score}}
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _NO_SPACE_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")
 _RERUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("hardneg_rerun", default=None)

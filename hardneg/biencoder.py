@@ -34,13 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import KIND_FILE, TRAIN_METRICS_FILE
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import use_bf16
 
 log = logging.getLogger(__name__)
 
-KIND_FILE = "hardneg_model.json"
-TRAIN_METRICS_FILE = "train_metrics.json"
 KINDS = ("bi-encoder", "cross-encoder")
 TUNE_MODES = ("query", "both")
 

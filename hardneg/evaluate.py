@@ -24,20 +24,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import FUSION_FILE, METRICS_FILE, Run
 from hardneg.errors import HardnegError
 from hardneg.fusion import fuse
+from hardneg.scoring import CrossEncoderScorer, Scorer
 
 log = logging.getLogger(__name__)
 
-Run = dict[str, dict[str, float]]
 METRICS = ("mrr@3", "mrr@10", "ndcg@10", "recall@100")
-METRICS_FILE = "metrics.json"
 PER_QUERY_FILE = "per_query.json"
-FUSION_FILE = "fusion.json"
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -132,84 +131,8 @@ def restrict(run: Mapping[str, Mapping[str, float]], query_ids: Iterable[str]) -
     return {q: dict(run[q]) for q in query_ids if q in run}
 
 
-# ---------------------------------------------------------------------------------------------------- scoring
-
-
-class PairScorer(Protocol):
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
-
-
-class CrossEncoderScorer:
-    """Scores (query, document) pairs with a torch cross-encoder: sigmoid scores (as served), bf16 autocast on CPU,
-    batches of similar token length (sorting by length removes most of the padding work)."""
-
-    def __init__(self, model: Any, max_length: int | None = None, batch_size: int = 64, bf16: bool = True):
-        from sentence_transformers import CrossEncoder
-
-        self.ce = model if isinstance(model, CrossEncoder) else CrossEncoder(str(model), device="cpu")
-        self.max_length = int(max_length or self.ce.max_length or 512)
-        self.batch_size = batch_size
-        self.bf16 = bf16
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return sigmoid(
-            score_pairs(self.ce.model, self.ce.tokenizer, pairs, self.max_length, self.batch_size, self.bf16)
-        )
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))).astype(np.float32)
-
-
-def score_pairs(
-    model: Any,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    max_length: int,
-    batch_size: int = 64,
-    bf16: bool = True,
-) -> np.ndarray:
-    """Raw logits of a 1-logit sequence-classification model for each pair (input order)."""
-    import torch
-
-    if not pairs:
-        return np.zeros(0, dtype=np.float32)
-    enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation=True, max_length=max_length)
-    ids = enc["input_ids"]
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros(len(pairs), dtype=np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                feats = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
-                logits = model(**feats).logits
-                out[idx] = logits.float().reshape(len(idx), -1)[:, 0].numpy()
-    finally:
-        model.train(was_training)
-    return out
-
-
-class OnnxScorer:
-    """Scores pairs with an exported ONNX folder through :mod:`hardneg.rerank` (what is served is what is measured)."""
-
-    def __init__(self, export_dir: str | os.PathLike, variant: str | None = None):
-        try:
-            from hardneg.rerank import OnnxReranker
-        except ImportError as e:  # pragma: no cover - depends on the export stage being installed
-            raise HardnegError(f"evaluating an ONNX export needs hardneg.rerank ({e})") from None
-        self.reranker = OnnxReranker(export_dir, variant=variant)
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return np.asarray(
-            self.reranker.score_pairs([p[0] for p in pairs], [p[1] for p in pairs]), dtype=np.float32
-        )
-
-
 def rerank_scores(
-    scorer: PairScorer | Callable[[Sequence[tuple[str, str]]], np.ndarray],
+    scorer: Scorer | Callable[[Sequence[tuple[str, str]]], np.ndarray],
     query_texts: Mapping[str, str],
     doc_texts: Mapping[str, str],
     candidates: Mapping[str, Sequence[str]],
@@ -322,7 +245,7 @@ class RerankEvaluation:
 
 def evaluate_reranker(
     dataset: Any,
-    scorer: PairScorer | None,
+    scorer: Scorer | None,
     first_stage: Mapping[str, Run],
     params: Mapping[str, Any],
     *,

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import FUSION_FILE, METRICS_FILE
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.lineage import LINEAGE_FILE, Lineage, current_lineage, read_lineage, sha256_dir, sha256_file
 from hardneg.rerank import (
@@ -69,10 +70,8 @@ from hardneg.rerank import (
 
 log = logging.getLogger(__name__)
 
-FUSION_FILE = "fusion.json"
 MODEL_INFO_FILE = "hardneg_model.json"  # {"kind", "max_length", "base_model", "tune", "document_encoder"}
 TUNE_MODES = ("query", "both")  # bi-encoder: query tower only (documents keep the base model) | both towers
-METRICS_FILE = "metrics.json"
 ONNX_OUTPUTS = ("score", "logits")
 METADATA_FORMAT = 1
 

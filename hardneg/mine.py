@@ -62,6 +62,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hardneg import settings as _settings
+from hardneg.artifacts import NEGATIVES_FILE
 from hardneg.errors import HardnegError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,6 @@ _RULE_CODE = {r: i + 1 for i, r in enumerate(RULES)}
 _HIDDEN = (
     len(RULES) + 1
 )  # code of a candidate outside a unit's candidate window: neither considered nor counted
-NEGATIVES_FILE = "negatives.jsonl"
 STATS_FILE = "mine_stats.json"
 HIST_BINS = np.linspace(0.0, 2.0, 41)  # cosine distance range [0, 2], 0.05 wide
 

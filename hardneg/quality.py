@@ -32,13 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.artifacts import read_json
+from hardneg.artifacts import Run, read_json
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.retrieve import dense_run
 
 log = logging.getLogger(__name__)
 
-Run = dict[str, dict[str, float]]
 QUALITY_JSON = "quality.json"
 PER_QUERY_JSON = "quality_per_query.json"
 REPORT_HTML = "quality_report.html"

@@ -38,10 +38,11 @@ from typing import Any
 import yaml
 
 from hardneg.errors import ConfigError, HardnegError
+from hardneg.k8s_validate import ISVC_API_VERSION, ISVC_KIND
 from hardneg.lineage import LINEAGE_FILE, Lineage, data_version, find_repo_root, read_lineage, sha256_file
 
 ISVC_NAME = "hardneg-reranker"
-ISVC_GROUP, ISVC_VERSION, ISVC_KIND = "serving.kserve.io", "v1beta1", "InferenceService"
+ISVC_GROUP, ISVC_VERSION = ISVC_API_VERSION.split("/")
 CONTAINER_NAME = "kserve-container"
 LABEL_MODEL_VERSION = "hardneg.io/model-version"
 ANN_DATA_VERSION = "hardneg.io/data-version"

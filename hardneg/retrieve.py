@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
+from hardneg.artifacts import Run
 from hardneg.errors import ConfigError, HardnegError
 
-Run = dict[str, dict[str, float]]
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
 

@@ -495,7 +495,7 @@ def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset
             D, ids = document_vectors(dataset, cfg, section(params, "embed").cache_dir)
             scorer.preload([dataset.corpus[d].full_text for d in ids], D)
         return scorer
-    from hardneg.evaluate import CrossEncoderScorer
+    from hardneg.scoring import CrossEncoderScorer
     from hardneg.train import CrossEncoderConfig
 
     cfg = CrossEncoderConfig.from_params(params)
@@ -604,7 +604,6 @@ def served_evaluation_stage(
     dev split is not rescored)."""
     from hardneg.data import load_dataset_for
     from hardneg.evaluate import (
-        OnnxScorer,
         combine,
         doc_texts_of,
         evaluate_run,
@@ -613,6 +612,7 @@ def served_evaluation_stage(
         restrict,
         top_candidates,
     )
+    from hardneg.scoring import OnnxScorer
 
     scorer = OnnxScorer(export_dir)  # verified export; its served_variant and recorded fusion weight
     variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight

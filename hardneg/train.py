@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import TRAIN_METRICS_FILE
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import apply_torch_threads, use_bf16
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("listwise", "bce", "margin")
-TRAIN_METRICS_FILE = "train_metrics.json"
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -155,7 +155,8 @@ def _dev_mrr(
     bf16: bool,
     batch_size: int,
 ) -> float:
-    from hardneg.evaluate import combine, evaluate_run, rerank_scores, score_pairs, top_candidates
+    from hardneg.evaluate import combine, evaluate_run, rerank_scores, top_candidates
+    from hardneg.scoring import score_pairs
 
     cand = top_candidates(dev_run, depth)
     qtext = {q: dataset.queries[q].text for q in cand}

@@ -150,7 +150,7 @@ def test_evaluate_reranker_end_to_end_with_an_oracle(tiny_data_dir, tmp_path):
 def test_torch_scorer_returns_sigmoid_scores_in_input_order(copy_model):
     from sentence_transformers import CrossEncoder
 
-    from hardneg.evaluate import CrossEncoderScorer
+    from hardneg.scoring import CrossEncoderScorer
 
     ce = CrossEncoder(str(copy_model()), num_labels=1, max_length=32, device="cpu")
     pairs = [("short query", "a document"), ("another query", "a much longer document " * 10), ("q", "d")]
@@ -165,8 +165,8 @@ def test_an_onnx_export_measures_like_the_torch_model(tmp_path_factory, tiny_mod
     model's scores and therefore the same metrics and fusion weight."""
     from _tiny_reranker import tiny_export, trained_tiny_ce
 
-    from hardneg.evaluate import CrossEncoderScorer, OnnxScorer
     from hardneg.retrieve import bm25_search
+    from hardneg.scoring import CrossEncoderScorer, OnnxScorer
 
     base = tmp_path_factory.getbasetemp()
     model_dir = trained_tiny_ce(base, tiny_model_dir, tiny_data_dir)

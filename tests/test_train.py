@@ -11,7 +11,8 @@ import torch
 from hardneg.config import default_params
 from hardneg.data import load_dataset
 from hardneg.errors import ConfigError, HardnegError
-from hardneg.evaluate import combine, evaluate_run, rerank_scores, score_pairs
+from hardneg.evaluate import combine, evaluate_run, rerank_scores
+from hardneg.scoring import score_pairs
 from hardneg.train import (
     build_groups,
     group_loss,
