@@ -195,19 +195,22 @@ class DevSet:
 def mrr_at_k(
     scores: Mapping[str, Sequence[float]], dev: DevSet, k: int = 10, fusion_weight: float | None = None
 ) -> float:
-    """Mean reciprocal rank of the first relevant candidate in the top k, over the dev queries. With
-    ``fusion_weight`` (and first-stage scores in ``dev``) the ranking is the served one: hardneg.fusion.fuse."""
+    """MRR@k of the dev candidates ranked by ``scores``, computed by :func:`hardneg.evaluate.evaluate_run` (ranx,
+    like every other number of hardneg). With ``fusion_weight`` (and first-stage scores in ``dev``) the ranking is
+    the served one: hardneg.fusion.fuse."""
+    from hardneg.evaluate import evaluate_run
     from hardneg.fusion import fuse
 
-    rr = []
+    run: dict[str, dict[str, float]] = {}
     for qid, cands in dev.candidates.items():
         s = np.asarray(scores[qid], dtype=np.float64)
         if fusion_weight is not None and qid in dev.first_stage:
             s = fuse(s, dev.first_stage[qid], fusion_weight)
-        order = np.argsort(-s, kind="stable")[:k]
-        rel = dev.qrels.get(qid, {})
-        rr.append(next((1.0 / (r + 1) for r, i in enumerate(order) if rel.get(cands[i], 0) > 0), 0.0))
-    return float(np.mean(rr)) if rr else 0.0
+        run[qid] = {d: float(x) for d, x in zip(cands, s, strict=True)}
+    qrels = {q: dev.qrels.get(q, {}) for q in dev.candidates}
+    if not any(v >= 1 for rel in qrels.values() for v in rel.values()):
+        return 0.0
+    return evaluate_run(run, qrels, (f"mrr@{k}",)).mean[f"mrr@{k}"]
 
 
 def _score_dev(scorer: PairScorer | CosineScorer, dev: DevSet) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import pytest
 from _tiny_biencoder import BI_MAX_LENGTH, trained_tiny_bi
 from _tiny_reranker import TINY_INT8_MAX_MRR_DROP, tiny_dev_set
 
+from hardneg.artifacts import write_checksums
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.export import _score_dev, export_model, mrr_at_k
 from hardneg.lineage import sha256_dir, sha256_file
@@ -124,7 +125,7 @@ def test_export_ships_both_graphs_checksummed_and_passes_parity(q_export, base_d
     assert doc["tokenizer"] == "tokenizer.json" and doc["model_fingerprint"] == sha256_dir(base_dir)
     assert meta["lineage"]["inputs"]["document_model_fingerprint"] == sha256_dir(base_dir)
     assert meta["lineage"]["inputs"]["model_fingerprint"] == sha256_dir(query_dir)
-    assert sorted(meta["files"]) == sorted(n for n in names if n != "metadata.json")
+    assert sorted(meta["files"]) == sorted(n for n in names if n not in ("metadata.json", "checksums.sha256"))
     for name, digest in meta["files"].items():
         assert sha256_file(q_export / name) == digest
     for role, files in (("query", QUERY_FILES), ("document", DOC_FILES)):
@@ -229,6 +230,7 @@ def test_a_document_encoder_with_another_tokenizer_ships_its_own(query_dir, base
     shutil.copytree(query_dir, src)
     info = json.loads((src / "hardneg_model.json").read_text()) | {"document_encoder": str(doc_enc)}
     (src / "hardneg_model.json").write_text(json.dumps(info))
+    write_checksums(src)  # a deliberate edit of a trained folder: re-sign it
     res = export_model(src, tmp_path / "exp", None)
     assert res.metadata["document_graph"]["tokenizer"] == "doc_tokenizer.json"
     assert {"doc_tokenizer.json", "doc_tokenizer_config.json"} <= set(res.metadata["files"])
@@ -254,6 +256,7 @@ def test_bad_tune_and_document_encoder_are_refused(query_dir, tmp_path):
         ({"document_encoder": str(tmp_path / "missing")}, "document_encoder"),
     ):
         (src / "hardneg_model.json").write_text(json.dumps(info | bad))
+        write_checksums(src)
         with pytest.raises(HardnegError, match=match):
             export_model(src, tmp_path / "exp", None)
     assert not (tmp_path / "exp" / "metadata.json").exists()
