@@ -26,7 +26,7 @@ from hardneg.config import default_params
 from hardneg.data import load_dataset
 from hardneg.errors import ConfigError, HardnegError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

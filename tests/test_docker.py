@@ -18,6 +18,8 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+pytestmark = pytest.mark.adapter
+
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DF = REPO / "Dockerfile"
 SERVING_DF = REPO / "serving" / "Dockerfile"

@@ -30,7 +30,7 @@ RUN = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_metrics_match_hand_computed_values():

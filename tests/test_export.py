@@ -25,6 +25,8 @@ from hardneg.export import DevSet, export_model, mrr_at_k, read_export_lineage
 from hardneg.lineage import Lineage, sha256_file
 from hardneg.rerank import ExportIntegrityError, verify_export_dir
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory, tiny_model_dir, tiny_data_dir):

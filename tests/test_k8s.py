@@ -21,6 +21,8 @@ from hardneg.k8s_validate import (
 )
 from hardneg.release import recurring_run_config
 
+pytestmark = pytest.mark.adapter
+
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 needs_kubectl = (

@@ -25,6 +25,8 @@ from hardneg.lineage import (
     write_lineage,
 )
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 DVC = """outs:
 - md5: {md5}

@@ -27,6 +27,8 @@ from hardneg.release import (
     rollout_state,
 )
 
+pytestmark = pytest.mark.adapter
+
 REPO = Path(__file__).resolve().parents[1]
 needs_kubectl = (
     pytest.mark.kubectl
