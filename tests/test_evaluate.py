@@ -113,6 +113,9 @@ def test_quality_gate_passes_at_the_gain_and_fails_above_it(repo_root, min_gain,
     # a reranker that loses to its first stage fails the shipped gate (min_gain_mrr10 >= 0)
     worse = {"systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.49}}}
     assert headline(worse, load_params(repo_root / "params.yaml"))["gate_passed"] is False
+    # a reranker fused at weight 0 serves the first stage's ranking: gain 0.0 meets the shipped gate (>=, not >)
+    same = {"systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.5}}}
+    assert headline(same, load_params(repo_root / "params.yaml"))["gate_passed"] is True
 
 
 def test_paired_test_sanity():
