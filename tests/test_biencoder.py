@@ -27,7 +27,7 @@ from hardneg.config import default_params
 from hardneg.data import load_dataset
 from hardneg.errors import ConfigError, HardnegError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +147,24 @@ def test_training_is_deterministic_learns_and_writes_a_bi_encoder_folder(ds, tin
     assert json.loads((c / "train_metrics.json").read_text())["loss_curve"] != ma["loss_curve"]
 
 
-def test_time_cap_is_recorded(ds, tiny_model_dir, tmp_path):
-    out = train_biencoder(ds, None, tmp_path / "m", cfg(tiny_model_dir, max_steps=100000, time_cap_min=0.02))
+def test_time_cap_stops_at_a_known_step_and_is_recorded(ds, tiny_model_dir, tmp_path, monkeypatch):
+    """A fake clock that moves 60 s per loss computation: a 2.5 min cap binds before step 4 of 12, whatever the
+    machine's speed; the schedule keeps its max_steps horizon."""
+    import types
+
+    import hardneg.biencoder as be
+
+    now = [0.0]
+
+    def loss_and_tick(*a, **kw):
+        now[0] += 60.0
+        return contrastive_loss(*a, **kw)
+
+    monkeypatch.setattr(be, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(be, "contrastive_loss", loss_and_tick)
+    out = train_biencoder(ds, None, tmp_path / "m", cfg(tiny_model_dir, max_steps=12, time_cap_min=2.5))
     m = json.loads((out / "train_metrics.json").read_text())
-    assert m["stopped_by"] == "time_cap" and m["steps"] < 100000
+    assert m["stopped_by"] == "time_cap" and m["steps"] == 3 and len(m["loss_curve"]) == 3
 
 
 def test_config_from_params_checks_keys_and_types():

@@ -29,6 +29,8 @@ from hardneg.fusion import fuse
 from hardneg.lineage import sha256_file
 from hardneg.rerank import OnnxReranker, verify_export_dir
 
+pytestmark = pytest.mark.unit
+
 QUERY = "does vitamin d improve bone density"
 DOCS = [
     "Vitamin D supplementation had no effect on bone mineral density.",

@@ -21,6 +21,8 @@ from hardneg.export import _score_dev, export_model, mrr_at_k
 from hardneg.lineage import sha256_dir, sha256_file
 from hardneg.rerank import ExportIntegrityError, OnnxReranker, verify_export_dir
 
+pytestmark = pytest.mark.unit
+
 QUERY = "does vitamin d improve bone density"
 DOCS = [
     "Vitamin D supplementation had no effect on bone mineral density.",

@@ -15,6 +15,8 @@ import yaml
 
 from hardneg.config import load_params
 
+pytestmark = pytest.mark.adapter
+
 REPO = Path(__file__).resolve().parents[1]
 QUIET_ENV = ("TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS", "HF_HUB_DISABLE_PROGRESS_BARS")
 

@@ -14,6 +14,8 @@ import pytest
 
 import hardneg.stages as stages
 
+pytestmark = pytest.mark.adapter
+
 LINEAGE = {"data_version": "abc123.dir", "git_commit": "feedface", "params_hash": "p0"}
 PARAMS = {"serve": {"model_name": "m"}, "data": {"train_split": "train"}}
 

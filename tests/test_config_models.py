@@ -7,6 +7,8 @@ from hardneg.config import load_params, params_hash
 from hardneg.errors import ConfigError, ModelNotFoundError
 from hardneg.models import BUILTIN_MODELS, resolve_model
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 

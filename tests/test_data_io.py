@@ -26,6 +26,8 @@ from hardneg.data import (
 )
 from hardneg.errors import DataFormatError, HardnegError
 
+pytestmark = pytest.mark.unit
+
 DOCS = [
     Document(id="d1", title="Cell cycle", text="Clocks and cell division.", metadata={"year": 2001}),
     Document(id="d2", text="No title, unicode: naïve café – 5 µm, 日本語"),

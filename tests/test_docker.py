@@ -1,5 +1,6 @@
 """Images: hadolint on both Dockerfiles, the project's image rules, and requirements/serving.txt (exact, complete,
-torch-free). No Docker engine is needed; the fresh-venv install of serving.txt is `slow`."""
+torch-free). No Docker engine is needed; the fresh-venv install of serving.txt is `slow`, its fast equivalent (the server
+imports from the pinned distributions alone) runs every time."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+pytestmark = pytest.mark.adapter
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_DF = REPO / "Dockerfile"
@@ -330,6 +333,66 @@ def closure_gaps(pins: dict[str, str], drop: str | None = None) -> list[str]:
                 gaps.append(f"{label} -> {r} (pinned {pins[dep]})")
             todo += [(dep, "")] + [(dep, canonicalize_name(e)) for e in r.extras]
     return gaps
+
+
+SERVER_IMPORTS = (
+    "import sys, importlib.util; sys.argv = sys.argv[:1]\n"
+    "import onnxruntime, tokenizers, kserve, numpy, yaml\n"
+    "import hardneg.config, hardneg.lineage\n"
+    # the server code itself, when present (hardneg.rerank + serving/: what the serving image runs)
+    "import os\n"
+    "if os.path.exists('hardneg/rerank.py'): import hardneg.rerank\n"
+    "if os.path.exists('serving/predictor.py'): import serving.predictor, serving.server, serving.__main__\n"
+    "assert importlib.util.find_spec('torch') is None, 'torch is installed'\n"
+    "print(onnxruntime.__version__, tokenizers.__version__)\n"
+)
+
+
+def _pinned_site(pins: dict[str, str], dst: Path) -> Path:
+    """A site-packages holding only the pinned distributions: links to their installed files (top-level entries of
+    each distribution's RECORD, the .dist-info included), at the pinned versions."""
+    dst.mkdir()
+    for name, version in pins.items():
+        dist = md.distribution(name)
+        assert dist.version == version, f"{name}: installed {dist.version}, serving.txt pins {version}"
+        for f in dist.files or []:
+            top = f.parts[0]
+            if top == ".." or top.endswith(".pth"):
+                continue
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (dst / top).exists():
+                (dst / top).symlink_to(src)
+    return dst
+
+
+def test_the_server_imports_with_the_serving_requirements_alone(tmp_path):
+    """The fast equivalent of the slow fresh-venv install (run in every `make test`): this interpreter without its
+    site-packages (-S), given only the distributions pinned in serving.txt (installed here at those exact versions),
+    imports the server code and finds no torch. What it does not do: download and install them (the slow test)."""
+    pins = _pins(SERVING_REQS)
+    site = _pinned_site(pins, tmp_path / "site")
+    assert not (site / "torch").exists() and (site / "onnxruntime").exists()
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", SERVER_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"},
+        cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == [pins["onnxruntime"], pins["tokenizers"]]
+    # not vacuous: without one pinned runtime dependency of the server, the import fails
+    (site / "onnxruntime").unlink()
+    again = subprocess.run(
+        [sys.executable, "-S", "-c", SERVER_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"},
+        cwd=REPO,
+    )
+    assert again.returncode != 0 and "onnxruntime" in again.stderr
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 import hardneg.stages as stages
 from hardneg.config import load_params
 
+pytestmark = pytest.mark.adapter
+
 REPO = Path(__file__).resolve().parents[1]
 LINEAGE = {"data_version": "abc123.dir", "git_commit": "feedface", "params_hash": "p0"}
 

@@ -13,6 +13,8 @@ from hardneg.data import load_dataset
 from hardneg.errors import ConfigError
 from hardneg.models import ResolvedModel
 
+pytestmark = pytest.mark.unit
+
 
 def _cfg(model_dir, **kw) -> dict:
     return {

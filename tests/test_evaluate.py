@@ -30,7 +30,7 @@ RUN = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_metrics_match_hand_computed_values():
@@ -66,14 +66,56 @@ def test_combine_reorders_only_the_head_and_keeps_the_tail():
         combine(fs, {"q": {"a": 1.0}}, depth=2)
 
 
-def test_tune_fusion_weight_picks_the_best_weight():
-    # the reranker puts the relevant doc first for q1, the first stage does for q2: the middle weights win both
-    fs = {"q1": {"x": 0.9, "a": 0.1}, "q2": {"b": 0.9, "y": 0.1}}
-    rr = {"q1": {"x": 0.1, "a": 0.9}, "q2": {"b": 0.2, "y": 0.3}}
-    qrels = {"q1": {"a": 1}, "q2": {"b": 1}}
-    w, curve = tune_fusion_weight(fs, rr, qrels, 2, [0.0, 0.5, 1.0])
-    assert curve["0"] == pytest.approx(0.75) and curve["1"] == pytest.approx(0.75)
-    assert curve[f"{w:g}"] == max(curve.values())
+def test_tune_fusion_weight_picks_the_one_weight_that_wins():
+    # two queries whose relevant document ("a") needs opposite things: q1 reaches rank 2 only once the reranker has
+    # weight >= 0.3, q2 stays at rank 1 only while it has weight <= 0.3. The dev curve peaks at w = 0.3 and nowhere
+    # else (a swapped weight, w * first stage + (1 - w) * reranker, would pick 0.7; a flat curve would pick 0.0)
+    fs = {"q1": {"a": 1.0, "x": 2.0, "y": 4.0}, "q2": {"a": 2.0, "x": 0.0, "y": 1.0}}
+    rr = {"q1": {"a": 2.0, "x": 0.0, "y": 1.0}, "q2": {"a": 0.0, "x": 1.0, "y": 2.0}}
+    qrels = {"q1": {"a": 1}, "q2": {"a": 1}}
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    w, curve = tune_fusion_weight(fs, rr, qrels, 3, grid)
+    assert w == 0.3
+    assert curve["0.3"] == pytest.approx((1 / 2 + 1) / 2)
+    assert [k for k, v in curve.items() if v == max(curve.values())] == ["0.3"]  # a single peak
+    assert curve["0"] == pytest.approx((1 / 3 + 1) / 2) and curve["1"] == pytest.approx((1 + 1 / 3) / 2)
+    assert curve["0.2"] < curve["0.3"] and curve["0.4"] < curve["0.3"]
+    # ties on MRR@10 go to the better nDCG@10, then to the smaller weight
+    flat, _ = tune_fusion_weight(fs, rr, qrels, 3, [0.7, 0.0, 1.0])
+    assert flat == 0.0
+
+
+@pytest.mark.parametrize(
+    ("min_gain", "passed"),
+    [(None, True), (0.0, True), (0.05, True), (0.0501, False), (0.2, False)],
+)
+def test_quality_gate_passes_at_the_gain_and_fails_above_it(repo_root, min_gain, passed):
+    """served (fusion) MRR@10 - first stage MRR@10 = 0.05 here: the gate passes up to that gain and fails above it;
+    None = the shipped params.yaml value (pipeline.min_gain_mrr10)."""
+    from hardneg.config import load_params
+    from hardneg.stages import headline, require_gate
+
+    params = load_params(repo_root / "params.yaml")
+    if min_gain is not None:
+        params["pipeline"]["min_gain_mrr10"] = min_gain
+    metrics = {
+        "systems": {"first_stage": {"mrr@10": 0.5}, "rerank": {"mrr@10": 0.4}, "fusion": {"mrr@10": 0.55}}
+    }
+    h = headline(metrics, params)
+    assert h["served_system"] == "fusion" and h["gain_mrr@10"] == pytest.approx(0.05)
+    assert h["gate_min_gain"] == params["pipeline"]["min_gain_mrr10"]
+    assert h["gate_passed"] is passed
+    if passed:
+        require_gate(h)
+    else:
+        with pytest.raises(HardnegError, match="quality gate failed"):
+            require_gate(h)
+    # a reranker that loses to its first stage fails the shipped gate (min_gain_mrr10 >= 0)
+    worse = {"systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.49}}}
+    assert headline(worse, load_params(repo_root / "params.yaml"))["gate_passed"] is False
+    # a reranker fused at weight 0 serves the first stage's ranking: gain 0.0 meets the shipped gate (>=, not >)
+    same = {"systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.5}}}
+    assert headline(same, load_params(repo_root / "params.yaml"))["gate_passed"] is True
 
 
 def test_paired_test_sanity():

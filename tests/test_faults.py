@@ -13,6 +13,8 @@ from benchmarks import faults as F
 from hardneg.artifacts import CHECKSUMS_FILE, atomic_write_json, staged_output, verify_checksums
 from hardneg.errors import ArtifactError, DataFormatError
 
+pytestmark = pytest.mark.e2e
+
 FAST_STAGES = ("embed", "reduce", "mine")
 
 

@@ -1,10 +1,14 @@
 """The import graph of hardneg/ (module-level and function-level imports alike): no circle, and only the CLI (the top
-adapter) imports serving/ or pipelines/."""
+adapter) imports serving/ or pipelines/. And the test suite's own layout: every test module declares its group."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
 
 PKG = Path(__file__).resolve().parents[1] / "hardneg"
 
@@ -54,3 +58,32 @@ def test_only_the_cli_imports_serving_or_pipelines():
 def test_the_graph_is_read_for_real():
     g = _graph()
     assert "evaluate" in g["train"] and "errors" in g["mine"]  # the checker sees function-level imports
+
+
+TEST_GROUPS = {"unit", "adapter", "e2e"}
+
+
+def _module_marks(path: Path) -> set[str]:
+    """The ``pytest.mark.<name>`` names in a module's top-level ``pytestmark`` assignment."""
+    marks: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            for sub in ast.walk(node.value):
+                if isinstance(sub, ast.Attribute) and getattr(sub.value, "attr", None) == "mark":
+                    marks.add(sub.attr)
+    return marks
+
+
+def test_every_test_module_declares_exactly_one_group():
+    """README "Tests": ``pytest -m unit|adapter|e2e``. A new module without ``pytestmark = pytest.mark.<group>``
+    (or with two groups) fails here, so every test runs in exactly one group."""
+    import tomllib
+
+    tests = Path(__file__).resolve().parent
+    registered = tomllib.loads((tests.parent / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert TEST_GROUPS <= {m.split(":")[0] for m in registered["markers"]}
+    modules = sorted(tests.glob("test_*.py"))
+    assert len(modules) > 20
+    bad = {p.name: sorted(_module_marks(p) & TEST_GROUPS) for p in modules}
+    assert {n: g for n, g in bad.items() if len(g) != 1} == {}
+    assert _module_marks(Path(__file__)) & TEST_GROUPS == {"unit"}  # the reader sees real declarations

@@ -25,6 +25,8 @@ from hardneg.mine import (
     write_outputs,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def unit(deg: float) -> np.ndarray:
     r = np.deg2rad(deg)

@@ -17,6 +17,8 @@ from hardneg.data import BeirDataset, Document, Query
 from hardneg.errors import ConfigError
 from hardneg.mine import READINGS, MineConfig, mine_negatives, warn_if_few_negatives
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,6 +14,8 @@ import yaml
 
 from hardneg.config import load_params
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +68,10 @@ def tiny_project(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict]:
     params["export"].update(
         parity_int8_max_mrr_drop=1.0
     )  # a random tiny model: int8 ranking noise is not the subject here
-    params["pipeline"].update(pipeline_root=str(proj / "local_outputs"), min_gain_mrr10=-1.0)
+    # the quality gate keeps the shipped threshold (params.yaml pipeline.min_gain_mrr10, 0.0): on the fixture the
+    # dev-tuned fusion weight is 0, served = first stage, gain 0.0, so the gate passes at it (and fails above it:
+    # test_run_local_stops_before_export_when_the_quality_gate_fails)
+    params["pipeline"].update(pipeline_root=str(proj / "local_outputs"))
     params["release"].update(k8s_dir=str(REPO / "k8s"), releases_dir=str(proj / "releases"))
     return proj, params
 
@@ -122,7 +127,11 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
     runs = sorted(root.glob("hardneg-*"))
     assert len(runs) == 1
     s = summarize_run(root, runs[0], 0.0, args)
-    assert s["metrics"]["gate_passed"] is True
+    assert s["served_from_cache"] is False
+    assert s["metrics"]["gate_min_gain"] == load_params(REPO / "params.yaml")["pipeline"]["min_gain_mrr10"]
+    assert (
+        s["metrics"]["gain_mrr@10"] >= s["metrics"]["gate_min_gain"] and s["metrics"]["gate_passed"] is True
+    )
     exported = Path(s["onnx_model"])
     meta = json.loads((exported / "metadata.json").read_text())
     # what was evaluated on test is what the export serves (auto policy: int8 if it passed its gate, else fp32)
@@ -135,9 +144,11 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
     assert (manifests / "kustomization.yaml").exists()
     summary_md = next(runs[0].glob("**/run-summary/summary"))
     assert "SUCCEEDED" in summary_md.read_text()
-    # second run: nothing changed -> every task from the cache, no new run folder
+    # second run: nothing changed -> every task from the cache, no new run folder, the same outputs
     loaded(**args)
-    assert len(sorted(root.glob("hardneg-*"))) == 1
+    assert sorted(root.glob("hardneg-*")) == runs
+    again = summarize_run(root, None, 0.0, args)
+    assert again["served_from_cache"] is True and again["onnx_model"] == s["onnx_model"]
 
 
 def test_failing_validation_stops_the_run_before_embedding(tmp_path, tiny_project):
@@ -206,19 +217,40 @@ def test_submit_builds_the_run_request(tiny_project):
     assert c.calls[-1][1]["cron_expression"] == "0 0 3 * * *"
 
 
-def test_run_local_keeps_executor_chatter_in_the_log_and_reruns_from_the_cache(tiny_project, capsys):
-    # after the end-to-end test (same module-scoped project) the first call already hits the cache; run alone, it
-    # executes the pipeline (~1 min) and its log file then holds the executor input JSON the terminal did not show
+def test_run_local_stops_before_export_when_the_quality_gate_fails(tiny_project, tmp_path, capsys):
+    """The gate-fails branch end to end, through the CLI's entry point (run_local) in a fresh pipeline root (so the
+    first call always executes): evaluate reports the failed gate, export-onnx and register are skipped, the exit
+    handler still runs and records the run; the executor chatter is in the log file, not on the terminal; a second
+    call is served from the cache. Lighter than the main run (one embedding model and shard, paper mining, 2
+    steps, dense first stage)."""
     from pipelines.run import run_local
 
-    proj, params = tiny_project
+    proj, base = tiny_project
+    params = json.loads(json.dumps(base))
+    root = tmp_path / "local_outputs"
+    params["pipeline"].update(pipeline_root=str(root), min_gain_mrr10=1.0)  # unreachable: MRR@10 <= 1
+    params["embed"].update(shards=1, models=base["embed"]["models"][:1])
+    params["mine"].update(policy="paper")  # faiss on the reduced vectors: no model to load in the mine task
+    params["train"].update(max_steps=2, eval_every=0)
+    params["evaluate"].update(first_stage="dense", fusion_weights=[0.0, 1.0])
     first = run_local(params, proj)
-    assert first["metrics"]["gate_passed"] is True and Path(first["log"]).parent.name == "logs"
-    if not first["served_from_cache"]:
-        assert "Got executor_input" in Path(first["log"]).read_text()
-    second = run_local(params, proj)
-    assert second["served_from_cache"] is True and Path(second["log"]).is_file()
-    assert second["onnx_model"] == first["onnx_model"]
     shown = capsys.readouterr().out
+    assert first["served_from_cache"] is False and first["run_dir"] is not None
+    m = first["metrics"]
+    assert m["gate_min_gain"] == 1.0 and m["gate_passed"] is False and m["gain_mrr@10"] < 1.0
+    run = Path(first["run_dir"])
+    assert "Quality gate: **FAILED (model not exported)**" in (run / "evaluate" / "report").read_text()
+    assert first["onnx_model"] is None and first["release"] is None and first["served_metrics"] is None
+    assert not (run / "export-onnx").exists() and not (run / "register").exists()
+    summary = (run / "run-summary" / "summary").read_text()
+    assert summary.startswith("# hardneg run: SUCCEEDED") and first["lineage"]["data_version"] in summary
+    assert re.search(r"condition-\d+ +skipped \(condition evaluated to False\)", shown), shown
+    assert "export-onnx" not in shown and "register" not in shown
+    log = Path(first["log"])
+    assert log.parent == root / "logs" and "Got executor_input" in log.read_text()
     assert "Got executor_input" not in shown and "metadata=" not in shown and "UserWarning" not in shown
     assert "train" in shown and "pipeline 'hardneg'" in shown  # the quiet terminal (tests/test_runlog.py)
+    second = run_local(params, proj)
+    assert second["served_from_cache"] is True and second["run_dir"] is None and Path(second["log"]).is_file()
+    assert second["metrics"] == m and second["onnx_model"] is None
+    assert sorted(root.glob("hardneg-*")) == [run]

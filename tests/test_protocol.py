@@ -18,6 +18,8 @@ from hardneg.data import load_dataset, load_dataset_for
 from hardneg.evaluate import evaluate_reranker
 from hardneg.quality import tune_hybrid
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def ds(tiny_data_dir):

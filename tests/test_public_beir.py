@@ -25,6 +25,8 @@ from hardneg.data import (
 from hardneg.errors import ConfigError, DataFormatError
 from hardneg.validate import validate_dataset
 
+pytestmark = pytest.mark.unit
+
 N_TRAIN, N_TEST, POSITIVES = 30, 10, 30
 EMPTY_DOCS = ["e-empty", "e-blank"]  # empty title and text / whitespace only
 

@@ -10,7 +10,7 @@ import pytest
 
 from hardneg.config import default_params
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,20 @@ def test_quality_json_has_the_report_contract(study):
     runs = {f.stem: json.loads(f.read_text()) for f in (root / "out" / "runs").glob("*/*.json")}
     used = {k: r["result"]["train"].get("training_set", {}).get("queries_used") for k, r in runs.items()}
     assert used["paper-drop-1"] < used["in-batch-1"]
+
+
+def test_every_arm_and_seed_trained_the_same_number_of_steps(study):
+    """Equal budget, per run (not the summary's first seed): every trained (arm, seed) ran exactly train.max_steps
+    (compare.max_steps null), stopped by the step count, not by a clock."""
+    root, p, q = study
+    runs = [json.loads(f.read_text()) for f in sorted((root / "out" / "runs").glob("*/*.json"))]
+    got = {(r["arm"], int(r["seed"])): r["result"] for r in runs}
+    assert set(got) == {(a, s) for a in p["compare"]["arms"] for s in p["compare"]["seeds"]}
+    budget = p["compare"]["max_steps"] or p["train"]["max_steps"]
+    assert budget == 3
+    trained = {k: (r["steps"], r["train"]["stopped_by"]) for k, r in got.items() if k[0] != "untuned"}
+    assert trained == {k: (budget, "max_steps") for k in got if k[0] != "untuned"}
+    assert {r["steps"] for k, r in got.items() if k[0] == "untuned"} == {0}
 
 
 def test_rerun_resumes_without_training_again(study, tiny_data_dir):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hardneg.quality import README_END, README_START, readme_table
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITY = REPO / "benchmarks" / "results" / "quality.json"

@@ -19,6 +19,8 @@ from hardneg.reduce import (
     reduce_embeddings,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _data(n=400, seed=0):
     """Two 'models' (8-d and 6-d) whose vectors mostly vary along 3 shared directions."""

@@ -15,6 +15,8 @@ from hardneg.errors import HardnegError
 from hardneg.fusion import fuse
 from hardneg.rerank import ExportIntegrityError, OnnxReranker, verify_export_dir
 
+pytestmark = pytest.mark.unit
+
 QUERY = "does vitamin d improve bone density"
 DOCS = [
     "Vitamin D supplementation had no effect on bone mineral density.",

@@ -10,6 +10,8 @@ from hardneg.embed import l2_normalize
 from hardneg.errors import HardnegError
 from hardneg.retrieve import bm25_search, dense_search, load_run, run_from_arrays, save_run
 
+pytestmark = pytest.mark.unit
+
 
 def _vecs(n, d=16, seed=0):
     return l2_normalize(np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32))

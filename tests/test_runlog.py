@@ -15,6 +15,8 @@ import pytest
 
 from pipelines.runlog import RunLogFilter, key_number, parse_outputs
 
+pytestmark = pytest.mark.adapter
+
 # fmt: off
 E2E_LOG = (
     "20:37:10.903 - INFO - Running pipeline: \x1b[95m'hardneg'\x1b[0m\n"

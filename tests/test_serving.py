@@ -29,7 +29,10 @@ from serving.predictor import HardnegReranker, Limits
 from serving.server import create_app
 
 # KServe's V1 route returns ORJSONResponse, deprecated in FastAPI 0.165 (docs/stack.md 2.1): not ours to fix
-pytestmark = pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
+pytestmark = [
+    pytest.mark.adapter,
+    pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning"),
+]
 
 NAME = "tiny-rr"
 LIMITS = Limits(max_documents=8, max_text_chars=500, max_body_bytes=20_000)

@@ -25,7 +25,10 @@ from hardneg.rerank import OnnxReranker
 from serving.predictor import HardnegReranker, Limits
 from serving.server import create_app
 
-pytestmark = pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
+pytestmark = [
+    pytest.mark.adapter,
+    pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning"),
+]
 
 NAME = "tiny-bi-rr"
 LIMITS = Limits(max_documents=8, max_text_chars=500, max_body_bytes=20_000)

@@ -12,6 +12,8 @@ from hardneg.config import default_params, load_params
 from hardneg.errors import ConfigError
 from hardneg.settings import SECTIONS, Settings, settings
 
+pytestmark = pytest.mark.unit
+
 
 def _write(tmp_path, doc):
     p = tmp_path / "params.yaml"

@@ -22,7 +22,7 @@ from hardneg.train import (
     train_reranker,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -213,20 +213,53 @@ def test_dev_evaluation_keeps_the_best_checkpoint(ds, tiny_model_dir, tmp_path):
     assert again == pytest.approx(best["mrr@10"], abs=1e-6)
 
 
-def test_time_cap_is_a_recorded_safety_net_and_steps_decide_the_length(ds, tiny_model_dir, tmp_path):
+class StepClock:
+    """A fake ``time.perf_counter`` that moves only when a training step computes its loss (60 s a step), so the
+    time cap binds at a known step whatever the machine's speed or the number of clock reads per step."""
+
+    def __init__(self, seconds_per_step: float = 60.0):
+        self.now, self.dt = 0.0, seconds_per_step
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def tick(self, fn):
+        def wrapped(*a, **kw):
+            self.now += self.dt
+            return fn(*a, **kw)
+
+        return wrapped
+
+
+def test_max_steps_decides_the_length_and_the_time_cap_is_a_recorded_safety_net(
+    ds, tiny_model_dir, tmp_path, monkeypatch
+):
+    import types
+
+    import hardneg.train as train_mod
+
     rows = hand_negatives(ds, n_neg=3)
-    params = tiny_params(tiny_model_dir, max_steps=100000, time_cap_min=0.05)  # 3 s
-    out = train_reranker(ds, rows, tmp_path / "m", params, progress=False)
-    m = json.loads((out / "train_metrics.json").read_text())
-    assert m["steps"] < 100000 and m["seconds"] < 30
-    assert m["stopped_by"] == "time_cap"
-    assert m["horizon"] == 100000  # the schedule is never refitted to the clock (reproducible)
-    # without the cap binding, the step count alone decides: exactly max_steps, same weights twice
+    # no cap binding: exactly max_steps steps, one loss value each, recorded as stopped by max_steps
     a = train_reranker(ds, rows, tmp_path / "a", tiny_params(tiny_model_dir, max_steps=6), progress=False)
-    b = train_reranker(ds, rows, tmp_path / "b", tiny_params(tiny_model_dir, max_steps=6), progress=False)
     ma = json.loads((a / "train_metrics.json").read_text())
-    assert ma["steps"] == 6 and ma["stopped_by"] == "max_steps"
-    assert ma["loss_curve"] == json.loads((b / "train_metrics.json").read_text())["loss_curve"]
+    assert ma["steps"] == 6 and len(ma["loss_curve"]) == 6 and ma["horizon"] == 6
+    assert (
+        ma["stopped_by"] == "max_steps" and ma["pairs"] == 6 * 4 * 4
+    )  # steps x queries_per_step x group_size
+    # a 2.5 min cap with 1 min a step (fake clock): the cap binds before step 4 of 10, and is recorded
+    clock = StepClock(60.0)
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(train_mod, "group_loss", clock.tick(train_mod.group_loss))
+    capped = train_reranker(
+        ds, rows, tmp_path / "c", tiny_params(tiny_model_dir, max_steps=10, time_cap_min=2.5), progress=False
+    )
+    mc = json.loads((capped / "train_metrics.json").read_text())
+    assert mc["steps"] == 3 and len(mc["loss_curve"]) == 3 and mc["stopped_by"] == "time_cap"
+    assert mc["horizon"] == 10  # the schedule is never refitted to the clock (reproducible)
+    # the capped run is the first 3 steps of the uncapped one (same seed, same lr schedule for a horizon of 10)
+    monkeypatch.undo()
+    ref = train_reranker(ds, rows, tmp_path / "r", tiny_params(tiny_model_dir, max_steps=10), progress=False)
+    assert json.loads((ref / "train_metrics.json").read_text())["loss_curve"][:3] == mc["loss_curve"]
 
 
 def test_training_rejects_unusable_inputs(ds, tiny_model_dir, tmp_path):

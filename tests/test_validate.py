@@ -14,6 +14,8 @@ from hardneg.config import default_params
 from hardneg.lineage import sha256_dir
 from hardneg.validate import ValidationReport, validate_dataset
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
