@@ -78,7 +78,9 @@ def test_openvino_scores_equal_onnxruntime_on_the_same_files(export_dir, variant
     # length-bucketed batching is the runtime-independent part: many texts of mixed length, tiny batches
     many = [d * (i % 4 + 1) for i, d in enumerate(DOCS * 12)]
     small = OnnxReranker(export_dir, variant, runtime="openvino", doc_cache_size=0, batch_size=3)
-    np.testing.assert_allclose(small.score(QUERY, many), ov.score(QUERY, many), atol=1e-5)
+    # (int8: dynamic quantisation scales activations per batch, so the batch split moves scores slightly)
+    tol = 1e-5 if variant == "fp32" else 2e-3
+    np.testing.assert_allclose(small.score(QUERY, many), ov.score(QUERY, many), atol=tol)
 
 
 def test_precision_and_runtime_choices_are_checked(export_dir):
@@ -162,7 +164,7 @@ def test_threads_default_to_the_cpu_limit(export_dir, monkeypatch):
 # ------------------------------------------------------------------------------------------- folder integrity
 
 
-def test_a_model_folder_changed_under_the_server_is_not_served(export_dir, tmp_path):
+def test_a_model_folder_changed_under_the_server_is_not_served(export_dir, tmp_path, caplog):
     from serving.predictor import HardnegReranker, Limits
     from serving.server import create_app
 
@@ -182,14 +184,21 @@ def test_a_model_folder_changed_under_the_server_is_not_served(export_dir, tmp_p
         data = bytearray(onnx.read_bytes())
         data[-1] ^= 1
         onnx.write_bytes(bytes(data))
-        r = c.get("/v2/models/watched/ready")
-        assert r.status_code == 503 or r.json().get("ready") is False
+        assert c.get("/v2/models/watched/ready").status_code == 503
+        assert c.get("/v2/health/ready").status_code == 503
         r = c.post("/v1/models/watched:predict", json=body)
-        assert r.status_code == 503 and "changed under the running server" in r.json()["error"]
-        assert "model.onnx" in r.json()["error"]
+        assert r.status_code == 503 and "not ready" in r.json()["error"]
+        errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+        assert any(
+            "changed under the running server (model.onnx)" in e and "checksum mismatch" in e for e in errors
+        )
         onnx.write_bytes(bytes(data[:-1] + bytes([data[-1] ^ 1])))  # restored: still refused until a restart
         assert c.post("/v1/models/watched:predict", json=body).status_code == 503
-        assert c.get("/v2/health/ready").status_code != 200
+        # the pod's readiness probe (k8s/, Dockerfile HEALTHCHECK): KServe alone would still answer 200 here
+        assert c.get("/v2/health/ready").status_code == 503
+        assert (
+            c.get("/v2/health/live").status_code == 200
+        )  # alive: no restart loop, just out of the endpoints
 
 
 # -------------------------------------------------------------------------------------------------- SIGTERM drain
@@ -281,7 +290,7 @@ def test_readme_serving_numbers_come_from_the_json():
     data = json.loads((REPO / "benchmarks" / "results" / "serving.json").read_text())
     text = (REPO / "README.md").read_text()
     block = text.split("<!-- serving-numbers:start -->")[1].split("<!-- serving-numbers:end -->")[0]
-    refs = re.findall(r"`([a-z_0-9.\"]+)` = ([0-9.]+)", block)
+    refs = re.findall(r"`([a-z_0-9.\"]+)` = ([0-9][0-9.e+-]*[0-9])", block)
     assert len(refs) >= 8, block
     for key, shown in refs:
         v: object = data
