@@ -1,23 +1,26 @@
-"""Serving benchmark (not a test). Writes benchmarks/results/serving.json after every measurement.
+"""Serving benchmark (not a test): the served bi-encoder export, every runtime side by side, then the real server.
 
-On SciFact texts, with a CrossEncoder built from the all-MiniLM-L6-v2 weights (num_labels=1, untrained head: throughput
-and latency do not depend on the head) or a trained model (--model-dir), side by side in one run:
+One command (writes benchmarks/results/serving.json after every step; the README's serving numbers come from it):
 
-  1. export (hardneg.export: fp32 + int8 ONNX, parity gates) into --work-dir
-  2. in-process: PyTorch CrossEncoder.predict vs ONNX fp32 vs ONNX int8 (hardneg.rerank.OnnxReranker), reranking
-     1 query x 20 and 1 x 100 documents: pairs/s and p50/p95/p99 latency per request; achieved GFLOP/s
-     (2 x non-embedding params x real tokens, attention score FLOPs ignored) against a torch fp32 matmul measured in
-     the same run
-  3. MRR@10 loss of int8 vs fp32 on dev candidates (only with --dev-run, a first-stage run.json)
-  4. over HTTP: the real server process (`python -m serving`, int8, loopback) with 1, 8 and 32 concurrent clients
-     (asyncio + httpx, V1 1 x 20 documents, --duration seconds each): latency percentiles, throughput, errors,
-     server RSS after warm-up and at the end
+    nice .venv/bin/python benchmarks/serving.py [--export-dir DIR] > runs/benchmarks/serving.log 2>&1
 
-Targets (reported met / not met): ONNX int8 >= 3x PyTorch pairs/s; p95 <= 150 ms for 1 x 20 at 8 clients;
-zero HTTP errors; server RSS growth <= 10%.
+1. the export: ``--export-dir`` (a ``hardneg export`` folder: metadata.json + graphs), else the newest one under
+   local_outputs/*/export-onnx/ , else all-MiniLM-L6-v2 (offline weights, hardneg.models) exported as a
+   bi-encoder. It is COPIED into --work-dir first (never modified) and its checksums verified.
+2. matmul peaks, measured now with the served thread count: fp32 (numpy/OpenBLAS and torch when present, the best
+   of the two) and int8 (onnxruntime MatMulInteger, u8 x s8, the op the int8 graphs use).
+3. in-process, the same 1 query x 20 SciFact documents at the served max_length, for onnxruntime fp32, onnxruntime
+   int8, OpenVINO f32, OpenVINO int8 (OpenVINO bf16 only where the CPU has native bf16): the miss path (document
+   embeddings computed: doc cache off) and the hit path (every document cached: only the query is embedded).
+   GOP/s = 2 x non-embedding parameters of the graph (ONNX initializers, minus the embedding tables) x real
+   (unpadded) tokens per second (attention-score FLOPs ignored); fraction_of_peak = that / the peak of its precision.
+   Also a probe of batching concurrent requests (8 queries in one graph call vs 8 calls).
+4. the real server (``python -m serving``, loopback, the served runtime) with 1, 8 and 32 concurrent clients
+   (httpx, V1, 1 x 20 documents): ``clients`` = hit path (documents drawn from a pool warmed into the cache),
+   ``clients_miss`` = miss path (every request brings 20 documents never seen); latency percentiles, throughput,
+   errors; server RSS at every step (growth on the hit path = leak check; the miss path grows the cache by design).
 
-Run: .venv/bin/python benchmarks/serving.py [--duration 60] [--model-dir DIR] [--dev-run RUN] \
-        > benchmarks/results/serving.log 2>&1
+``served`` is what params ``serve.runtime`` + the export's served variant give; ``runtimes`` lets one choose it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ import numpy as np  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 SERVED_NAME = "hardneg-reranker"
+N_DOCS = 20
+LEVELS = (1, 8, 32)
 
 
 def log(msg: str) -> None:
@@ -66,13 +71,14 @@ def pct(lat_s: list[float]) -> dict[str, float]:
         "mean_ms": round(float(a.mean()), 2),
         "p50_ms": round(float(np.percentile(a, 50)), 2),
         "p95_ms": round(float(np.percentile(a, 95)), 2),
-        "p99_ms": round(float(np.percentile(a, 99)), 2),
         "max_ms": round(float(a.max()), 2),
     }
 
 
 class Results:
     def __init__(self, path: Path, settings: dict[str, Any]):
+        from hardneg.hw import cpu_limit, native_bf16
+
         self.path = path
         self.data: dict[str, Any] = {
             "benchmark": "serving",
@@ -81,14 +87,13 @@ class Results:
             "settings": settings,
             "machine": {
                 "cpus": os.cpu_count(),
+                "cpu_limit": cpu_limit(),
+                "cpu_model": _cpu_model(),
+                "native_bf16": native_bf16(),
+                "avx512_or_amx_flags": _cpu_flags(("avx512", "amx", "vnni")),
                 "platform": platform.platform(),
                 "python": platform.python_version(),
                 "loadavg_at_start": loadavg(),
-                "note": (
-                    "busy at start (1-min load average >= 0.5): other jobs may share the CPU; absolute numbers are noisy"
-                    if loadavg()[0] >= 0.5
-                    else "idle at start (1-min load average < 0.5); compare loadavg_at_end for what ran meanwhile"
-                ),
             },
         }
         self.save()
@@ -104,7 +109,129 @@ class Results:
         self.save()
 
 
-# ---------------------------------------------------------------------------------------------------- workload
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[-1].strip()
+    return platform.processor()
+
+
+def _cpu_flags(prefixes: tuple[str, ...]) -> list[str]:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            return sorted({f for f in line.split(":", 1)[-1].split() if f.startswith(prefixes)})
+    return []
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def find_export(args: argparse.Namespace) -> Path | None:
+    if args.export_dir:
+        return Path(args.export_dir)
+    found = sorted(
+        (REPO / "local_outputs").glob("*/export-onnx/*/metadata.json"), key=lambda p: p.stat().st_mtime
+    )
+    return found[-1].parent if found else None
+
+
+def export_base_model(work: Path) -> Path:
+    """all-MiniLM-L6-v2 (offline weights) exported as a bi-encoder (``tune: both``), when no export is around."""
+    from hardneg.export import MODEL_INFO_FILE, export_model
+    from hardneg.models import resolve_model
+
+    src = work / "minilm-bi"
+    if not src.exists():
+        shutil.copytree(resolve_model(MODEL).path, src)
+        (src / MODEL_INFO_FILE).write_text(
+            json.dumps({"kind": "bi-encoder", "base_model": MODEL, "tune": "both", "max_length": 256}),
+            encoding="utf-8",
+        )
+    out = work / "export-base"
+    export_model(src, out, None, model_name=SERVED_NAME)
+    return out
+
+
+def graph_params(onnx_path: Path) -> dict[str, int]:
+    """Parameters of an ONNX graph from its initializers; the embedding tables (Gather lookups, no FLOPs) apart."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    gathered = {n.input[0] for n in m.graph.node if n.op_type == "Gather"}
+    total = emb = 0
+    for init in m.graph.initializer:
+        n = int(np.prod(init.dims)) if init.dims else 1
+        total += n
+        if init.name in gathered and n > 10_000:
+            emb += n
+    return {"total": total, "embeddings": emb, "non_embedding": total - emb}
+
+
+# ------------------------------------------------------------------------------------------------- matmul peaks
+
+
+def _timed(fn, seconds: float) -> tuple[int, float]:
+    for _ in range(3):
+        fn()
+    it, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        it += 1
+    return it, time.perf_counter() - t0
+
+
+def matmul_peaks(threads: int, seconds: float = 3.0, n: int = 1024) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": n, "threads": threads}
+    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+    it, dt = _timed(lambda: a @ b, seconds)
+    fp32 = {"numpy_gflops": round(2 * n**3 * it / dt / 1e9, 2)}
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        it, dt = _timed(lambda: ta @ tb, seconds)
+        fp32["torch_gflops"] = round(2 * n**3 * it / dt / 1e9, 2)
+    except ImportError:
+        pass
+    fp32["gops"] = max(fp32.values())
+    out["fp32"] = fp32
+    out["int8"] = {"onnxruntime_matmulinteger_gops": _int8_peak(threads, seconds, n)}
+    out["int8"]["gops"] = out["int8"]["onnxruntime_matmulinteger_gops"]
+    return out
+
+
+def _int8_peak(threads: int, seconds: float, n: int) -> float:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.randint(-64, 64, (n, n), dtype=np.int8), "W")
+    g = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "W"], ["Y"])],
+        "mmi",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])],
+        [w],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = {"A": np.random.randint(0, 255, (n, n), dtype=np.uint8)}
+    it, dt = _timed(lambda: s.run(None, x), seconds)
+    del onnx
+    return round(2 * n**3 * it / dt / 1e9, 2)
+
+
+# ------------------------------------------------------------------------------------------------- in-process
 
 
 def load_texts(data_dir: Path, seed: int) -> tuple[list[str], list[str]]:
@@ -118,170 +245,131 @@ def load_texts(data_dir: Path, seed: int) -> tuple[list[str], list[str]]:
     return queries, docs
 
 
-def requests_for(
-    queries: list[str], docs: list[str], n_docs: int, count: int, seed: int
-) -> list[tuple[str, list[str]]]:
-    rng = random.Random(seed * 1000 + n_docs)
-    return [(rng.choice(queries), rng.sample(docs, n_docs)) for _ in range(count)]
+def make_scorer(
+    export_dir: Path, variant: str, runtime: str, precision: str | None, cache: int, threads: int
+):
+    """The served scoring classes on one variant/runtime, built directly: OnnxReranker refuses an int8 that failed
+    its export gate, which is still measured here for reference."""
+    from hardneg.rerank import (
+        DOC_TOKENIZER_CONFIG_FILE,
+        TOKENIZER_FILE,
+        VARIANT_FILES,
+        CosineScorer,
+        TextEncoder,
+        document_graph,
+        read_metadata,
+    )
+
+    meta = read_metadata(export_dir)
+    ml = int(meta["max_length"])
+    kw = {"runtime": runtime, "precision": precision, "intra_op_threads": threads}
+    q = TextEncoder(export_dir / VARIANT_FILES[variant], export_dir / TOKENIZER_FILE, ml, **kw)
+    doc = document_graph(meta, export_dir)
+    d = None
+    if doc is not None:
+        d = TextEncoder(
+            export_dir / doc["variants"][variant],
+            export_dir / doc["tokenizer"],
+            ml,
+            tokenizer_config_path=export_dir / (doc.get("tokenizer_config") or DOC_TOKENIZER_CONFIG_FILE),
+            **kw,
+        )
+    return CosineScorer(q, cache, d)
 
 
-def build_model(args: argparse.Namespace, work: Path, max_length: int) -> tuple[Path, str]:
-    if args.model_dir:
-        return Path(args.model_dir), f"trained model {args.model_dir}"
-    from sentence_transformers import CrossEncoder
-
-    from hardneg.models import resolve_model
-
-    out = work / "minilm-ce"
-    if not (out / "config.json").exists():
-        src = resolve_model(MODEL).path
-        ce = CrossEncoder(src, num_labels=1, max_length=max_length, device="cpu")
-        ce.save_pretrained(str(out))
-    return out, f"CrossEncoder({MODEL} weights, num_labels=1, untrained head, max_length={max_length})"
+def tokens(scorer, reqs: list[tuple[str, list[str]]]) -> tuple[float, float]:
+    """Mean real tokens per request: (query only, query + documents)."""
+    q = [len(scorer.encoder.tokenizer.encode(r[0]).ids) for r in reqs]
+    d = [sum(len(e.ids) for e in scorer.doc_encoder.tokenizer.encode_batch(r[1])) for r in reqs]
+    return float(np.mean(q)), float(np.mean(q) + np.mean(d))
 
 
-def count_params(model_dir: Path) -> dict[str, int]:
-    from sentence_transformers import CrossEncoder
-
-    ce = CrossEncoder(str(model_dir), device="cpu")
-    total = sum(p.numel() for p in ce.model.parameters())
-    emb = sum(p.numel() for n, p in ce.model.named_parameters() if "embeddings" in n)
-    return {"total": int(total), "embeddings": int(emb), "non_embedding": int(total - emb)}
-
-
-def matmul_gflops(seconds: float = 3.0, n: int = 1024) -> dict[str, Any]:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    it, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        it += 1
-    dt = time.perf_counter() - t0
-    return {
-        "n": n,
-        "iterations": it,
-        "seconds": round(dt, 3),
-        "gflops": round(2 * n**3 * it / dt / 1e9, 2),
-        "threads": torch.get_num_threads(),
-    }
-
-
-# ------------------------------------------------------------------------------------------------- in-process
-
-
-def bench_backend(
-    score_fn, reqs: list[tuple[str, list[str]]], min_seconds: float, min_reps: int
-) -> dict[str, Any]:
-    score_fn(*reqs[0])  # warm-up (allocations, first-run graph work)
-    lat, pairs, i = [], 0, 0
+def bench(fn, reqs, min_seconds: float, min_reps: int, max_reps: int) -> dict[str, Any]:
+    fn(*reqs[0])  # warm-up
+    lat: list[float] = []
     t0 = time.perf_counter()
-    while i < min_reps or time.perf_counter() - t0 < min_seconds:
+    i = 0
+    while (i < min_reps or time.perf_counter() - t0 < min_seconds) and i < max_reps:
         q, d = reqs[(i + 1) % len(reqs)]
         s = time.perf_counter()
-        score_fn(q, d)
+        fn(q, d)
         lat.append(time.perf_counter() - s)
-        pairs += len(d)
         i += 1
-        if i >= len(reqs) * 4:
-            break
     wall = time.perf_counter() - t0
-    return {
-        "requests": i,
-        "pairs": pairs,
-        "seconds": round(wall, 3),
-        "pairs_per_s": round(pairs / wall, 2),
-        **pct(lat),
-    }
-
-
-def tokens_per_request(tokenizer_path: Path, max_length: int, reqs: list[tuple[str, list[str]]]) -> float:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    tok.enable_truncation(max_length, strategy="longest_first")
-    tok.no_padding()
-    n = [sum(len(e.ids) for e in tok.encode_batch([(q, x) for x in d])) for q, d in reqs[:20]]
-    return float(np.mean(n))
+    return {"requests": i, "seconds": round(wall, 3), "pairs_per_s": round(i * N_DOCS / wall, 2), **pct(lat)}
 
 
 def in_process(
-    args, res: Results, model_dir: Path, export_dir: Path, queries, docs, n_params: int
+    args, res: Results, export_dir: Path, queries, docs, peaks, n_params, threads
 ) -> dict[str, Any]:
-    import torch
-    from sentence_transformers import CrossEncoder
+    from hardneg.rerank import openvino_native_bf16
 
-    from hardneg.rerank import OnnxReranker
-
-    ce = CrossEncoder(str(model_dir), device="cpu")
-    max_length = int(ce.max_seq_length)
-    default_threads = torch.get_num_threads()
-
-    def torch_one_thread(q: str, d: list[str]) -> Any:
-        # torch's OpenMP threads degrade badly when the CPU is oversubscribed (shared VM): also report 1 thread and
-        # compare ONNX against the faster of the two
-        torch.set_num_threads(1)
-        try:
-            return ce.predict([(q, x) for x in d], batch_size=32, show_progress_bar=False)
-        finally:
-            torch.set_num_threads(default_threads)
-
-    backends = {
-        "pytorch": lambda q, d: ce.predict([(q, x) for x in d], batch_size=32, show_progress_bar=False),
-        "pytorch_1thread": torch_one_thread,
-        "onnx_fp32": OnnxReranker(export_dir, "fp32").score,
-        "onnx_int8": OnnxReranker(export_dir, "int8").score,
-    }
-    out: dict[str, Any] = {
-        "torch_threads": default_threads,
-        "onnxruntime_threads": "default",
-        "max_length": max_length,
-    }
-    res["in_process"] = out
-    for n_docs in args.sizes:
-        reqs = requests_for(queries, docs, n_docs, 50, args.seed)
-        toks = tokens_per_request(export_dir / "tokenizer.json", max_length, reqs)
-        size: dict[str, Any] = {"tokens_per_request_mean": round(toks, 1)}
-        out[f"1x{n_docs}"] = size
-        for name, fn in backends.items():
-            log(f"in-process {name} 1x{n_docs} ...")
-            r = bench_backend(fn, reqs, args.inproc_seconds, args.min_reps)
-            r["achieved_gflops"] = round(2 * n_params * toks * r["requests"] / r["seconds"] / 1e9, 2)
-            size[name] = r
-            log(f"  {name}: {r['pairs_per_s']} pairs/s, p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms")
-            res.save()
-        best = max(size["pytorch"]["pairs_per_s"], size["pytorch_1thread"]["pairs_per_s"])
-        size["pytorch_best_pairs_per_s"] = best
-        size["speedup_int8_vs_pytorch"] = round(size["onnx_int8"]["pairs_per_s"] / best, 2)
-        size["speedup_fp32_vs_pytorch"] = round(size["onnx_fp32"]["pairs_per_s"] / best, 2)
-        size["speedup_int8_vs_fp32"] = round(
-            size["onnx_int8"]["pairs_per_s"] / size["onnx_fp32"]["pairs_per_s"], 2
-        )
+    configs = [
+        ("onnxruntime_fp32", "fp32", "onnxruntime", None),
+        ("onnxruntime_int8", "int8", "onnxruntime", None),
+        ("openvino_fp32", "fp32", "openvino", "fp32"),
+        ("openvino_int8", "int8", "openvino", None),
+    ]
+    out: dict[str, Any] = {"threads": threads}
+    if openvino_native_bf16():
+        configs.append(("openvino_bf16", "fp32", "openvino", "bf16"))
+    else:
+        out["openvino_bf16"] = {
+            "skipped": "not sensible here: no native bf16 (OpenVINO CPU OPTIMIZATION_CAPABILITIES lacks BF16; "
+            "the bf16 hint silently runs f32: measured max |cosine diff| vs f32 ~1e-7)"
+        }
+    res["runtimes"] = out
+    rng = random.Random(args.seed)
+    reqs = [(rng.choice(queries), rng.sample(docs, N_DOCS)) for _ in range(40)]
+    pool_reqs = reqs[: args.hit_pool]  # hit path: a fixed set of documents, all cached after the warm-up
+    ref = None
+    for name, variant, runtime, precision in configs:
+        log(f"in-process {name} ...")
+        miss = make_scorer(export_dir, variant, runtime, precision, 0, threads)
+        q_tok, all_tok = tokens(miss, reqs)
+        out["tokens_per_request_mean"] = {"query": round(q_tok, 1), "query_plus_20_docs": round(all_tok, 1)}
+        s = miss.score(*reqs[0])
+        ref = s if ref is None else ref
+        peak = peaks["int8" if variant == "int8" else "fp32"]["gops"]
+        r: dict[str, Any] = {"variant": variant, "runtime": runtime, "precision": precision or variant}
+        r["max_abs_cosine_diff_vs_onnxruntime_fp32"] = float(np.abs(s - ref).max())
+        m = bench(miss.score, reqs, args.inproc_seconds, 3, 40)
+        m["gops"] = round(2 * n_params * all_tok * m["requests"] / m["seconds"] / 1e9, 2)
+        m["fraction_of_peak"] = round(m["gops"] / peak, 3)
+        r["miss"] = m
+        hit = make_scorer(export_dir, variant, runtime, precision, 100_000, threads)
+        for q, d in pool_reqs:
+            hit.score(q, d)
+        h = bench(hit.score, pool_reqs, args.inproc_seconds / 2, 20, 2000)
+        h["gops"] = round(2 * n_params * q_tok * h["requests"] / h["seconds"] / 1e9, 2)
+        h["fraction_of_peak"] = round(h["gops"] / peak, 3)
+        r["hit"] = h
+        if name == "openvino_fp32" or name == "onnxruntime_fp32":
+            r["batching_probe"] = batching_probe(hit.encoder, [q for q, _ in reqs[:8]])
+        out[name] = r
+        log(f"  miss p50 {m['p50_ms']} ms ({m['fraction_of_peak']} of peak), hit p50 {h['p50_ms']} ms")
         res.save()
-
+        del miss, hit
     return out
 
 
-def dev_mrr(args, res: Results, export_dir: Path) -> None:
-    from hardneg.export import DevSet, _score_dev, mrr_at_k
-    from hardneg.rerank import OnnxReranker
-
-    dev = DevSet.from_beir(
-        args.data_dir, args.dev_split, run=args.dev_run, depth=args.dev_depth, max_queries=args.dev_queries
-    )
-    log(f"dev MRR@10 on {len(dev.candidates)} queries x {args.dev_depth} ...")
-    m = {}
-    for v in ("fp32", "int8"):
-        m[v] = mrr_at_k(_score_dev(OnnxReranker(export_dir, v).scorer, dev), dev)
-    res["dev_mrr@10"] = {
-        "source": dev.source,
-        "queries": len(dev.candidates),
-        "pairs": dev.n_pairs,
-        "fp32": round(m["fp32"], 4),
-        "int8": round(m["int8"], 4),
-        "loss_int8_vs_fp32": round(m["fp32"] - m["int8"], 4),
+def batching_probe(encoder, queries: list[str], reps: int = 30) -> dict[str, Any]:
+    """Would batching concurrent requests raise throughput? 8 queries embedded one call each vs in one call."""
+    encoder.embed(queries)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for q in queries:
+            encoder.embed([q])
+    one = (time.perf_counter() - t0) / reps
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        encoder.embed(queries)
+    batched = (time.perf_counter() - t0) / reps
+    return {
+        "queries": len(queries),
+        "separate_ms": round(one * 1000, 2),
+        "one_batch_ms": round(batched * 1000, 2),
+        "speedup": round(one / batched, 2),
     }
 
 
@@ -294,10 +382,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(export_dir: Path, port: int, runtime: str, log_path: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serving", "--model_dir", str(export_dir), "--http_port", str(port)]
-    cmd += ["--host", "127.0.0.1", "--model_name", SERVED_NAME, "--variant", "int8"]
-    fh = open(log_path, "ab")
+    cmd += ["--host", "127.0.0.1", "--model_name", SERVED_NAME, "--runtime", runtime]
+    fh = open(log_path, "ab")  # noqa: SIM115 - the server outlives this function
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
@@ -320,27 +408,28 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> float
 
 
 async def load_level(
-    url: str, bodies: list[bytes], concurrency: int, duration: float, timeout: float
+    url: str, bodies: list[bytes], concurrency: int, duration: float | None, total: int | None, timeout: float
 ) -> dict[str, Any]:
+    """``concurrency`` clients send bodies back to back for ``duration`` s, or until ``total`` were sent."""
     import httpx
 
     lat: list[float] = []
     errors: dict[str, int] = {}
+    sent = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"content-type": "application/json"}
     async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
-        end = time.perf_counter() + duration
+        end = time.perf_counter() + (duration or 1e9)
 
-        async def worker(k: int) -> None:
-            i = k
-            while time.perf_counter() < end:
-                body = bodies[i % len(bodies)]
-                i += concurrency
+        async def worker() -> None:
+            nonlocal sent
+            while time.perf_counter() < end and (total is None or sent < total):
+                body = bodies[sent % len(bodies)]
+                sent += 1
                 s = time.perf_counter()
                 try:
                     r = await client.post(url, content=body)
-                    ok = r.status_code == 200
-                    key = None if ok else f"http_{r.status_code}"
+                    key = None if r.status_code == 200 else f"http_{r.status_code}"
                 except httpx.HTTPError as e:
                     key = type(e).__name__
                 if key is None:
@@ -349,67 +438,99 @@ async def load_level(
                     errors[key] = errors.get(key, 0) + 1
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    n_ok = len(lat)
     return {
         "concurrency": concurrency,
         "seconds": round(wall, 2),
-        "ok": n_ok,
+        "ok": len(lat),
         "errors": sum(errors.values()),
         "error_kinds": errors,
-        "requests_per_s": round(n_ok / wall, 2),
+        "throughput_pairs_s": round(len(lat) * N_DOCS / wall, 2),
         **pct(lat),
     }
 
 
-def http_bench(args, res: Results, export_dir: Path, queries, docs, work: Path) -> dict[str, Any]:
+def http_bench(
+    args, res: Results, export_dir: Path, runtime: str, queries, docs, work: Path
+) -> dict[str, Any]:
     import httpx
     import psutil
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/v1/models/{SERVED_NAME}:predict"
-    proc = start_server(export_dir, port, work / "server.log")
+    proc = start_server(export_dir, port, runtime, work / "server.log")
     out: dict[str, Any] = {
-        "server": "python -m serving (int8, 127.0.0.1)",
-        "payload_docs": args.http_docs,
-        "levels": [],
+        "server": f"python -m serving --runtime {runtime} (127.0.0.1)",
+        "payload_docs": N_DOCS,
     }
     res["http"] = out
+    rss = lambda: round(server.memory_info().rss / 2**20, 1)  # noqa: E731
     try:
         out["ready_after_s"] = round(wait_ready(base, proc), 2)
         server = psutil.Process(proc.pid)
-        out["rss_ready_mb"] = round(server.memory_info().rss / 2**20, 1)
-        reqs = requests_for(queries, docs, args.http_docs, 200, args.seed + 7)
-        bodies = [json.dumps({"instances": [{"query": q, "documents": d}]}).encode() for q, d in reqs]
-        for b in bodies[:10]:  # warm-up: onnxruntime arenas and KServe paths reach steady state
-            httpx.post(url, content=b, timeout=60).raise_for_status()
-        out["rss_start_mb"] = round(server.memory_info().rss / 2**20, 1)
-        for c in args.concurrency:
-            log(f"HTTP {c} client(s) x {args.duration}s ...")
-            level = asyncio.run(load_level(url, bodies, c, args.duration, args.client_timeout))
-            level["pairs_per_s"] = round(level["requests_per_s"] * args.http_docs, 1)
-            level["server_rss_mb"] = round(server.memory_info().rss / 2**20, 1)
-            level["loadavg"] = loadavg()
-            out["levels"].append(level)
-            log(
-                f"  {c}: {level['requests_per_s']} req/s, p50 {level.get('p50_ms')} ms, p95 {level.get('p95_ms')} ms, errors {level['errors']}"
-            )
-            res.save()
-        out["rss_end_mb"] = round(server.memory_info().rss / 2**20, 1)
-        out["rss_growth"] = round(out["rss_end_mb"] / out["rss_start_mb"] - 1, 4)
-        metrics = httpx.get(f"{base}/metrics", timeout=30).text
-        out["server_counters"] = [
-            ln
-            for ln in metrics.splitlines()
-            if ln.startswith(("hardneg_requests_total", "hardneg_errors_total"))
+        out["rss_ready_mb"] = rss()
+        rng = random.Random(args.seed + 7)
+        pool = docs[: args.hit_pool * N_DOCS]  # hit path documents: warmed into the cache first
+        hit_bodies = [
+            json.dumps(
+                {"instances": [{"query": rng.choice(queries), "documents": rng.sample(pool, N_DOCS)}]}
+            ).encode()
+            for _ in range(300)
         ]
+        for i in range(0, len(pool), N_DOCS):  # warm-up: every pool document cached, arenas at steady state
+            body = {"instances": [{"query": queries[0], "documents": pool[i : i + N_DOCS]}]}
+            httpx.post(url, json=body, timeout=300).raise_for_status()
+        for b in hit_bodies[:20]:
+            httpx.post(url, content=b, timeout=60).raise_for_status()
+        out["rss_hit_start_mb"] = rss()
+        hit: dict[str, Any] = {}
+        for c in LEVELS:
+            log(f"HTTP hit path, {c} client(s) x {args.duration}s ...")
+            lv = asyncio.run(load_level(url, hit_bodies, c, args.duration, None, args.client_timeout))
+            lv["server_rss_mb"] = rss()
+            hit[str(c)] = lv
+            out["clients"] = hit
+            log(f"  p50 {lv.get('p50_ms')} ms, {lv['throughput_pairs_s']} pairs/s, errors {lv['errors']}")
+            res.save()
+        out["rss_hit_end_mb"] = rss()
+        out["rss_growth_hit"] = round(out["rss_hit_end_mb"] / out["rss_hit_start_mb"] - 1, 4)
+        # miss path: every request brings 20 documents never sent before (the rest of the corpus)
+        fresh = iter(docs[len(pool) :])
+        miss: dict[str, Any] = {}
+        out["rss_miss_start_mb"] = rss()
+        for c in LEVELS:
+            n = max(c, args.miss_requests) if c > 1 else args.miss_requests
+            bodies = [
+                json.dumps(
+                    {
+                        "instances": [
+                            {"query": rng.choice(queries), "documents": [next(fresh) for _ in range(N_DOCS)]}
+                        ]
+                    }
+                ).encode()
+                for _ in range(n)
+            ]
+            log(f"HTTP miss path, {c} client(s) x {n} requests ...")
+            lv = asyncio.run(load_level(url, bodies, c, None, n, args.client_timeout))
+            lv["server_rss_mb"] = rss()
+            miss[str(c)] = lv
+            out["clients_miss"] = miss
+            log(f"  p50 {lv.get('p50_ms')} ms, {lv['throughput_pairs_s']} pairs/s, errors {lv['errors']}")
+            res.save()
+        out["rss_end_mb"] = rss()
+        out["rss_growth_miss"] = round(out["rss_end_mb"] / out["rss_miss_start_mb"] - 1, 4)
+        out["rss_growth_run"] = round(out["rss_end_mb"] / out["rss_hit_start_mb"] - 1, 4)
+        meta = httpx.get(f"{base}/v2/models/{SERVED_NAME}", timeout=30).json()["parameters"]
+        out["server_reports"] = {
+            k: meta.get(k) for k in ("runtime", "precision", "threads", "variant", "doc_cache")
+        }
         res.save()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=40)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -419,154 +540,202 @@ def http_bench(args, res: Results, export_dir: Path, queries, docs, work: Path) 
 # ------------------------------------------------------------------------------------------------------- main
 
 
-def analysis(data: dict[str, Any]) -> dict[str, Any]:
-    """What the measurements imply (derived only from numbers in ``data``)."""
-    out: dict[str, Any] = {
-        "gflops_definition": "2 x non-embedding params x real (unpadded) tokens per second; attention-score FLOPs "
-        "ignored. int8 runs integer GEMMs, so its fraction of the fp32 matmul reference can exceed 1.",
-    }
-    n = data.get("model", {}).get("params", {}).get("non_embedding")
-    peak = data.get("matmul_reference", {}).get("gflops")
-    size = data.get("in_process", {}).get("1x20", {})
-    toks = size.get("tokens_per_request_mean")
-    if n and peak and toks:
-        gflop = 2 * n * toks / 1e9
-        out["gflop_per_1x20_request"] = round(gflop, 1)
-        out["best_case_1x20_latency_ms_at_fp32_matmul_peak"] = round(gflop / peak * 1000, 1)
-        # 8 clients, one request scored at a time: a request waits for up to 7 others, so p95 ~ 8 x service time
-        out["gflops_needed_for_p95_150ms_at_8_clients"] = round(gflop * 8 / 0.150, 1)
-        out["p95_target_feasible_on_this_cpu"] = gflop * 8 / 0.150 <= peak * 4  # int8 at best ~4x fp32 peak
+def targets(data: dict[str, Any]) -> dict[str, Any]:
+    served, clients = data.get("served", {}), data.get("clients", {})
+    out: dict[str, Any] = {}
+    f = served.get("fraction_of_peak")
+    out["served_>=50%_of_peak"] = {"value": f, "met": f is not None and f >= 0.5}
+    p50 = clients.get("1", {}).get("p50_ms")
+    out["biencoder_warm_cache_p50_<=20ms"] = {"value_ms": p50, "met": p50 is not None and p50 <= 20}
+    for path, levels in (("hit", clients), ("miss", data.get("clients_miss", {}))):
+        one = levels.get("1", {}).get("throughput_pairs_s")
+        for c in ("8", "32"):
+            v = levels.get(c, {}).get("throughput_pairs_s")
+            ratio = round(v / one, 3) if v and one else None
+            out[f"{path}_{c}_clients_throughput_>=90%_of_1"] = {
+                "ratio": ratio,
+                "met": ratio is not None and ratio >= 0.9,
+            }
+    errs = sum(lv.get("errors", 0) for lv in [*clients.values(), *data.get("clients_miss", {}).values()])
+    out["zero_errors"] = {"value": errs, "met": errs == 0}
+    g = data.get("http", {}).get("rss_growth_hit")
+    out["rss_growth_<10%_(hit_path)"] = {"value": g, "met": g is not None and g < 0.10}
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ README
+
+README_START, README_END = "<!-- serving-numbers:start -->", "<!-- serving-numbers:end -->"
+
+
+def write_readme(d: dict[str, Any], readme_path: Path) -> str:
+    """The README's serving block from the results (every number printed next to its JSON key; a test checks them)."""
+    import re
+
+    def v(key: str) -> Any:
+        x: Any = d
+        for part in re.findall(r'"[^"]+"|[^.]+', key):
+            x = x[part.strip('"')]
+        return x
+
+    def n(key: str) -> str:
+        return f"`{key}` = {v(key)}"
+
+    rt = d["served"]["runtime"]
+    t = d["targets"]
+    block = f"""<!-- serving-numbers:start -->
+    **Runtime.** `serve.runtime` (params.yaml) picks **onnxruntime** or **OpenVINO**; both read the same `.onnx` files.
+    `hardneg export` runs the parity gate of the runtime it will serve (OpenVINO fp32 against PyTorch with the fp32
+    threshold; OpenVINO int8 with the int8 MRR@10 gate) and records it in `metadata.json` `serving` (`runtime`,
+    `variant`, `precision`, `max_abs_diff`, `passed`); the server serves that runtime unless `--runtime` overrides it.
+    OpenVINO's inference precision is pinned to f32 (its CPU plugin would silently switch to bf16 on AMX CPUs).
+    Threads follow the container's CPU limit (cgroup `cpu.max`, else the affinity mask); `--intra_op_threads` overrides.
+    The default, **{rt}**, was chosen from the numbers below on
+    ({d["machine"]["cpu_model"]}, AVX2 only: no AVX512/VNNI/AMX, so no native bf16 and OpenVINO bf16 is skipped).
+
+    Numbers (`benchmarks/results/serving.json`, one run of `nice python benchmarks/serving.py --export-dir <export>`,
+    the trained bi-encoder export (`tune: query`), 1 query x 20 SciFact documents at max_length 256, {d["machine"]["cpu_limit"]} threads, on a
+    shared 2-core machine: load average {d["machine"]["loadavg_at_start"][0]} at start, so absolute numbers are noisy):
+
+    * warm document cache (only the query is embedded), in-process p50: onnxruntime fp32 {n("runtimes.onnxruntime_fp32.hit.p50_ms")} ms,
+      OpenVINO f32 {n("runtimes.openvino_fp32.hit.p50_ms")} ms, onnxruntime int8 {n("runtimes.onnxruntime_int8.hit.p50_ms")} ms;
+    * cache miss (query + 20 documents embedded), in-process p50: onnxruntime fp32 {n("runtimes.onnxruntime_fp32.miss.p50_ms")} ms,
+      OpenVINO f32 {n("runtimes.openvino_fp32.miss.p50_ms")} ms, onnxruntime int8 {n("runtimes.onnxruntime_int8.miss.p50_ms")} ms
+      (int8 failed its MRR@10 gate on this export: measured for reference, not served), OpenVINO int8 {n("runtimes.openvino_int8.miss.p50_ms")} ms;
+    * served ({rt}, {d["served"]["precision"]}): {n("served.fraction_of_peak")} of the fp32 matmul peak measured in the same run
+      ({n("matmul_peak.fp32.gops")} GFLOP/s; 2 x non-embedding parameters x tokens, miss path);
+    * over HTTP (`python -m serving`, V1, loopback), warm cache: 1 client p50 {n('clients."1".p50_ms')} ms / p95 {n('clients."1".p95_ms')} ms,
+      {n('clients."1".throughput_pairs_s')} pairs/s; 8 clients {n('clients."8".throughput_pairs_s')} pairs/s; 32 clients {n('clients."32".throughput_pairs_s')} pairs/s
+      (p95 {n('clients."32".p95_ms')} ms); cache miss: 1 client p50 {n('clients_miss."1".p50_ms')} ms, 32 clients {n('clients_miss."32".throughput_pairs_s')} pairs/s;
+      errors {n("targets.zero_errors.value")} over all levels, server RSS growth on the warm-cache run {n("http.rss_growth_hit")} (the miss run
+      grows the document cache by design: {n("http.rss_growth_miss")}).
+    * batching concurrent requests: 8 warm-cache queries embedded in one graph call vs 8 calls, speedup
+      {n("runtimes.onnxruntime_fp32.batching_probe.speedup")} (onnxruntime) / {n("runtimes.openvino_fp32.batching_probe.speedup")} (OpenVINO). Not implemented: the
+      probe is not consistently above 1 across runs on these 2 shared cores (0.57 for onnxruntime in the previous run,
+      `benchmarks/results/serving_openvino_served.json`), and 8/32 clients already reach >= 90% of the 1-client throughput
+      without it. Requests are scored one at a time, length-bucketed batches within a request.
+
+    Why {rt}: a served bi-encoder with its document cache warm embeds only the query, and there onnxruntime was faster
+    than OpenVINO in both runs (in-process p50 above; OpenVINO's latency on these tiny dynamic-shape inputs stays
+    high on contended cores); OpenVINO f32 was faster on the cache-miss path (query + 20 documents) in both runs,
+    so a deployment whose documents rarely repeat should set `serve.runtime: openvino` and re-export. Both runtimes
+    score the same (max |cosine diff| {n("runtimes.openvino_fp32.max_abs_cosine_diff_vs_onnxruntime_fp32")}).
+    The previous run, served by OpenVINO, is kept as `benchmarks/results/serving_openvino_served.json`.
+
+    Targets (`targets` in the JSON): warm-cache p50 <= 20 ms over HTTP {"met" if t["biencoder_warm_cache_p50_<=20ms"]["met"] else "**missed**"};
+    served >= 50% of peak {"met" if t["served_>=50%_of_peak"]["met"] else "**missed**"}; 8/32 clients >= 90% of 1-client throughput
+    {"met" if all(t[k]["met"] for k in t if "clients_throughput" in k) else "**missed**"}; zero errors {"met" if t["zero_errors"]["met"] else "**missed**"};
+    RSS growth < 10% {"met" if t["rss_growth_<10%_(hit_path)"]["met"] else "**missed**"}. The peak is a 1024x1024 fp32 matmul on the same
+    contended cores, so "fraction of peak" is relative to what those cores gave during the run, not to the CPU's spec.
+    <!-- serving-numbers:end -->"""
+    block = "\n".join(ln[4:] if ln.startswith("    ") else ln for ln in block.splitlines())
+    readme = readme_path.read_text()
+    if README_START in readme:
+        pre = readme.split(README_START)[0]
+        post = readme.split(README_END)[1]
+        readme = pre + block + post
+    else:
+        anchor = "[`serving/README.md`](serving/README.md).\n"
+        i = readme.index(anchor, readme.index("## Serving")) + len(anchor)
+        readme = readme[:i] + "\n" + block + "\n" + readme[i:]
+    readme_path.write_text(readme)
+    return block
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--model-dir", default=None, help="a trained CrossEncoder folder (default: MiniLM weights, new head)"
+        "--export-dir", default=None, help="a hardneg export folder (default: the newest local one)"
     )
     ap.add_argument("--data-dir", type=Path, default=REPO / "data" / "scifact")
     ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks" / "serving")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds per HTTP concurrency level")
-    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP hit-path level")
     ap.add_argument(
-        "--sizes",
-        type=lambda s: [int(x) for x in s.split(",")],
-        default=[20, 100],
-        help="docs per query in-process",
+        "--miss-requests", type=int, default=8, help="requests per HTTP miss-path level (>= clients)"
     )
-    ap.add_argument("--http-docs", type=int, default=20)
-    ap.add_argument(
-        "--client-timeout",
-        type=float,
-        default=300.0,
-        help="seconds before a client gives up on a request (an error); queueing at 32 clients on 2 cores is long",
-    )
-    ap.add_argument(
-        "--inproc-seconds", type=float, default=15.0, help="minimum seconds per in-process backend and size"
-    )
-    ap.add_argument("--min-reps", type=int, default=5)
-    ap.add_argument(
-        "--max-length", type=int, default=None, help="tokens per pair (default: params train.max_length)"
-    )
-    ap.add_argument(
-        "--dev-run", type=Path, default=None, help="first-stage run.json for the int8 MRR@10 loss"
-    )
-    ap.add_argument("--dev-split", default="dev")
-    ap.add_argument("--dev-depth", type=int, default=30)
-    ap.add_argument("--dev-queries", type=int, default=None)
+    ap.add_argument("--hit-pool", type=int, default=10, help="hit path: requests whose documents are cached")
+    ap.add_argument("--inproc-seconds", type=float, default=10.0)
+    ap.add_argument("--client-timeout", type=float, default=600.0)
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--reanalyze", action="store_true", help="only recompute the 'analysis' block of --out")
+    ap.add_argument("--readme-only", action="store_true", help="only rewrite README.md's block from --out")
     args = ap.parse_args()
-    if args.reanalyze:
-        data = json.loads(args.out.read_text(encoding="utf-8"))
-        data["analysis"] = analysis(data)
-        args.out.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    if args.readme_only:
+        write_readme(json.loads(args.out.read_text(encoding="utf-8")), REPO / "README.md")
         return 0
 
     from hardneg.config import load_params
+    from hardneg.hw import cpu_limit
+    from hardneg.rerank import VARIANT_FILES, verify_export_dir
 
     params = load_params(REPO / "params.yaml")
-    max_length = args.max_length or int(params["train"]["max_length"])
+    runtime = str(params["serve"].get("runtime") or "onnxruntime")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings["max_length"] = max_length
     res = Results(args.out, settings)
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     try:
-        model_dir, model_desc = build_model(args, work, max_length)
-        res["model"] = {
-            "description": model_desc,
-            "dir": str(model_dir),
-            "params": (n := count_params(model_dir)),
-        }
-
-        from hardneg.export import export_model
-
+        src = find_export(args)
         export_dir = work / "export"
-        log(f"exporting {model_dir} -> {export_dir} ...")
-        t0 = time.perf_counter()
-        exp = export_model(model_dir, export_dir, None, model_name=SERVED_NAME)
-        res["export"] = {
-            "seconds": round(time.perf_counter() - t0, 1),
-            "fp32_max_abs_diff_vs_pytorch": exp.parity["fp32"]["max_abs_diff"],
-            "int8_max_abs_diff_vs_pytorch": exp.parity["int8"]["max_abs_diff"],
-            "quant_pre_process": exp.parity["int8"]["quant_pre_process"],
-            "bytes": {v: i["bytes"] for v, i in exp.metadata["variants"].items()},
+        if src is None:
+            log("no export found: exporting all-MiniLM-L6-v2 as a bi-encoder ...")
+            src = export_base_model(work)
+        shutil.rmtree(export_dir, ignore_errors=True)
+        shutil.copytree(src, export_dir)
+        meta = verify_export_dir(export_dir)
+        variant = meta["served_variant"]
+        n = graph_params(export_dir / VARIANT_FILES[variant])
+        res["model"] = {
+            "export_source": str(src),
+            "copied_to": str(export_dir),
+            "kind": meta.get("kind"),
+            "tune": meta.get("tune"),
+            "base_model": meta.get("base_model"),
+            "max_length": meta.get("max_length"),
+            "served_variant": variant,
+            "export_parity": meta.get("parity"),
+            "export_serving": meta.get("serving"),
+            "params": n,
         }
-        log(f"export: {res.data['export']}")
-
-        res["matmul_reference"] = mm = matmul_gflops()
-        log(f"torch fp32 matmul: {mm['gflops']} GFLOP/s")
-
+        threads = cpu_limit()
+        log(f"matmul peaks ({threads} threads) ...")
+        res["matmul_peak"] = peaks = matmul_peaks(threads)
+        log(f"  {peaks}")
         queries, docs = load_texts(args.data_dir, args.seed)
-        inproc = in_process(args, res, model_dir, export_dir, queries, docs, n["non_embedding"])
-        for v in inproc.values():
-            if isinstance(v, dict):
-                for b in ("pytorch", "pytorch_1thread", "onnx_fp32", "onnx_int8"):
-                    v[b]["fraction_of_matmul_peak"] = round(v[b]["achieved_gflops"] / mm["gflops"], 3)
-        res.save()
-
-        if args.dev_run:
-            dev_mrr(args, res, export_dir)
-        else:
-            res["dev_mrr@10"] = {"skipped": "no --dev-run given (and the default model's head is untrained)"}
-
-        http = None if args.skip_http else http_bench(args, res, export_dir, queries, docs, work)
-
-        targets: dict[str, Any] = {}
-        speedups = {k: v["speedup_int8_vs_pytorch"] for k, v in inproc.items() if isinstance(v, dict)}
-        targets["int8_>=3x_pytorch_pairs_per_s"] = {
-            "value": speedups,
-            "met": all(s >= 3 for s in speedups.values()),
+        rt = in_process(args, res, export_dir, queries, docs, peaks, n["non_embedding"], threads)
+        key = f"{runtime}_{variant}"
+        s = rt[key]
+        res["served"] = {
+            "runtime": runtime,
+            "precision": s["precision"],
+            "variant": variant,
+            "why": "params serve.runtime; the export's served_variant (int8 failed its MRR gate -> fp32)"
+            if variant == "fp32"
+            else "params serve.runtime; the export's served_variant",
+            "fraction_of_peak": s["miss"]["fraction_of_peak"],
+            "fraction_of_peak_basis": "in-process miss path (query + 20 documents embedded), "
+            f"{s['miss']['gops']} GOP/s vs the {s['precision']} matmul peak {peaks['int8' if variant == 'int8' else 'fp32']['gops']}",
+            "fraction_of_peak_hit": s["hit"]["fraction_of_peak"],
+            "inproc_miss_p50_ms": s["miss"]["p50_ms"],
+            "inproc_hit_p50_ms": s["hit"]["p50_ms"],
         }
-        if http:
-            at8 = [lv for lv in http["levels"] if lv["concurrency"] == 8]
-            p95 = at8[0].get("p95_ms") if at8 else None
-            targets["p95_<=150ms_1x20_at_8_clients"] = {
-                "value_ms": p95,
-                "met": p95 is not None and p95 <= 150 and args.http_docs == 20,
-            }
-            errs = sum(lv["errors"] for lv in http["levels"])
-            targets["zero_errors"] = {"value": errs, "met": errs == 0}
-            targets["rss_growth_<=10%"] = {
-                "value": http.get("rss_growth"),
-                "met": http.get("rss_growth", 1) <= 0.10,
-            }
-        res["targets"] = targets
-        res["analysis"] = analysis(res.data)
+        if not args.skip_http:
+            http = http_bench(args, res, export_dir, runtime, queries, docs, work)
+            res.data["clients"] = http.get("clients", {})
+            res.data["clients_miss"] = http.get("clients_miss", {})
+        res["targets"] = targets(res.data)
         res.data["status"] = "finished"
         res.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         res.data["machine"]["loadavg_at_end"] = loadavg()
         res.save()
-        log(f"targets: {json.dumps(targets)}")
+        log(f"targets: {json.dumps(res.data['targets'])}")
+        if args.out == REPO / "benchmarks" / "results" / "serving.json":
+            write_readme(res.data, REPO / "README.md")
     except BaseException as e:
         res.data["status"] = f"failed: {type(e).__name__}: {e}"
         res.save()
         raise
-    finally:
-        shutil.rmtree(work / "export.partial", ignore_errors=True)
     return 0
 
 

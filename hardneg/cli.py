@@ -584,8 +584,15 @@ def serve_cmd(
     variant: Annotated[
         str | None, typer.Option(help="int8 | fp32 (default: the export's served_variant, see metadata.json)")
     ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            help="onnxruntime | openvino (default: the runtime the export gated, metadata.json serving)"
+        ),
+    ] = None,
     intra_op_threads: Annotated[
-        int | None, typer.Option(help="onnxruntime threads (default: params serve.intra_op_threads)")
+        int | None,
+        typer.Option(help="inference threads (default: params serve.intra_op_threads, else the CPU limit)"),
     ] = None,
     doc_cache_size: Annotated[
         int | None,
@@ -605,17 +612,18 @@ def serve_cmd(
         from serving.predictor import HardnegReranker, Limits
         from serving.server import serve
     params = get_params()
+    if runtime is not None and runtime not in ("onnxruntime", "openvino"):
+        raise HardnegError(f"--runtime must be onnxruntime or openvino, got {runtime!r}")
     if variant is not None and variant not in ("int8", "fp32"):
         raise HardnegError(f"--variant must be int8 or fp32, got {variant}")
     model = HardnegReranker(
         model_name or params["serve"]["model_name"],
         str(model_dir),
         variant=variant,
+        runtime=runtime,
         limits=Limits.from_params(params),
-        intra_op_threads=intra_op_threads or params["serve"].get("intra_op_threads"),
-        doc_cache_size=int(params["serve"].get("doc_cache_size") or 0)
-        if doc_cache_size is None
-        else doc_cache_size,
+        intra_op_threads=intra_op_threads or params["serve"]["intra_op_threads"],
+        doc_cache_size=params["serve"]["doc_cache_size"] if doc_cache_size is None else doc_cache_size,
     )
     serve(model, http_port=http_port, host=host)
 

@@ -58,6 +58,8 @@ from hardneg.rerank import (
     KIND_SCORES,
     KINDS,
     METADATA_FILE,
+    ONNXRUNTIME,
+    OPENVINO,
     PARITY_FILE,
     SELF_ENCODER,
     TOKENIZER_CONFIG_FILE,
@@ -66,6 +68,7 @@ from hardneg.rerank import (
     CosineScorer,
     PairScorer,
     TextEncoder,
+    check_runtime,
 )
 
 log = logging.getLogger(__name__)
@@ -479,8 +482,8 @@ class _Graph:
     inputs: list[str]
     outputs: list[str]
     reference: Callable[[Sequence[tuple[str, str]]], np.ndarray]  # PyTorch scores of (query, doc) pairs
-    # the served scoring code on the export folder's graphs of one variant: scorer(folder, "fp32" | "int8")
-    scorer: Callable[[Path, str], PairScorer | CosineScorer]
+    # the served scoring code on the export folder's graphs of one variant: scorer(folder, "fp32" | "int8"[, runtime])
+    scorer: Callable[..., PairScorer | CosineScorer]
     metadata: dict[str, Any]  # kind-specific metadata.json keys
     copies: dict[str, Path]  # file name in the export -> the source file (tokenizers)
     # role -> {variant: file}: one graph, or a bi-encoder's query and document graphs (quantised and stamped alike)
@@ -505,7 +508,9 @@ def _cross_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str,
         inputs,
         list(ONNX_OUTPUTS),
         lambda pairs: _torch_scores(ce, pairs),
-        lambda root, v: PairScorer(root / VARIANT_FILES[v], root / TOKENIZER_FILE, max_length),
+        lambda root, v, runtime=ONNXRUNTIME: PairScorer(
+            root / VARIANT_FILES[v], root / TOKENIZER_FILE, max_length, runtime=runtime
+        ),
         {"kind": CROSS_ENCODER, "score": activation, "activation": activation, "truncation": "longest_first"},
         _tokenizer_copies(src, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE),
     )
@@ -584,8 +589,8 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, An
     # variant, not once per query it is a candidate of: 200 dev queries x 30 candidates took ~10 min uncached)
     gate_cache = 1_000_000
 
-    def scorer(root: Path, variant: str) -> CosineScorer:
-        query = TextEncoder(root / VARIANT_FILES[variant], root / TOKENIZER_FILE, max_length)
+    def scorer(root: Path, variant: str, runtime: str = ONNXRUNTIME) -> CosineScorer:
+        query = TextEncoder(root / VARIANT_FILES[variant], root / TOKENIZER_FILE, max_length, runtime=runtime)
         if doc_meta is None:
             return CosineScorer(query, doc_cache_size=gate_cache)
         # as OnnxReranker loads it (a missing config file reads as {})
@@ -594,6 +599,7 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, An
             root / doc_meta["tokenizer"],
             max_length,
             tokenizer_config_path=root / (doc_meta["tokenizer_config"] or DOC_TOKENIZER_CONFIG_FILE),
+            runtime=runtime,
         )
         return CosineScorer(query, doc_cache_size=gate_cache, doc_encoder=doc)
 
@@ -757,6 +763,44 @@ def _int8_gate(
     }
 
 
+def _served_runtime_gate(
+    graph: _Graph,
+    staging: Path,
+    variant: str,
+    runtime: str,
+    pairs: Sequence[tuple[str, str]],
+    ref: np.ndarray,
+    fp32_ort: Any,
+    dev_set: DevSet | None,
+    fusion: dict[str, Any] | None,
+    fp32_max_abs: float,
+    int8_max_mrr_drop: float,
+) -> dict[str, Any]:
+    """The parity gate of what is served (params ``serve.runtime`` x the served variant), through the served code:
+    onnxruntime is what the fp32/int8 gates above measured; another runtime (OpenVINO) is scored again on the same
+    pairs against PyTorch (fp32: max |diff| <= the fp32 threshold; int8: its MRR@10 drop vs onnxruntime fp32 on the
+    dev set <= the int8 threshold). Recorded in metadata.json ``serving``; a failure blocks the export."""
+    check_runtime(runtime)
+    precision = variant  # the graph's own precision; OpenVINO's hint is pinned to f32 for fp32 graphs
+    out: dict[str, Any] = {"runtime": runtime, "variant": variant, "precision": precision}
+    if runtime == ONNXRUNTIME:
+        return out | {"same_as": f"{variant} gate above", "passed": True}
+    scorer = graph.scorer(staging, variant, runtime)
+    scores = scorer.score_pairs([p[0] for p in pairs], [p[1] for p in pairs])
+    diff = np.abs(scores - ref) if len(ref) else np.zeros(1)
+    out |= {"pairs": len(pairs), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    if variant == "fp32":
+        return out | {"threshold": fp32_max_abs, "passed": bool(out["max_abs_diff"] <= fp32_max_abs)}
+    if dev_set is None:
+        return out | {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
+    gate = _int8_gate(fp32_ort, scorer, dev_set, fusion, int8_max_mrr_drop)
+    return out | {
+        "mrr@10_drop": gate["mrr@10_drop"],
+        "threshold_mrr_drop": int8_max_mrr_drop,
+        "passed": gate["passed"],
+    }
+
+
 def _run_gates(
     graph: _Graph,
     staging: Path,
@@ -767,6 +811,7 @@ def _run_gates(
     fp32_max_abs: float,
     int8_max_mrr_drop: float,
     serve_variant: str,
+    serve_runtime: str = ONNXRUNTIME,
 ) -> dict[str, Any]:
     """Both ONNX variants through hardneg.rerank (the served code path) vs the PyTorch reference; parity.json."""
     fp32 = graph.scorer(staging, "fp32")
@@ -808,6 +853,20 @@ def _run_gates(
     parity["passed"] = bool(parity["fp32"]["passed"] and (parity["int8"]["passed"] or not require_int8))
     served = served_variant_for(serve_variant, bool(parity["int8"]["passed"]))
     parity["served_variant"] = {"policy": serve_variant, "served": served}
+    parity["serving"] = _served_runtime_gate(
+        graph,
+        staging,
+        served,
+        serve_runtime,
+        pairs,
+        ref,
+        fp32,
+        dev_set,
+        fusion,
+        fp32_max_abs,
+        int8_max_mrr_drop,
+    )
+    parity["passed"] = bool(parity["passed"] and parity["serving"]["passed"])
     if not parity["int8"]["passed"] and not require_int8:
         log.warning(
             "int8 variant FAILED its parity gate (MRR@10 drop %s > %s): exported for reference only; serving %s",
@@ -837,6 +896,8 @@ def _metadata(
         "max_length": graph.max_length,
         "served_variant": parity["served_variant"]["served"],
         "served_variant_policy": parity["served_variant"]["policy"],
+        # the served runtime + precision and their parity numbers (hardneg.rerank serves these by default)
+        "serving": parity["serving"],
         **graph.metadata,
         "inputs": graph.inputs,
         "outputs": graph.outputs,
@@ -846,6 +907,7 @@ def _metadata(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
+            **({OPENVINO: _openvino_version()} if parity["serving"]["runtime"] == OPENVINO else {}),
             "method": "torch.onnx.export(dynamo=False)",
             "int8": {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8", **INT8_OPTIONS},
         },
@@ -863,6 +925,12 @@ def _metadata(
     }
 
 
+def _openvino_version() -> str:
+    import openvino
+
+    return str(openvino.__version__)
+
+
 def _gate_failure(parity: dict[str, Any], out: Path) -> GateFailedError:
     failed = []
     fp32, i8 = parity["fp32"], parity["int8"]
@@ -874,6 +942,16 @@ def _gate_failure(parity: dict[str, Any], out: Path) -> GateFailedError:
                 failed.append(
                     f"fp32 {role} graph max |embedding diff| {e['max_abs_diff']:.3g} > {fp32['threshold']:g}"
                 )
+    srv = parity.get("serving") or {}
+    if not srv.get("passed", True):
+        failed.append(
+            f"served runtime {srv['runtime']} ({srv['variant']}) failed its parity gate: "
+            + (
+                f"max |diff| {srv['max_abs_diff']:.3g} > {srv['threshold']:g}"
+                if "threshold" in srv
+                else f"int8 MRR@10 drop {srv.get('mrr@10_drop')} > {srv.get('threshold_mrr_drop')}"
+            )
+        )
     if not i8["passed"] and i8["required"]:
         failed.append(
             f"int8 MRR@10 drop {i8['mrr@10_drop']:.4f} > {i8['threshold_mrr_drop']:g} (fp32 {i8['mrr@10_fp32']:.4f}, int8 {i8['mrr@10_int8']:.4f})"
@@ -955,6 +1033,7 @@ def export_model(
     version: str | None = None,
     params: dict[str, Any] | None = None,
     serve_variant: str = "auto",
+    serve_runtime: str = ONNXRUNTIME,
 ) -> ExportResult:
     """Export ``model_dir`` (a trained model folder: a CrossEncoder, or a bi-encoder SentenceTransformer with
     ``hardneg_model.json`` ``{"kind": "bi-encoder"}``) to ``out_dir``; see the module docstring.
@@ -995,6 +1074,7 @@ def export_model(
             fp32_max_abs=parity_fp32_max_abs,
             int8_max_mrr_drop=parity_int8_max_mrr_drop,
             serve_variant=serve_variant,
+            serve_runtime=serve_runtime,
         )
         parity["int8"]["quant_pre_process"] = pre_status
         parity["seconds"] = round(time.perf_counter() - t0, 2)
@@ -1058,6 +1138,7 @@ def export_from_params(
         sample_pairs=e.parity_sample_pairs,
         params=params,
         serve_variant=s.serve.variant,
+        serve_runtime=s.serve.runtime,
         **kwargs,
     )
 

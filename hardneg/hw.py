@@ -10,6 +10,8 @@ force it.
 from __future__ import annotations
 
 import functools
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,3 +57,51 @@ def apply_torch_threads(params: Mapping[str, Any]) -> int:
     if n:
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """The container's CPU limit in CPUs (Kubernetes ``resources.limits.cpu``), or ``None`` when unlimited/unknown.
+
+    cgroup v2: ``<root>/cpu.max`` (``"200000 100000"`` = 2 CPUs, ``"max 100000"`` = none); cgroup v1:
+    ``<root>/cpu/cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1 = none)."""
+    base = Path(root)
+    v2 = _read(base / "cpu.max")
+    if v2:
+        parts = v2.split()
+        if len(parts) == 2 and parts[0] != "max":
+            try:
+                quota, period = float(parts[0]), float(parts[1])
+            except ValueError:
+                return None
+            return quota / period if quota > 0 and period > 0 else None
+        return None
+    for d in (base / "cpu", base / "cpu,cpuacct"):
+        q, p = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+        if q is not None and p is not None:
+            try:
+                quota, period = float(q), float(p)
+            except ValueError:
+                return None
+            return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+def cpu_limit(root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """CPUs this process should size its thread pools for: the cgroup CPU quota rounded up (a pod's CPU limit; more
+    threads than the quota get throttled mid-GEMM), capped by the CPU affinity mask (``os.cpu_count`` where that is
+    unavailable). At least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        n = min(n, math.ceil(quota - 1e-9))
+    return max(1, n)

@@ -24,6 +24,7 @@ Nothing here (or in what it imports) imports torch: the serving image has none.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ import numpy as np
 
 from hardneg.errors import HardnegError
 from hardneg.fusion import fuse
+from hardneg.hw import cpu_limit
 from hardneg.lineage import sha256_file
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,134 @@ def document_graph(metadata: dict[str, Any], export_dir: str | os.PathLike = "")
     return doc
 
 
+# -- runtimes: both read the same .onnx files
+ONNXRUNTIME, OPENVINO = "onnxruntime", "openvino"
+RUNTIMES = (ONNXRUNTIME, OPENVINO)
+Runtime = Literal["onnxruntime", "openvino"]
+# inference precision per runtime: onnxruntime runs the graph as stored (fp32 or int8 file); OpenVINO runs the fp32
+# file in f32, or in bf16 (its INFERENCE_PRECISION_HINT; only worth it with native bf16: AMX / AVX512-BF16), or the
+# int8 file. OpenVINO's CPU plugin DEFAULTS to bf16 on AMX CPUs: the hint is always set explicitly, so the precision
+# served is the one the export's parity gate measured.
+PRECISIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    ONNXRUNTIME: {"fp32": ("fp32",), "int8": ("int8",)},
+    OPENVINO: {"fp32": ("fp32", "bf16"), "int8": ("int8",)},
+}
+
+
+def check_runtime(runtime: str | None) -> str:
+    if runtime not in RUNTIMES:
+        raise HardnegError(f"unknown runtime {runtime!r}: use one of {list(RUNTIMES)}")
+    return str(runtime)
+
+
+def check_precision(runtime: str, precision: str | None, variant: str | None = None) -> str:
+    """The inference precision for ``runtime`` (``None``: the variant's own: fp32 or int8)."""
+    allowed = sorted({p for ps in PRECISIONS[runtime].values() for p in ps})
+    if precision is None:
+        return variant or "fp32"
+    if precision not in allowed or (variant is not None and precision not in PRECISIONS[runtime][variant]):
+        raise HardnegError(
+            f"precision {precision!r} is not available for {runtime} with the {variant or 'fp32'} graph "
+            f"(available: {list(PRECISIONS[runtime][variant or 'fp32'])})"
+        )
+    return precision
+
+
+class _Session:
+    """One compiled graph: ``run(output, feed)`` -> numpy array; ``input_names``, ``output_names``."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, output: str, feed: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def output_dim(self, output: str) -> int | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _OrtSession(_Session):
+    def __init__(self, onnx_path: str | os.PathLike, threads: int, allow_spinning: bool):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        so.intra_op_num_threads = int(threads)
+        if not allow_spinning:  # busy-waiting threads burn CPU quota (k8s limits, shared nodes)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, output: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        (res,) = self.session.run([output], feed)
+        return np.asarray(res)
+
+    def output_dim(self, output: str) -> int | None:
+        out = next(o for o in self.session.get_outputs() if o.name == output)
+        d = out.shape[-1] if out.shape else None
+        return d if isinstance(d, int) else None
+
+
+class _OpenVinoSession(_Session):
+    """OpenVINO (CPU plugin) compiling the same .onnx file: explicit inference precision, ``threads`` inference
+    threads, latency hint (one stream: a request uses every thread, requests queue in the predictor). One infer
+    request per calling thread (an InferRequest is not thread-safe)."""
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int, precision: str):
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": int(threads),
+            "NUM_STREAMS": 1,
+            # int8 graphs: their integer ops decide; the hint only governs the float parts
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
+        self.compiled = _ov_core().compile_model(str(onnx_path), "CPU", config)
+        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if precision == "bf16" and "bf16" not in hint:
+            log.warning("OpenVINO runs %s in %s, not bf16: this CPU has no native bf16", onnx_path, hint)
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self._local = threading.local()
+
+    def run(self, output: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        res = req.infer(feed)
+        # the result views the request's output tensor, which the next infer overwrites
+        return np.array(res[self.compiled.output(output)], copy=True)
+
+    def output_dim(self, output: str) -> int | None:
+        shape = self.compiled.output(output).get_partial_shape()
+        last = (
+            shape[shape.rank.get_length() - 1] if shape.rank.is_static and shape.rank.get_length() else None
+        )
+        return int(last.get_length()) if last is not None and last.is_static else None
+
+
+@functools.lru_cache(maxsize=1)
+def _ov_core() -> Any:
+    try:
+        import openvino as ov
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise HardnegError("runtime openvino needs the openvino package: pip install 'hardneg[serve]'") from e
+
+    return ov.Core()
+
+
+def openvino_native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (``BF16`` in ``OPTIMIZATION_CAPABILITIES``)."""
+    try:
+        return "BF16" in _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - openvino missing or no CPU plugin: no
+        return False
+
+
 def _pad_token_id(tokenizer: Any, tokenizer_config: dict[str, Any]) -> int:
     tok = tokenizer_config.get("pad_token")
     if isinstance(tok, dict):  # older configs store AddedToken dicts
@@ -177,8 +307,9 @@ class _OnnxGraph:
         batch_size: int = 32,
         max_batch_tokens: int = 16384,
         allow_spinning: bool = False,
+        runtime: str = ONNXRUNTIME,
+        precision: str | None = None,
     ):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         if max_length < 4:
@@ -203,25 +334,20 @@ class _OnnxGraph:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
         self.pad_id = _pad_token_id(self.tokenizer, cfg) if pad_token_id is None else int(pad_token_id)
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1
-        if intra_op_threads:
-            so.intra_op_num_threads = int(intra_op_threads)
-        if not allow_spinning:  # busy-waiting threads burn CPU quota (k8s limits, shared nodes)
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
-        )
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.runtime = check_runtime(runtime)
+        self.precision = check_precision(self.runtime, precision)
+        self.threads = int(intra_op_threads) if intra_op_threads else cpu_limit()
+        if self.runtime == OPENVINO:
+            self.session: _Session = _OpenVinoSession(onnx_path, self.threads, self.precision)
+        else:
+            self.session = _OrtSession(onnx_path, self.threads, allow_spinning)
+        self.input_names = self.session.input_names
         unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown:
             raise HardnegError(f"{onnx_path}: unexpected graph inputs {sorted(unknown)}")
-        outputs = [o.name for o in self.session.get_outputs()]
-        if self.output_name not in outputs:
+        if self.output_name not in self.session.output_names:
             raise HardnegError(
-                f"{onnx_path}: the graph has no '{self.output_name}' output (outputs: {outputs})"
+                f"{onnx_path}: the graph has no '{self.output_name}' output (outputs: {self.session.output_names})"
             )
 
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
@@ -254,7 +380,7 @@ class _OnnxGraph:
                 n = len(e.ids)
                 ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            (res,) = self.session.run([self.output_name], {k: feed[k] for k in self.input_names})
+            res = self.session.run(self.output_name, {k: feed[k] for k in self.input_names})
             res = np.asarray(res, dtype=np.float32).reshape(len(idx), -1)
             if out is None:
                 out = np.empty((len(encs), res.shape[1]), dtype=np.float32)
@@ -298,9 +424,7 @@ class TextEncoder(_OnnxGraph):
 
     @property
     def dim(self) -> int | None:
-        out = next(o for o in self.session.get_outputs() if o.name == self.output_name)
-        d = out.shape[-1] if out.shape else None
-        return d if isinstance(d, int) else None
+        return self.session.output_dim(self.output_name)
 
 
 class EmbeddingCache:
@@ -410,6 +534,19 @@ class CosineScorer:
         return self.score_pairs([query] * len(docs), docs)
 
 
+def served_runtime(
+    metadata: dict[str, Any], runtime: str | None, precision: str | None, variant: str
+) -> tuple[str, str]:
+    """(runtime, precision) to serve: the arguments, else what the export's parity gate measured and recorded
+    (``metadata.json`` ``serving``: ``{"runtime", "precision", ...}``, from params ``serve.runtime``), else
+    onnxruntime (exports made before runtimes were recorded) at the variant's own precision."""
+    recorded = metadata.get("serving") if isinstance(metadata.get("serving"), dict) else {}
+    rt = check_runtime(runtime or recorded.get("runtime") or ONNXRUNTIME)
+    if precision is None and rt == recorded.get("runtime") and variant == recorded.get("variant"):
+        precision = recorded.get("precision")
+    return rt, check_precision(rt, precision, variant)
+
+
 def export_kind(metadata: dict[str, Any], export_dir: str | os.PathLike = "") -> str:
     """``metadata.json`` ``kind`` (an export written before kinds existed is a cross-encoder)."""
     kind = metadata.get("kind", CROSS_ENCODER)
@@ -449,6 +586,8 @@ class OnnxReranker:
         verify: bool = True,
         allow_spinning: bool = False,
         doc_cache_size: int | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
     ):
         if variant is not None and variant not in VARIANT_FILES:
             raise HardnegError(f"unknown variant '{variant}': use one of {sorted(VARIANT_FILES)}")
@@ -460,6 +599,7 @@ class OnnxReranker:
         )
         self.kind = export_kind(self.metadata, self.export_dir)
         self.variant: Variant = self._served_variant(variant, verify)
+        self.runtime, self.precision = served_runtime(self.metadata, runtime, precision, self.variant)
         exported_max = int(self.metadata.get("max_length") or 512)
         if max_length is not None and not 4 <= max_length <= exported_max:
             raise HardnegError(
@@ -472,6 +612,8 @@ class OnnxReranker:
             "batch_size": batch_size,
             "max_batch_tokens": max_batch_tokens,
             "allow_spinning": allow_spinning,
+            "runtime": self.runtime,
+            "precision": self.precision,
         }
         self.scorer: PairScorer | CosineScorer
         if self.kind == BI_ENCODER:
@@ -494,10 +636,13 @@ class OnnxReranker:
         else:
             self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
         log.info(
-            "loaded %s (%s, %s, version %s, max_length %d, fusion weight %s)",
+            "loaded %s (%s, %s on %s, precision %s, %d threads, version %s, max_length %d, fusion weight %s)",
             self.export_dir,
             self.kind,
             self.variant,
+            self.runtime,
+            self.precision,
+            self.threads,
             self.version,
             self.max_length,
             self.fusion_weight,
@@ -516,6 +661,11 @@ class OnnxReranker:
                 f"{self.export_dir}: the int8 variant failed its parity gate at export (see parity.json); serve fp32"
             )
         return variant
+
+    @property
+    def threads(self) -> int:
+        """Inference threads per graph (``intra_op_threads``; default: the container's CPU limit)."""
+        return self.scorer.encoder.threads if isinstance(self.scorer, CosineScorer) else self.scorer.threads
 
     @property
     def score_name(self) -> str:

@@ -182,6 +182,7 @@ class Export:
 class Serve:
     model_name: str
     variant: Literal["auto", "int8", "fp32"]
+    runtime: Literal["onnxruntime", "openvino"]
     intra_op_threads: int | None
     max_documents: int
     max_text_chars: int

@@ -3,7 +3,8 @@
 Takes KServe's own server flags (``--http_port``, ``--model_name``, ``--enable_grpc``...) plus ``--model_dir``,
 ``--host`` (default 0.0.0.0, KServe's behaviour; use 127.0.0.1 locally), ``--variant`` (int8|fp32; default: the
 export's ``served_variant``, chosen at export by params ``serve.variant``),
-``--intra_op_threads``, ``--doc_cache_size`` (bi-encoder exports: document embeddings kept; default params
+``--runtime`` (openvino|onnxruntime; default: the export's, metadata.json ``serving.runtime``, gated at export by
+params ``serve.runtime``), ``--intra_op_threads`` (default: the container's CPU limit), ``--doc_cache_size`` (bi-encoder exports: document embeddings kept; default params
 ``serve.doc_cache_size``) and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
 """
 
@@ -32,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX graph to serve (default: the export's served_variant)",
     )
     parser.add_argument(
-        "--intra_op_threads", type=int, default=None, help="onnxruntime threads (default: all cores)"
+        "--runtime",
+        default=None,
+        choices=["openvino", "onnxruntime"],
+        help="inference runtime (default: the one the export gated, metadata.json serving.runtime)",
+    )
+    parser.add_argument(
+        "--intra_op_threads",
+        type=int,
+        default=None,
+        help="inference threads (default: params serve.intra_op_threads, else the container's CPU limit)",
     )
     parser.add_argument(
         "--doc_cache_size",
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             limits=Limits.from_params(params),
             intra_op_threads=args.intra_op_threads or serve_params.get("intra_op_threads"),
             doc_cache_size=_doc_cache_size(args.doc_cache_size, serve_params),
+            runtime=args.runtime,
         )
         serve(model, http_port=args.http_port, host=args.host, enable_grpc=args.enable_grpc)
     except HardnegError as e:

@@ -19,19 +19,31 @@ longer-than-``max_text_chars`` texts are refused (413). Every malformed request 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import os
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hardneg.rerank import BI_ENCODER, CROSS_ENCODER, OnnxReranker
+from hardneg.rerank import (
+    BI_ENCODER,
+    CROSS_ENCODER,
+    METADATA_FILE,
+    ExportIntegrityError,
+    OnnxReranker,
+    verify_export_dir,
+)
 from serving import clean_argv
 
 with clean_argv():
     from kserve import InferOutput, InferRequest, InferResponse, Model
-    from kserve.errors import InvalidInput
+    from kserve.errors import InvalidInput, ModelNotReady
     from kserve.utils.utils import generate_uuid
 
 log = logging.getLogger(__name__)
@@ -266,6 +278,70 @@ _TRUNCATION = {
 }
 
 
+class ExportWatch:
+    """Notices a model folder that changes under a running server (someone rewrites /mnt/models, a volume is
+    swapped). Cheap: ``os.stat`` of metadata.json and every file it lists (size, mtime_ns, inode), at most once per
+    ``interval`` seconds; only when that changes are the sha256 checksums verified again (``verify_export_dir``,
+    ~1 s for 300 MB). ``check()`` returns ``None`` while the folder still holds the verified export (a touch or an
+    identical copy passes), else why not; once changed it stays changed (the process serves the export it verified at
+    load, which no longer matches the folder: restart to load the new one).
+    """
+
+    def __init__(self, root: str | os.PathLike, interval: float = 2.0):
+        self.root, self.interval = Path(root), float(interval)
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._digests: dict[str, str] = {}
+        self._stats = self._snapshot()
+        self._next = time.monotonic() + self.interval
+
+    def _names(self) -> list[str]:
+        return [METADATA_FILE, *sorted(self._digests)]
+
+    def _snapshot(self) -> dict[str, tuple[int, int, int] | None]:
+        if not self._digests:  # the files listed when watching started (metadata.json verified at load)
+            try:
+                meta = json.loads((self.root / METADATA_FILE).read_text(encoding="utf-8"))
+                self._digests = dict(meta.get("files") or {})
+            except (OSError, ValueError):
+                self._digests = {}
+        out: dict[str, tuple[int, int, int] | None] = {}
+        for name in self._names():
+            try:
+                st = (self.root / name).stat()
+                out[name] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            except OSError:
+                out[name] = None
+        return out
+
+    def check(self, force: bool = False) -> str | None:
+        with self._lock:
+            if self._problem is not None or (not force and time.monotonic() < self._next):
+                return self._problem
+            self._next = time.monotonic() + self.interval
+            now = self._snapshot()
+            if now == self._stats:
+                return None
+            changed = sorted(n for n in now if now[n] != self._stats.get(n))
+            try:
+                meta = verify_export_dir(self.root)
+                if meta.get("files") != self._digests:
+                    raise ExportIntegrityError(f"{self.root}: {METADATA_FILE} now describes another export")
+            except ExportIntegrityError as e:
+                self._problem = f"model folder changed under the running server ({', '.join(changed)}): {e}"
+                log.error(
+                    "%s. Readiness is now false and predictions answer 503: restart to load and verify "
+                    "the new export",
+                    self._problem,
+                )
+                return self._problem
+            log.info(
+                "model folder files touched (%s) but their checksums still match: still serving", changed
+            )
+            self._stats = now
+            return None
+
+
 class HardnegReranker(Model):
     """Serves one export folder. ``load()`` verifies its checksums and opens the ONNX session, then sets ``ready``."""
 
@@ -279,8 +355,13 @@ class HardnegReranker(Model):
         intra_op_threads: int | None = None,
         max_concurrency: int = 1,
         doc_cache_size: int | None = None,
+        runtime: str | None = None,
+        watch_interval: float = 2.0,
     ):
         super().__init__(name)
+        self.runtime = runtime  # None: the export's (metadata.json serving.runtime)
+        self.watch_interval = float(watch_interval)
+        self.watch: ExportWatch | None = None
         self.model_dir, self.variant = model_dir, variant
         self.doc_cache_size = doc_cache_size  # bi-encoder only; None: params serve.doc_cache_size (packaged)
         self.limits = limits or Limits()
@@ -291,14 +372,37 @@ class HardnegReranker(Model):
         self.ready = False
 
     def load(self) -> bool:
-        self.reranker = OnnxReranker(
-            self.model_dir,
-            self.variant,
-            intra_op_threads=self.intra_op_threads,
-            doc_cache_size=self.doc_cache_size,
-        )
-        self.variant = self.reranker.variant  # None -> the export's served_variant
+        # KServe's dataplane calls load() again on a request to a not-ready model: never for a changed folder
+        problem = self.watch.check(force=True) if self.watch is not None else None
+        if problem is not None:
+            self.ready = False
+            raise ModelNotReady(self.name, problem)
+        if self.reranker is None:
+            self.reranker = OnnxReranker(
+                self.model_dir,
+                self.variant,
+                intra_op_threads=self.intra_op_threads,
+                doc_cache_size=self.doc_cache_size,
+                runtime=self.runtime,
+            )
+            self.variant = self.reranker.variant  # None -> the export's served_variant
+            self.runtime = self.reranker.runtime  # None -> the export's serving.runtime
+            # watched from the checksums just verified (a change between the two reads is caught at the first check)
+            self.watch = ExportWatch(self.model_dir, self.watch_interval)
         self.ready = True
+        return self.ready
+
+    def integrity_problem(self) -> str | None:
+        """Why the served folder no longer holds the export loaded (``None``: it does); flips ``ready`` off."""
+        problem = self.watch.check() if self.watch is not None else None
+        if problem is not None:
+            self.ready = False
+        return problem
+
+    async def healthy(self) -> bool:
+        # readiness probes (/v2/health/ready, /v2/models/<name>/ready, V1 model status) land here
+        if self.ready and self.watch is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.integrity_problem)
         return self.ready
 
     # -- metadata (V2 GET /v2/models/<name>; served by serving.server, which adds versions and parameters)
@@ -321,7 +425,7 @@ class HardnegReranker(Model):
         return {
             "name": self.name,
             "versions": [r.version] if r else [],
-            "platform": "onnxruntime",
+            "platform": r.runtime if r else None,
             "inputs": self.get_input_types(),
             "outputs": self.get_output_types(),
             "parameters": {
@@ -333,6 +437,10 @@ class HardnegReranker(Model):
                 "tune": r.tune if r else None,
                 "document_encoder": r.document_encoder if r else None,
                 "variant": self.variant,
+                "runtime": r.runtime if r else None,
+                "precision": r.precision if r else None,
+                "threads": r.threads if r else None,
+                "serving": meta.get("serving"),
                 "max_length": r.max_length if r else None,
                 "truncation": _TRUNCATION.get(r.kind if r else "", None),
                 "doc_cache": r.cache_stats() if r else None,
@@ -358,6 +466,10 @@ class HardnegReranker(Model):
         return [self.reranker.rerank(r.query, r.documents, r.first_stage_scores) for r in reqs]
 
     async def _run(self, reqs: list[RerankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        loop = asyncio.get_running_loop()
+        problem = await loop.run_in_executor(None, self.integrity_problem)
+        if problem is not None:
+            raise ModelNotReady(self.name, problem)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrency)
         # onnxruntime already uses every core: queue requests instead of oversubscribing

@@ -32,7 +32,14 @@ with clean_argv():
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve import ModelServer
-    from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady, NoModelReady
+    from kserve.errors import (
+        InferenceError,
+        InvalidInput,
+        ModelNotFound,
+        ModelNotReady,
+        NoModelReady,
+        ServerNotReady,
+    )
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.server import RESTServer
     from prometheus_client import REGISTRY, Counter
@@ -174,7 +181,14 @@ class GuardMiddleware:
 
 class SafeDataPlane(DataPlane):
     """Request decoding that never turns a malformed body into a 500: KServe's binary-tensor decoder raises
-    KeyError/TypeError/struct.error on bad input."""
+    KeyError/TypeError/struct.error on bad input. Server readiness includes the models' (KServe's answers True
+    whatever the models say, and ``/v2/health/ready`` is the pod's readiness probe)."""
+
+    async def ready(self) -> bool:
+        models = list(self.model_registry.get_models().values())
+        if not models or not all([await m.healthy() for m in models]):
+            return False
+        return bool(await super().ready())
 
     def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -240,6 +254,9 @@ def install_handlers(app: FastAPI) -> None:
     async def not_ready(_: Request, exc: ModelNotReady) -> JSONResponse:
         return _error(503, str(exc), "not_ready")
 
+    async def server_not_ready(_: Request, exc: ServerNotReady) -> JSONResponse:
+        return _error(503, "not ready (a model is not ready; see the server log)", "not_ready")
+
     async def not_implemented(_: Request, exc: NotImplementedError) -> JSONResponse:
         return _error(501, "not implemented by this model server", "not_implemented")
 
@@ -252,6 +269,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ModelNotFound, not_found)
     app.add_exception_handler(ModelNotReady, not_ready)
+    app.add_exception_handler(ServerNotReady, server_not_ready)
     app.add_exception_handler(NotImplementedError, not_implemented)
     app.add_exception_handler(Exception, unexpected)
 
