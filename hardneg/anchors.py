@@ -121,26 +121,7 @@ def st_negatives(
         kwargs["relative_margin"] = relative_margin
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(params["embed"]["bf16"])):
         out = util.mine_hard_negatives(ds, model, corpus=corpus, **kwargs)
-    text2doc: dict[str, str] = {}
-    for d, doc in dataset.corpus.items():
-        text2doc.setdefault(doc.full_text, d)
-    pair_of = {(a, p): (q, pid) for (q, pid), a, p in zip(pairs, anchors, positives, strict=True)}
-    neg_cols = [c for c in out.column_names if c.startswith("negative")]
-    rows = []
-    seen = set()
-    for rec in out:
-        key = pair_of.get((rec["anchor"], rec["positive"]))
-        if key is None or key in seen:
-            continue
-        seen.add(key)
-        negs = [text2doc[rec[c]] for c in neg_cols if rec[c] in text2doc]
-        rows.append({"query_id": key[0], "positive_id": key[1], "negative_ids": negs, "policy": strategy})
-    for (
-        q,
-        p,
-    ) in pairs:  # pairs ST dropped (not enough negatives): kept with no negative, as the miner reports them
-        if (q, p) not in seen:
-            rows.append({"query_id": q, "positive_id": p, "negative_ids": [], "policy": strategy})
+    rows = _rows_from_st(out, dataset, pairs, anchors, positives, strategy)
     stats = {
         "policy": strategy,
         "anchor": "sentence_transformers.util.mine_hard_negatives",
@@ -153,6 +134,35 @@ def st_negatives(
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return rows, stats
+
+
+def _rows_from_st(
+    out: Any,
+    dataset: Any,
+    pairs: list[tuple[str, str]],
+    anchors: list[str],
+    positives: list[str],
+    strategy: str,
+) -> list[dict[str, Any]]:
+    """ST's n-tuples (texts) mapped back to ``negatives.jsonl`` rows (ids), one per (query, positive) pair; pairs ST
+    dropped (not enough negatives) are kept without a negative, as the miner reports them."""
+    text2doc: dict[str, str] = {}
+    for d, doc in dataset.corpus.items():
+        text2doc.setdefault(doc.full_text, d)
+    pair_of = {(a, p): (q, pid) for (q, pid), a, p in zip(pairs, anchors, positives, strict=True)}
+    neg_cols = [c for c in out.column_names if c.startswith("negative")]
+    rows, seen = [], set()
+    for rec in out:
+        key = pair_of.get((rec["anchor"], rec["positive"]))
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        negs = [text2doc[rec[c]] for c in neg_cols if rec[c] in text2doc]
+        rows.append({"query_id": key[0], "positive_id": key[1], "negative_ids": negs, "policy": strategy})
+    for q, p in pairs:
+        if (q, p) not in seen:
+            rows.append({"query_id": q, "positive_id": p, "negative_ids": [], "policy": strategy})
+    return rows
 
 
 def add_distances(

@@ -462,7 +462,7 @@ def lineage_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """The lineage chain data.dvc -> mining -> model -> ONNX metadata -> InferenceService; exit 1 on disagreement."""
-    from hardneg.release import lineage_chain
+    from hardneg.audit import lineage_chain
 
     chain = lineage_chain(model_dir, release_path, dvc_file)
     if as_json:

@@ -274,6 +274,37 @@ def cache_key(
     }
 
 
+def _cache_folder(
+    resolved: ResolvedModel,
+    name: str,
+    cache_dir: str | os.PathLike | None,
+    prompt: str,
+    max_length: int,
+    precision: str,
+) -> tuple[Path | None, str]:
+    """The cache folder of (model, prompt, max_length, precision) and the model fingerprint (no cache: None)."""
+    root = Path(cache_dir) if cache_dir is not None else None
+    fingerprint = model_fingerprint(resolved, root / "fingerprints.json" if root else None)
+    key = cache_key(resolved, fingerprint, prompt, max_length, precision)
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    folder = root / model_slug(name) / key_hash if root else None
+    if folder is not None and not (folder / "key.json").exists():
+        atomic_write_json(folder / "key.json", {**key, "model": name})
+    return folder, fingerprint
+
+
+def _plan_chunks(
+    texts: list[str], chunk_size: int, folder: Path | None
+) -> list[tuple[int, int, Path | None, np.ndarray | None]]:
+    """``(start, end, cache file, cached vectors or None)`` per chunk: which chunks are already done."""
+    plan: list[tuple[int, int, Path | None, np.ndarray | None]] = []
+    for s in range(0, len(texts), chunk_size):
+        e = min(s + chunk_size, len(texts))
+        path = folder / f"{texts_hash(texts[s:e])}.npy" if folder else None
+        plan.append((s, e, path, _load_chunk(path, e - s) if path is not None else None))
+    return plan
+
+
 def embed_texts(
     texts: Sequence[str],
     model_cfg: Mapping[str, Any],
@@ -310,21 +341,8 @@ def embed_texts(
     chunk_size = max(1, int(chunk_size))
     resolved = resolve_model(name)
     precision = "bf16" if (bf16 and resolved.backend == "torch") else "fp32"
-    root = Path(cache_dir) if cache_dir is not None else None
-    fingerprint = model_fingerprint(resolved, root / "fingerprints.json" if root else None)
-    key = cache_key(resolved, fingerprint, prompt, max_length, precision)
-    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    folder = root / model_slug(name) / key_hash if root else None
-    if folder is not None and not (folder / "key.json").exists():
-        atomic_write_json(folder / "key.json", {**key, "model": name})
-
-    # plan: which chunks are already done
-    spans = [(s, min(s + chunk_size, len(texts))) for s in range(0, len(texts), chunk_size)]
-    plan: list[tuple[int, int, Path | None, np.ndarray | None]] = []
-    for s, e in spans:
-        path = folder / f"{texts_hash(texts[s:e])}.npy" if folder else None
-        arr = _load_chunk(path, e - s) if path is not None else None
-        plan.append((s, e, path, arr))
+    folder, fingerprint = _cache_folder(resolved, name, cache_dir, prompt, max_length, precision)
+    plan = _plan_chunks(texts, chunk_size, folder)
     cached_rows = sum(e - s for s, e, _, a in plan if a is not None)
 
     encoder = None
@@ -443,6 +461,44 @@ def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
 # ------------------------------------------------------------------------------------------------ embed_dataset
 
 
+def _model_manifest(
+    m: Mapping[str, Any],
+    slug: str,
+    dim: int,
+    n_docs: int,
+    n_queries: int,
+    corpus_sha: str,
+    st_d: Mapping[str, Any],
+    st_q: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One model's ``manifest.json``: what was embedded, by which model and precision, and how long it took."""
+    return {
+        "model": str(m["name"]),
+        "slug": slug,
+        "backend": st_d["backend"],
+        "precision": st_d["precision"],
+        "model_fingerprint": st_d["fingerprint"],
+        "dim": dim,
+        "weight": float(m.get("weight", 1.0) or 0.0),
+        "max_length": int(_model_cfg_value(m, "max_length", 256)),
+        "query_prompt": str(_model_cfg_value(m, "query_prompt", "")),
+        "document_prompt": str(_model_cfg_value(m, "document_prompt", "")),
+        "n_docs": n_docs,
+        "n_queries": n_queries,
+        "corpus_sha256": corpus_sha,
+        "timing": {
+            "corpus_s": st_d["seconds"],
+            "queries_s": st_q["seconds"],
+            "corpus_docs_per_s": round(st_d["rows_encoded"] / st_d["encode_seconds"], 2)
+            if st_d["rows_encoded"] and st_d["encode_seconds"]
+            else None,
+            "model_load_s": round(st_d["load_seconds"] + st_q["load_seconds"], 3),
+            "corpus_chunks_cached": f"{st_d['chunks_cached']}/{st_d['chunks']}",
+            "queries_chunks_cached": f"{st_q['chunks_cached']}/{st_q['chunks']}",
+        },
+    }
+
+
 def embed_dataset(
     dataset, params: Mapping[str, Any], out_dir: str | os.PathLike, progress: bool = True
 ) -> dict[str, Any]:
@@ -485,31 +541,9 @@ def embed_dataset(
             atomic_save_npy(mdir / "corpus.npy", D)
             atomic_save_npy(mdir / "queries.npy", Q)
             atomic_write_json(mdir / "ids.json", {"doc_ids": doc_ids, "query_ids": query_ids})
-            man = {
-                "model": str(m["name"]),
-                "slug": slug,
-                "backend": st_d["backend"],
-                "precision": st_d["precision"],
-                "model_fingerprint": st_d["fingerprint"],
-                "dim": int(D.shape[1]),
-                "weight": float(m.get("weight", 1.0) or 0.0),
-                "max_length": int(_model_cfg_value(m, "max_length", 256)),
-                "query_prompt": str(_model_cfg_value(m, "query_prompt", "")),
-                "document_prompt": str(_model_cfg_value(m, "document_prompt", "")),
-                "n_docs": len(doc_ids),
-                "n_queries": len(query_ids),
-                "corpus_sha256": corpus_sha,
-                "timing": {
-                    "corpus_s": st_d["seconds"],
-                    "queries_s": st_q["seconds"],
-                    "corpus_docs_per_s": round(st_d["rows_encoded"] / st_d["encode_seconds"], 2)
-                    if st_d["rows_encoded"] and st_d["encode_seconds"]
-                    else None,
-                    "model_load_s": round(st_d["load_seconds"] + st_q["load_seconds"], 3),
-                    "corpus_chunks_cached": f"{st_d['chunks_cached']}/{st_d['chunks']}",
-                    "queries_chunks_cached": f"{st_q['chunks_cached']}/{st_q['chunks']}",
-                },
-            }
+            man = _model_manifest(
+                m, slug, int(D.shape[1]), len(doc_ids), len(query_ids), corpus_sha, st_d, st_q
+            )
             atomic_write_json(mdir / "manifest.json", man)
             entries.append(man)
         top = {

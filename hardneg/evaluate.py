@@ -243,6 +243,26 @@ class RerankEvaluation:
     )  # system -> metric -> q -> v
 
 
+def _fusion_on_dev(
+    metrics: dict[str, Any],
+    fs_dev: Run,
+    dev_scores: Mapping[str, Mapping[str, float]],
+    dev_qrels: Mapping[str, Mapping[str, int]],
+    depth: int,
+    weights: Sequence[float],
+) -> float:
+    """Choose the fusion weight on dev (recorded in ``metrics`` with the dev curve and dev metrics); returns it."""
+    weight, dev_curve = tune_fusion_weight(fs_dev, dev_scores, dev_qrels, depth, weights)
+    metrics["fusion_dev_curve"] = dev_curve
+    metrics["dev"] = {
+        "first_stage": evaluate_run(fs_dev, dev_qrels).mean,
+        "rerank": evaluate_run(combine(fs_dev, dev_scores, depth), dev_qrels).mean,
+        "fusion": evaluate_run(combine(fs_dev, dev_scores, depth, weight), dev_qrels).mean,
+    }
+    metrics["fusion_weight"] = weight
+    return weight
+
+
 def evaluate_reranker(
     dataset: Any,
     scorer: Scorer | None,
@@ -289,9 +309,7 @@ def evaluate_reranker(
     if scorer is not None and isinstance(scorer, CrossEncoderScorer):
         from hardneg.hw import apply_torch_threads
 
-        apply_torch_threads(
-            params
-        )  # train.torch_threads: 1 thread is several times faster on a shared 2-core box
+        apply_torch_threads(params)  # train.torch_threads: 1 thread is faster on a shared 2-core box
     fs_test = restrict(first_stage, test_qrels)
     record("first_stage", fs_test)
     for name, run in (extra_first_stages or {}).items():
@@ -307,25 +325,16 @@ def evaluate_reranker(
     record("rerank", combine(fs_test, test_scores, depth))
 
     if ev.fusion:
-        weight: float | None = None
-        if dev_split in dataset.qrels:
-            dev_qrels = dataset.split_qrels(dev_split)
-            fs_dev = restrict(first_stage, dev_qrels)
-            if dev_reranker_scores is None:
-                dev_reranker_scores = rerank_scores(scorer, qtext, dtext, top_candidates(fs_dev, depth))
-            weight, dev_curve = tune_fusion_weight(fs_dev, dev_reranker_scores, dev_qrels, depth, weights)
-            metrics["fusion_dev_curve"] = dev_curve
-            metrics["dev"] = {
-                "first_stage": evaluate_run(fs_dev, dev_qrels).mean,
-                "rerank": evaluate_run(combine(fs_dev, dev_reranker_scores, depth), dev_qrels).mean,
-                "fusion": evaluate_run(combine(fs_dev, dev_reranker_scores, depth, weight), dev_qrels).mean,
-            }
-        else:
+        if dev_split not in dataset.qrels:
             raise HardnegError(
                 f"no {dev_split} split to choose the fusion weight on (data.dev_split; hardneg.data.load_dataset_for "
                 "carves one from train when the folder has none)"
             )
-        metrics["fusion_weight"] = weight
+        dev_qrels = dataset.split_qrels(dev_split)
+        fs_dev = restrict(first_stage, dev_qrels)
+        if dev_reranker_scores is None:
+            dev_reranker_scores = rerank_scores(scorer, qtext, dtext, top_candidates(fs_dev, depth))
+        weight = _fusion_on_dev(metrics, fs_dev, dev_reranker_scores, dev_qrels, depth, weights)
         record("fusion", combine(fs_test, test_scores, depth, weight))
         # diagnostic only (never used for selection): the test curve over all weights
         metrics["fusion_test_curve"] = {

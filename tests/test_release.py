@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from hardneg.audit import lineage_chain
 from hardneg.errors import HardnegError
 from hardneg.lineage import Lineage, sha256_file, write_lineage
 from hardneg.release import (
@@ -20,7 +21,6 @@ from hardneg.release import (
     LABEL_MODEL_VERSION,
     ReleaseSettings,
     lineage_annotations,
-    lineage_chain,
     load_history,
     read_model_lineage,
     release,

@@ -27,9 +27,10 @@ from hardneg.errors import HardnegError
 from hardneg.hw import cgroup_cpu_quota, cpu_limit
 from hardneg.rerank import OnnxReranker, check_precision, served_runtime
 
-pytestmark = pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning")
-
-pytest.importorskip("openvino")
+pytestmark = [
+    pytest.mark.adapter,
+    pytest.mark.filterwarnings("ignore::fastapi.exceptions.FastAPIDeprecationWarning"),
+]
 
 QUERY = "does vitamin d improve bone density"
 DOCS = [
