@@ -287,8 +287,7 @@ def evaluate_reranker(
     test_split = test_split or s.data.test_split
     dev_split = dev_split or s.data.dev_split
     depth = int(depth or s.retrieve.rerank_depth)
-    ev = s.evaluate
-    weights = ev.fusion_weights
+    ev, weights = s.evaluate, s.evaluate.fusion_weights
     test_qrels = dataset.split_qrels(test_split)
     qtext, dtext = query_texts_of(dataset), doc_texts_of(dataset)
     metrics: dict[str, Any] = {

@@ -542,6 +542,42 @@ def _st_dim(st: Any) -> int:
     return int((getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)())
 
 
+def _document_graph(
+    src: Path, doc_name: str, max_length: int, dim: int, root: Path, opset: int, copies: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """A ``tune: query`` bi-encoder's document encoder exported as a second graph (same max_length); its tokenizer
+    is shared with the query model's when identical, else copied beside it (``copies`` is updated). Returns the
+    loaded SentenceTransformer and the ``document_graph`` metadata."""
+    doc_dir = _document_encoder_dir(src, doc_name)
+    _check_source(doc_dir, BI_ENCODER)
+    doc_st, _ = _load_bi_encoder(doc_dir, {"max_length": max_length})
+    if _st_dim(doc_st) != dim:
+        raise HardnegError(
+            f"{src}: the document encoder {doc_name!r} ({doc_dir}) embeds in {_st_dim(doc_st)} dimensions, "
+            f"the query model in {dim}: their cosine is undefined"
+        )
+    _export_bi_encoder_fp32(doc_st, root / DOC_VARIANT_FILES["fp32"], opset)
+    if _same_tokenizer(src, doc_dir):
+        doc_tok, doc_cfg = (
+            TOKENIZER_FILE,
+            TOKENIZER_CONFIG_FILE if TOKENIZER_CONFIG_FILE in copies else None,
+        )
+    else:
+        doc_copies = _tokenizer_copies(doc_dir, DOC_TOKENIZER_FILE, DOC_TOKENIZER_CONFIG_FILE)
+        copies |= doc_copies
+        doc_tok, doc_cfg = (
+            DOC_TOKENIZER_FILE,
+            DOC_TOKENIZER_CONFIG_FILE if DOC_TOKENIZER_CONFIG_FILE in doc_copies else None,
+        )
+    return doc_st, {
+        "variants": dict(DOC_VARIANT_FILES),
+        "tokenizer": doc_tok,
+        "tokenizer_config": doc_cfg,
+        "model_dir": str(doc_dir.resolve()),
+        "model_fingerprint": sha256_dir(doc_dir),
+    }
+
+
 def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, Any]) -> _Graph:
     """The query model's embedding graph, plus, for a ``tune: query`` bi-encoder, its document encoder's (the base
     model, whose vectors training kept fixed) as a second graph with the same code and max_length."""
@@ -555,35 +591,8 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, An
     doc_st: Any = None
     doc_meta: dict[str, Any] | None = None
     if doc_name != SELF_ENCODER:
-        doc_dir = _document_encoder_dir(src, doc_name)
-        _check_source(doc_dir, BI_ENCODER)
-        doc_st, _ = _load_bi_encoder(doc_dir, {"max_length": max_length})
-        if _st_dim(doc_st) != dim:
-            raise HardnegError(
-                f"{src}: the document encoder {doc_name!r} ({doc_dir}) embeds in {_st_dim(doc_st)} dimensions, "
-                f"the query model in {dim}: their cosine is undefined"
-            )
-        _export_bi_encoder_fp32(doc_st, root / DOC_VARIANT_FILES["fp32"], opset)
-        if _same_tokenizer(src, doc_dir):
-            doc_tok, doc_cfg = (
-                TOKENIZER_FILE,
-                TOKENIZER_CONFIG_FILE if TOKENIZER_CONFIG_FILE in copies else None,
-            )
-        else:
-            doc_copies = _tokenizer_copies(doc_dir, DOC_TOKENIZER_FILE, DOC_TOKENIZER_CONFIG_FILE)
-            copies |= doc_copies
-            doc_tok, doc_cfg = (
-                DOC_TOKENIZER_FILE,
-                DOC_TOKENIZER_CONFIG_FILE if DOC_TOKENIZER_CONFIG_FILE in doc_copies else None,
-            )
+        doc_st, doc_meta = _document_graph(src, doc_name, max_length, dim, root, opset, copies)
         graphs = {"query": dict(VARIANT_FILES), "document": dict(DOC_VARIANT_FILES)}
-        doc_meta = {
-            "variants": dict(DOC_VARIANT_FILES),
-            "tokenizer": doc_tok,
-            "tokenizer_config": doc_cfg,
-            "model_dir": str(doc_dir.resolve()),
-            "model_fingerprint": sha256_dir(doc_dir),
-        }
 
     # the gates score as the server does: with a document-embedding cache (each dev document is embedded once per
     # variant, not once per query it is a candidate of: 200 dev queries x 30 candidates took ~10 min uncached)
@@ -1020,6 +1029,22 @@ def _onnx_props(source: dict[str, Any], kind: str, max_length: int) -> dict[str,
     }
 
 
+@contextlib.contextmanager
+def _export_staging(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out``, removed when the export fails (a full disk becomes a clear DiskFullError);
+    the caller publishes it into ``out`` on success."""
+    from hardneg.artifacts import disk_full, is_no_space
+
+    staging = _prepare_out_dir(out)
+    try:
+        yield staging
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_no_space(e) and not isinstance(e, HardnegError):
+            raise disk_full(out, e, "hardneg export") from e
+        raise
+
+
 def export_model(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -1057,8 +1082,7 @@ def export_model(
     source = _source_info(src, kind, params)
     source["version"] = version or source["fingerprint"][:12]
     source["model_name"] = model_name or src.name
-    staging = _prepare_out_dir(out)
-    try:
+    with _export_staging(out) as staging:
         build = _bi_encoder_graph if kind == BI_ENCODER else _cross_encoder_graph
         graph = build(src, staging / VARIANT_FILES["fp32"], opset, info)
         doc_graph = graph.metadata.get("document_graph")
@@ -1082,26 +1106,19 @@ def export_model(
         metadata = _metadata(graph, staging, parity, source, opset) if parity["passed"] else {}
         if metadata:
             (staging / METADATA_FILE).write_text(
-                json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+                json.dumps(metadata, indent=2, sort_keys=True) + "\n", "utf-8"
             )
         _publish(staging, out)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        from hardneg.artifacts import disk_full, is_no_space
-
-        if is_no_space(e) and not isinstance(e, HardnegError):
-            raise disk_full(out, e, "hardneg export") from e
-        raise
     if not parity["passed"]:
         raise _gate_failure(parity, out)
+    diffs = (parity["fp32"]["max_abs_diff"], parity["int8"]["max_abs_diff"])
     log.info(
-        "exported %s (%s) -> %s in %.1fs (fp32 max diff %.2e, int8 max diff %.2e)",
+        "exported %s (%s) -> %s in %.1fs (max diff fp32 %.2e, int8 %.2e)",
         src,
         kind,
         out,
-        time.perf_counter() - t0,
-        parity["fp32"]["max_abs_diff"],
-        parity["int8"]["max_abs_diff"],
+        parity["seconds"],
+        *diffs,
     )
     return ExportResult(out, parity, metadata)
 

@@ -1,4 +1,4 @@
-"""Offline validation of rendered Kubernetes manifests (no cluster, no network; docs/docs/stack.md section 6).
+"""Offline validation of rendered Kubernetes manifests (no cluster, no network; docs/stack.md section 6).
 
 * Built-in kinds: ``kubernetes_validate.validate(doc, version, strict=True)`` against the bundled JSON schemas
   (strict: unknown fields fail). A kind without a schema is a failure, except InferenceService, which has none there.

@@ -9,7 +9,7 @@ Two layers:
    ``_id`` / ``record`` / ``text_chars`` / ``text_clean`` columns (the texts themselves are never kept), qrels into
    ``query-id`` / ``corpus-id`` / ``score`` plus boolean columns (``query_known``, ``doc_known``,
    ``query_one_split``) checked with ``ExpectColumnValuesToBeInSet(value_set=[True])`` (a set of 200k ids inside
-   the suite is ~40 s; the boolean column is ~0.1 s, docs/docs/stack.md section 4).
+   the suite is ~40 s; the boolean column is ~0.1 s, docs/stack.md section 4).
 
 Each expectation carries ``meta={"check": NAME}``; failed expectations become :class:`Failure` rows with a few example
 ids, and every failure message ends with ``fix: ...`` (the params.yaml key to change, or what to do to the file).
@@ -558,8 +558,22 @@ def validate_dataset(
         return report
 
     runner = _GxRunner(data_docs_dir)
-    gx, gxe = runner.gx, runner.gxe
+    tables = _validate_texts(r, runner, p, report)
+    qrels = _read_qrels(r, data_p, report)
+    _validate_qrels(qrels, tables, runner, p, report)
+    try:
+        report.data_docs = runner.build_docs()
+    except Exception as e:  # Data Docs are a by-product: never let them hide the validation result
+        log.warning("could not build GX Data Docs in %s: %s", data_docs_dir, e)
+    report.success = not report.failures
+    return report
 
+
+def _validate_texts(
+    r: Path, runner: _GxRunner, p: dict[str, Any], report: ValidationReport
+) -> dict[str, pd.DataFrame | None]:
+    """corpus.jsonl and queries.jsonl: format, GX text checks, stats; the tables (None: unreadable)."""
+    gx, gxe = runner.gx, runner.gxe
     tables: dict[str, pd.DataFrame | None] = {}
     stats_of = {"corpus": ReadStats(), "queries": ReadStats()}
     for name, items, what, max_chars in (
@@ -594,6 +608,11 @@ def validate_dataset(
                 )
             )
 
+    return tables
+
+
+def _read_qrels(r: Path, data_p: dict[str, Any], report: ValidationReport) -> dict[str, pd.DataFrame]:
+    """Every qrels/*.tsv (format failures and CRLF warnings recorded), and what the split layout means."""
     splits = available_splits(r)
     qrels: dict[str, pd.DataFrame] = {}
     if not splits:
@@ -610,7 +629,20 @@ def validate_dataset(
     if splits:
         _split_warnings(splits, data_p, report)
 
-    # cross-file boolean columns (never ExpectColumnValuesToBeInSet with the id set itself: docs/docs/stack.md section 4)
+    return qrels
+
+
+def _validate_qrels(
+    qrels: dict[str, pd.DataFrame],
+    tables: dict[str, pd.DataFrame | None],
+    runner: _GxRunner,
+    p: dict[str, Any],
+    report: ValidationReport,
+) -> None:
+    """GX checks of every qrels split against the corpus and queries (cross-file boolean columns), stats, and a
+    warning for rows that point at a dropped empty document / query."""
+    gx, gxe = runner.gx, runner.gxe
+    # cross-file boolean columns (never ExpectColumnValuesToBeInSet with the id set itself: docs/stack.md section 4)
     splits_of: dict[str, list[str]] = {}
     for split, df in qrels.items():
         for q in df["query-id"].unique():
@@ -655,13 +687,6 @@ def validate_dataset(
                         severity="warning",
                     )
                 )
-
-    try:
-        report.data_docs = runner.build_docs()
-    except Exception as e:  # Data Docs are a by-product: never let them hide the validation result
-        log.warning("could not build GX Data Docs in %s: %s", data_docs_dir, e)
-    report.success = not report.failures
-    return report
 
 
 def _empty_ids(df) -> set[str]:

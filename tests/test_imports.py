@@ -87,3 +87,22 @@ def test_every_test_module_declares_exactly_one_group():
     bad = {p.name: sorted(_module_marks(p) & TEST_GROUPS) for p in modules}
     assert {n: g for n, g in bad.items() if len(g) != 1} == {}
     assert _module_marks(Path(__file__)) & TEST_GROUPS == {"unit"}  # the reader sees real declarations
+
+
+def test_no_function_over_80_lines_without_a_reason():
+    """hardneg/ functions stay under 80 lines unless the line above the def says why (``# long: <reason>``)."""
+    import ast
+
+    long = []
+    for p in sorted(PKG.rglob("*.py")):
+        src = p.read_text(encoding="utf-8")
+        lines = src.splitlines()
+        for n in ast.walk(ast.parse(src)):
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno - n.lineno + 1 > 80:
+                first = n.decorator_list[0].lineno if n.decorator_list else n.lineno
+                above = lines[first - 2].strip() if first > 1 else ""
+                if not (above.startswith("# long:") and len(above) > len("# long: ") + 10):
+                    long.append(
+                        f"{p.relative_to(PKG.parent)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+                    )
+    assert not long, "split these or say why above the def (# long: <reason>):\n" + "\n".join(long)

@@ -1,4 +1,4 @@
-"""k8s/ kustomize overlays render and validate offline; the validators reject what they must (docs/docs/stack.md section 6)."""
+"""k8s/ kustomize overlays render and validate offline; the validators reject what they must (docs/stack.md section 6)."""
 
 from __future__ import annotations
 
