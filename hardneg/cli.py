@@ -110,6 +110,21 @@ def friendly_errors(fn):
         except HardnegError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
             raise typer.Exit(1) from None
+        except (
+            Exception
+        ) as e:  # a full disk inside a library (KFP, torch, onnx): one clear line, no traceback
+            from hardneg.artifacts import is_no_space
+
+            if not is_no_space(e):
+                raise
+            where = getattr(e, "filename", None)
+            console.print(
+                f"[bold red]error:[/] no space left{f' writing {where}' if where else ''} ({e}): free disk space "
+                "and rerun the command; stage outputs are published whole or not at all, earlier ones are intact",
+                highlight=False,
+                markup=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -199,3 +199,22 @@ def test_every_dvc_stage_runs_the_cli_command_of_its_name():
     for name, stage in dvc["stages"].items():
         assert stage["cmd"].split()[:2] == ["hardneg", name], name
         assert hasattr(stages, f"{name}_stage"), name
+
+
+def test_a_full_disk_inside_a_library_is_one_line_not_a_traceback(monkeypatch, tmp_path):
+    """Any command: an OSError for lack of space (raised by KFP, torch, onnx...) is a clear one-line error."""
+    import errno
+
+    from hardneg.cli import app
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "red" / "corpus.npy"))
+
+    monkeypatch.setattr(stages, "reduce_stage", full)
+    res = CliRunner().invoke(app, ["reduce", "--emb-dir", str(tmp_path), "--out", str(tmp_path / "red")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "Traceback" not in text
+    assert "no space left writing" in text and "corpus.npy" in text and "free disk space" in text
+    monkeypatch.setattr(stages, "reduce_stage", lambda *a, **k: 1 / 0)  # other errors are not disguised
+    res = CliRunner().invoke(app, ["reduce", "--emb-dir", str(tmp_path), "--out", str(tmp_path / "red")])
+    assert isinstance(res.exception, ZeroDivisionError)
