@@ -39,14 +39,8 @@ def main() -> int:
     for noisy in ("faiss", "bm25s", "sentence_transformers", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from hardneg.config import load_params
-    from hardneg.quality import (
-        PER_QUERY_JSON,
-        QUALITY_JSON,
-        REPORT_HTML,
-        readme_table,
-        replace_readme_block,
-        run_study,
-    )
+    from hardneg.quality import PER_QUERY_JSON, QUALITY_JSON, REPORT_HTML, run_study
+    from hardneg.study_report import readme_table, replace_readme_block
 
     if not args.readme_only:
         params = load_params(ROOT / "params.yaml")

@@ -35,10 +35,10 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    from hardneg.baselines import metrics_of
     from hardneg.biencoder import BiEncoderConfig, document_vectors, encode, load_biencoder, train_biencoder
     from hardneg.config import load_params
     from hardneg.data import load_dataset_for
-    from hardneg.quality import metrics_of
     from hardneg.retrieve import dense_run
 
     params = load_params(ROOT / "params.yaml")

@@ -1,5 +1,8 @@
 """The quality study: does the reranker earn its place, and is it because of the mined negatives?
 
+This module runs it (arms x seeds, resumable); :mod:`hardneg.baselines` has the no-training systems and
+:mod:`hardneg.study_report` the summary, significance, HTML report and README table.
+
 One command (``benchmarks/quality.py`` / ``hardneg compare``), resumable, writes ``quality.json`` (the report contract),
 ``quality_per_query.json`` and ``quality_report.html``. Protocol (also in README "Reranker quality"):
 
@@ -33,15 +36,22 @@ from typing import Any
 import numpy as np
 
 from hardneg.artifacts import Run, read_json
-from hardneg.errors import ConfigError, HardnegError
+from hardneg.baselines import (
+    choose_ensemble_weights,
+    ensemble_vectors,
+    metrics_of,
+    model_vectors,
+    no_training_systems,
+)
+from hardneg.errors import ConfigError
 from hardneg.retrieve import dense_run
+from hardneg.study_report import report_html, summarize
 
 log = logging.getLogger(__name__)
 
 QUALITY_JSON = "quality.json"
 PER_QUERY_JSON = "quality_per_query.json"
 REPORT_HTML = "quality_report.html"
-METRICS = ("mrr@3", "mrr@10", "ndcg@10", "recall@100")
 ARMS = (
     "untuned",
     "in-batch",
@@ -56,140 +66,6 @@ ARMS = (
     "paper-pca80",
     "paper-no-pca",
 )
-NOT_MINED = ("untuned", "in-batch", "random")  # T3 compares the best *mined* policy against these
-
-
-# ---------------------------------------------------------------------------------------------------- vectors
-
-
-def model_vectors(
-    emb_dir: str | os.PathLike, slug: str
-) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
-    """One embedding model's (corpus, doc_ids, queries, query_ids) from ``hardneg embed`` output (unit rows)."""
-    from hardneg.embed import l2_normalize
-
-    m = Path(emb_dir) / slug
-    ids = json.loads((m / "ids.json").read_text(encoding="utf-8"))
-    D = l2_normalize(np.load(m / "corpus.npy").astype(np.float32))
-    Q = l2_normalize(np.load(m / "queries.npy").astype(np.float32))
-    return D, list(ids["doc_ids"]), Q, list(ids["query_ids"])
-
-
-def ensemble_vectors(
-    emb_dir: str | os.PathLike,
-    slugs: Sequence[str],
-    weights: Sequence[float],
-    variance: float | None,
-    seed: int = 13,
-) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
-    """Weighted concatenation of the models' vectors, PCA to ``variance`` (None: no PCA), re-normalised."""
-    from hardneg.reduce import fit_projection
-
-    parts = [model_vectors(emb_dir, s) for s in slugs]
-    proj = fit_projection([p[0] for p in parts], weights, list(slugs), variance=variance, seed=seed)
-    return (
-        proj.transform([p[0] for p in parts]),
-        parts[0][1],
-        proj.transform([p[2] for p in parts]),
-        parts[0][3],
-    )
-
-
-# ------------------------------------------------------------------------------------------------ evaluation
-
-
-def metrics_of(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> tuple[dict[str, float], dict[str, float]]:
-    """(mean metrics, per-query MRR@10) of ``run`` on ``qrels``."""
-    from hardneg.evaluate import evaluate_run
-
-    res = evaluate_run(run, qrels, METRICS)
-    return {k: round(v, 5) for k, v in res.mean.items()}, res.per_query["mrr@10"]
-
-
-def tune_hybrid(
-    primary: Run, secondary: Run, dev_qrels: Mapping[str, Mapping[str, int]], weights: Sequence[float], k: int
-) -> tuple[float, dict[str, float]]:
-    """The weight of ``primary`` in :func:`hardneg.retrieve.fuse_runs` with the best dev MRR@10 (ties: nDCG@10, then
-    the smaller weight). Reads only ``dev_qrels``."""
-    from hardneg.evaluate import evaluate_run
-    from hardneg.retrieve import fuse_runs
-
-    best, best_w, curve = None, float(weights[0]), {}
-    for w in weights:
-        m = evaluate_run(fuse_runs(primary, secondary, float(w), k), dev_qrels, ("mrr@10", "ndcg@10")).mean
-        curve[f"{float(w):g}"] = round(m["mrr@10"], 5)
-        key = (round(m["mrr@10"], 10), round(m["ndcg@10"], 10), -float(w))
-        if best is None or key > best:
-            best, best_w = key, float(w)
-    return best_w, curve
-
-
-def choose_ensemble_weights(
-    emb_dir: str | os.PathLike,
-    slugs: Sequence[str],
-    dev_qrels: Mapping[str, Mapping[str, int]],
-    grid: Sequence[float],
-    variance: float | None,
-    k: int,
-) -> tuple[list[float], dict[str, float]]:
-    """Ensemble weights by dev MRR@10 of the PCA ensemble's dense run: the first model fixed at 1.0, the others from
-    ``grid`` (exhaustive). Reads only ``dev_qrels`` (a test checks that test labels cannot change the choice)."""
-    from hardneg.evaluate import evaluate_run
-    from hardneg.reduce import fit_projection
-
-    parts = [model_vectors(emb_dir, s) for s in slugs]
-    qids = sorted(dev_qrels)
-    combos: list[list[float]] = [[1.0]]
-    for _ in slugs[1:]:
-        combos = [c + [float(g)] for c in combos for g in grid]
-    best, best_w, curve = None, combos[0], {}
-    for w in combos:
-        proj = fit_projection([p[0] for p in parts], w, list(slugs), variance=variance)
-        D, Q = proj.transform([p[0] for p in parts]), proj.transform([p[2] for p in parts])
-        m = evaluate_run(
-            dense_run(D, parts[0][1], Q, parts[0][3], qids, k), dev_qrels, ("mrr@10", "ndcg@10")
-        ).mean
-        curve["/".join(f"{x:g}" for x in w)] = round(m["mrr@10"], 5)
-        key = (round(m["mrr@10"], 10), round(m["ndcg@10"], 10), -sum(w))
-        if best is None or key > best:
-            best, best_w = key, w
-    return best_w, curve
-
-
-def no_training_systems(
-    dataset: Any,
-    emb_dir: str | os.PathLike,
-    slugs: Sequence[str],
-    ensemble_weights: Sequence[float],
-    params: Mapping[str, Any],
-    qids: Sequence[str],
-) -> dict[str, dict[str, Any]]:
-    """``{name: {"run": Run, "weight": w | None}}`` for BM25, each model alone, the PCA ensemble and each BM25 + dense
-    hybrid (weight chosen on dev). Runs cover ``qids`` (dev + test)."""
-    from hardneg.retrieve import bm25_search, fuse_runs
-
-    k = int(params["retrieve"]["top_k"])
-    dev_qrels = dataset.split_qrels(params["data"]["dev_split"])
-    weights = [float(w) for w in params["evaluate"]["fusion_weights"]]
-    variance = params["reduce"]["variance"]
-    systems: dict[str, dict[str, Any]] = {
-        "bm25": {"run": bm25_search(dataset.corpus, {q: dataset.queries[q] for q in qids}, k), "weight": None}
-    }
-    dense: dict[str, Run] = {}
-    for s in slugs:
-        D, dids, Q, qi = model_vectors(emb_dir, s)
-        dense[f"dense:{s}"] = dense_run(D, dids, Q, qi, qids, k)
-    D, dids, Q, qi = ensemble_vectors(emb_dir, slugs, ensemble_weights, variance)
-    dense["dense"] = dense_run(D, dids, Q, qi, qids, k)
-    for name, run in dense.items():
-        systems[name] = {"run": run, "weight": None}
-        w, curve = tune_hybrid(systems["bm25"]["run"], run, dev_qrels, weights, k)
-        systems["hybrid" + name[len("dense") :]] = {
-            "run": fuse_runs(systems["bm25"]["run"], run, w, k),
-            "weight": w,
-            "dev_curve": curve,
-        }
-    return systems
 
 
 # ------------------------------------------------------------------------------------------------------- arms
@@ -291,63 +167,6 @@ def evaluate_model(
             out.setdefault(name, {})[split] = mean
             out.setdefault("per_query", {}).setdefault(name, {})[split] = pq
     return out
-
-
-# ----------------------------------------------------------------------------------------------- significance
-
-
-def randomization_p(a: Mapping[str, float], b: Mapping[str, float], n: int = 10000, seed: int = 0) -> float:
-    from hardneg.evaluate import paired_test
-
-    return float(paired_test(a, b, n_resamples=n, seed=seed)["p_randomization"])
-
-
-def seed_mean(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    qs = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
-    return {q: float(np.mean([p[q] for p in per_seed])) for q in qs}
-
-
-def summarize(results: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """quality.json from the finished arm runs: means over seeds, the best mined policy on dev, p-values."""
-    arms_out: dict[str, Any] = {}
-    finished = {a: r for a, r in results["arms"].items() if r}
-    for arm, by_seed in finished.items():
-        seeds = sorted(by_seed, key=int)
-        row: dict[str, Any] = {"seeds": [int(s) for s in seeds], "steps": by_seed[seeds[0]].get("steps")}
-        for system in ("alone", "served"):
-            for split in ("dev", "test"):
-                for m in ("mrr@10", "ndcg@10", "mrr@3"):
-                    vals = [by_seed[s][system][split][m] for s in seeds]
-                    row.setdefault(system, {}).setdefault(split, {})[m] = {
-                        "mean": round(float(np.mean(vals)), 5),
-                        "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 5),
-                        "seeds": vals,
-                    }
-        row["test"] = row["served"]["test"]
-        row["dev"] = row["served"]["dev"]
-        row["negatives"] = by_seed[seeds[0]].get("negatives", {})
-        arms_out[arm] = row
-    candidates = [a for a in arms_out if a not in NOT_MINED]
-    best = max(candidates or list(arms_out), key=lambda a: arms_out[a]["served"]["dev"]["mrr@10"]["mean"])
-    pq = results["per_query"]
-    for arm, row in arms_out.items():
-        if arm == best:
-            row["p_vs_best"] = None
-            continue
-        shared = sorted(set(pq[arm]) & set(pq[best]), key=int)
-        for system in ("served", "alone"):
-            a = seed_mean([pq[best][s][system]["test"] for s in shared])
-            b = seed_mean([pq[arm][s][system]["test"] for s in shared])
-            per_seed = [
-                randomization_p(pq[best][s][system]["test"], pq[arm][s][system]["test"]) for s in shared
-            ]
-            key = "p_vs_best" if system == "served" else "p_vs_best_alone"
-            row[key] = round(randomization_p(a, b), 5)
-            row[key + "_per_seed"] = [round(p, 5) for p in per_seed]
-            row[("diff_vs_best" if system == "served" else "diff_vs_best_alone")] = round(
-                float(np.mean([a[q] - b[q] for q in a])), 5
-            )
-    return {"arms": arms_out, "best_policy": best}
 
 
 # --------------------------------------------------------------------------------------------------- the study
@@ -574,102 +393,3 @@ def run_study(
     _save(out / PER_QUERY_JSON, state["per_query"])
     (out / REPORT_HTML).write_text(report_html(quality), encoding="utf-8")
     return quality
-
-
-def report_html(q: Mapping[str, Any]) -> str:
-    """A self-contained HTML page: baselines, arms (mean ± std over seeds, per seed), p-values."""
-    import html
-
-    def cell(v: Any) -> str:
-        return html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
-
-    rows = []
-    for name, b in q["no_training"].items():
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{cell(b['dev']['mrr@10'])}</td>"
-            f"<td>{cell(b['test']['mrr@10'])}</td><td>{cell(b['test']['ndcg@10'])}</td>"
-            f"<td>{cell(b.get('weight'))}</td></tr>"
-        )
-    arms = []
-    for name, a in sorted(q["arms"].items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
-        s, al = a["served"], a["alone"]
-        bold = " style='font-weight:bold'" if name == q["best_policy"] else ""
-        arms.append(
-            f"<tr{bold}><td>{html.escape(name)}</td>"
-            f"<td>{cell(s['dev']['mrr@10']['mean'])}</td>"
-            f"<td>{cell(s['test']['mrr@10']['mean'])} ± {cell(s['test']['mrr@10']['std'])}</td>"
-            f"<td>{', '.join(cell(x) for x in s['test']['mrr@10']['seeds'])}</td>"
-            f"<td>{cell(al['test']['mrr@10']['mean'])} ± {cell(al['test']['mrr@10']['std'])}</td>"
-            f"<td>{cell(s['test']['ndcg@10']['mean'])}</td><td>{cell(a.get('diff_vs_best'))}</td>"
-            f"<td>{cell(a.get('p_vs_best'))}</td><td>{cell(a.get('p_vs_best_per_seed'))}</td><td>{cell(a['steps'])}</td></tr>"
-        )
-    return (
-        "<!doctype html><meta charset=utf-8><title>hardneg quality study</title>"
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
-        "td{text-align:right}td:first-child{text-align:left}</style>"
-        f"<h1>hardneg quality study</h1><p>dataset {html.escape(q['dataset'])}, commit {html.escape(q['commit'])}, "
-        f"params {html.escape(q['params_hash'])}; dev = {q['splits']['top_up']['dev_queries']} queries "
-        f"(topped up from train: {q['splits']['top_up']['moved']}, seed {q['splits']['top_up']['seed']}). Choices on dev, test read once.</p>"
-        f"<p>Best no-training system (dev): <b>{html.escape(q['no_training_hybrid']['system'])}</b>; "
-        f"best mined policy (dev): <b>{html.escape(q['best_policy'])}</b>.</p>"
-        "<h2>No-training systems (MRR@10)</h2><table><tr><th>system</th><th>dev</th><th>test</th><th>test nDCG@10</th>"
-        "<th>BM25 weight</th></tr>" + "".join(rows) + "</table>"
-        "<h2>Arms (bi-encoder fine-tuned, equal steps; served = fused with the first stage)</h2>"
-        "<table><tr><th>arm</th><th>dev MRR@10</th><th>test MRR@10 (mean ± sd)</th><th>per seed</th>"
-        "<th>alone test MRR@10</th><th>test nDCG@10</th><th>diff vs best</th><th>p vs best (seed-averaged, "
-        "randomization)</th><th>p per seed</th><th>steps</th></tr>" + "".join(arms) + "</table>"
-    )
-
-
-# ------------------------------------------------------------------------------------------------ README table
-
-README_START = (
-    "<!-- quality:start (written by benchmarks/quality.py from benchmarks/results/quality.json) -->"
-)
-README_END = "<!-- quality:end -->"
-
-
-def readme_table(q: Mapping[str, Any]) -> str:
-    """The README's quality block, generated from quality.json (a test checks README against it)."""
-
-    def f(x: Any) -> str:
-        return f"{x:.3f}" if isinstance(x, float) else str(x)
-
-    best_nt, arms = q["no_training_hybrid"], q["arms"]
-    lines = [
-        README_START,
-        f"SciFact test MRR@10 / nDCG@10 (dev = {q['splits']['top_up']['dev_queries']} queries: choices; test read once). "
-        f"Commit `{q['commit'][:12]}`, params `{q['params_hash']}`, {len(q['config']['seeds'])} seeds, "
-        f"{q['config']['max_steps']} steps per arm.",
-        "",
-        "| system | MRR@10 | nDCG@10 |",
-        "|---|---|---|",
-        f"| BM25 | {f(q['bm25']['test']['mrr@10'])} | {f(q['bm25']['test']['ndcg@10'])} |",
-        f"| dense ensemble (PCA) | {f(q['dense']['test']['mrr@10'])} | {f(q['dense']['test']['ndcg@10'])} |",
-        f"| best no-training system on dev: `{best_nt['system']}` | {f(best_nt['test']['mrr@10'])} | "
-        f"{f(best_nt['test']['ndcg@10'])} |",
-        f"| reranker alone (`{q['best_policy']}`, mean of seeds) | {f(q['reranker_alone']['test']['mrr@10'])} | "
-        f"{f(q['reranker_alone']['test']['ndcg@10'])} |",
-        f"| served: reranker fused with `{q['first_stage']['system']}` (`{q['best_policy']}`) | "
-        f"{f(q['served']['test']['mrr@10'])} | {f(q['served']['test']['ndcg@10'])} |",
-        "",
-        "| arm (served, test) | MRR@10 mean ± sd | seeds | dev MRR@10 | alone MRR@10 | diff vs best | p vs best |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, a in sorted(arms.items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
-        t = a["served"]["test"]["mrr@10"]
-        lines.append(
-            f"| {'**' + name + '**' if name == q['best_policy'] else name} | {f(t['mean'])} ± {f(t['std'])} | "
-            f"{', '.join(f(x) for x in t['seeds'])} | {f(a['served']['dev']['mrr@10']['mean'])} | "
-            f"{f(a['alone']['test']['mrr@10']['mean'])} | {f(a.get('diff_vs_best') or 0.0)} | "
-            f"{f(a.get('p_vs_best')) if a.get('p_vs_best') is not None else '-'} |"
-        )
-    lines.append(README_END)
-    return "\n".join(lines)
-
-
-def replace_readme_block(readme: str, block: str) -> str:
-    if README_START not in readme or README_END not in readme:
-        raise HardnegError("README.md has no quality block markers")
-    i, j = readme.index(README_START), readme.index(README_END) + len(README_END)
-    return readme[:i] + block + readme[j:]

@@ -232,7 +232,7 @@ def fuse_runs(primary: Mapping, secondary: Mapping, weight: float, k: int) -> Ru
     """Hybrid first stage: per query, the union of both runs' candidates scored ``weight * z(primary) +
     (1 - weight) * z(secondary)`` (:func:`hardneg.fusion.fuse`, the served fusion), top ``k``. A candidate missing
     from one run takes that run's lowest score for the query (it ranked below the run's cut-off). The hybrid is
-    ``fuse_runs(bm25, dense, w_bm25, k)``; ``w`` is chosen on dev (:func:`hardneg.quality.tune_hybrid`)."""
+    ``fuse_runs(bm25, dense, w_bm25, k)``; ``w`` is chosen on dev (:func:`hardneg.baselines.tune_hybrid`)."""
     from hardneg.fusion import fuse
 
     out: Run = {}

@@ -279,8 +279,8 @@ def first_stage(
     """The configured first stage (``evaluate.first_stage``: dense | bm25 | hybrid) for the queries of ``splits``,
     plus ``{"name", "bm25_weight", "dev_curve", "runs": {"dense", "bm25"}}``. The hybrid's BM25 weight is always
     chosen on the dev split (the same way whichever splits are asked for), so every stage serves the same system."""
+    from hardneg.baselines import tune_hybrid
     from hardneg.evaluate import first_stage_runs, restrict
-    from hardneg.quality import tune_hybrid
     from hardneg.retrieve import fuse_runs
 
     name = section(params, "evaluate").first_stage  # dense | bm25 | hybrid (typed by hardneg.settings)

@@ -13,10 +13,10 @@ import copy
 import numpy as np
 import pytest
 
+from hardneg.baselines import tune_hybrid
 from hardneg.config import default_params
 from hardneg.data import load_dataset, load_dataset_for
 from hardneg.evaluate import evaluate_reranker
-from hardneg.quality import tune_hybrid
 
 pytestmark = pytest.mark.unit
 

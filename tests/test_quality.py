@@ -99,7 +99,7 @@ def test_rerun_resumes_without_training_again(study, tiny_data_dir):
 
 
 def test_readme_block_is_generated_from_the_json(study):
-    from hardneg.quality import README_END, README_START, readme_table, replace_readme_block
+    from hardneg.study_report import README_END, README_START, readme_table, replace_readme_block
 
     _, _, q = study
     block = readme_table(q)

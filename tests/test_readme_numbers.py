@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hardneg.quality import README_END, README_START, readme_table
+from hardneg.study_report import README_END, README_START, readme_table
 
 pytestmark = pytest.mark.unit
 

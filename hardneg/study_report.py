@@ -1,0 +1,172 @@
+"""The quality study's summary: seed means, the best mined policy on dev, paired randomization p-values
+(``quality.json``), the HTML report and README's quality table (hardneg.quality runs the study)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hardneg.errors import HardnegError
+
+log = logging.getLogger(__name__)
+
+NOT_MINED = ("untuned", "in-batch", "random")  # T3 compares the best *mined* policy against these
+
+
+# ----------------------------------------------------------------------------------------------- significance
+
+
+def randomization_p(a: Mapping[str, float], b: Mapping[str, float], n: int = 10000, seed: int = 0) -> float:
+    from hardneg.evaluate import paired_test
+
+    return float(paired_test(a, b, n_resamples=n, seed=seed)["p_randomization"])
+
+
+def seed_mean(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    qs = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
+    return {q: float(np.mean([p[q] for p in per_seed])) for q in qs}
+
+
+def summarize(results: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """quality.json from the finished arm runs: means over seeds, the best mined policy on dev, p-values."""
+    arms_out: dict[str, Any] = {}
+    finished = {a: r for a, r in results["arms"].items() if r}
+    for arm, by_seed in finished.items():
+        seeds = sorted(by_seed, key=int)
+        row: dict[str, Any] = {"seeds": [int(s) for s in seeds], "steps": by_seed[seeds[0]].get("steps")}
+        for system in ("alone", "served"):
+            for split in ("dev", "test"):
+                for m in ("mrr@10", "ndcg@10", "mrr@3"):
+                    vals = [by_seed[s][system][split][m] for s in seeds]
+                    row.setdefault(system, {}).setdefault(split, {})[m] = {
+                        "mean": round(float(np.mean(vals)), 5),
+                        "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 5),
+                        "seeds": vals,
+                    }
+        row["test"] = row["served"]["test"]
+        row["dev"] = row["served"]["dev"]
+        row["negatives"] = by_seed[seeds[0]].get("negatives", {})
+        arms_out[arm] = row
+    candidates = [a for a in arms_out if a not in NOT_MINED]
+    best = max(candidates or list(arms_out), key=lambda a: arms_out[a]["served"]["dev"]["mrr@10"]["mean"])
+    pq = results["per_query"]
+    for arm, row in arms_out.items():
+        if arm == best:
+            row["p_vs_best"] = None
+            continue
+        shared = sorted(set(pq[arm]) & set(pq[best]), key=int)
+        for system in ("served", "alone"):
+            a = seed_mean([pq[best][s][system]["test"] for s in shared])
+            b = seed_mean([pq[arm][s][system]["test"] for s in shared])
+            per_seed = [
+                randomization_p(pq[best][s][system]["test"], pq[arm][s][system]["test"]) for s in shared
+            ]
+            key = "p_vs_best" if system == "served" else "p_vs_best_alone"
+            row[key] = round(randomization_p(a, b), 5)
+            row[key + "_per_seed"] = [round(p, 5) for p in per_seed]
+            row[("diff_vs_best" if system == "served" else "diff_vs_best_alone")] = round(
+                float(np.mean([a[q] - b[q] for q in a])), 5
+            )
+    return {"arms": arms_out, "best_policy": best}
+
+
+def report_html(q: Mapping[str, Any]) -> str:
+    """A self-contained HTML page: baselines, arms (mean ± std over seeds, per seed), p-values."""
+    import html
+
+    def cell(v: Any) -> str:
+        return html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
+
+    rows = []
+    for name, b in q["no_training"].items():
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{cell(b['dev']['mrr@10'])}</td>"
+            f"<td>{cell(b['test']['mrr@10'])}</td><td>{cell(b['test']['ndcg@10'])}</td>"
+            f"<td>{cell(b.get('weight'))}</td></tr>"
+        )
+    arms = []
+    for name, a in sorted(q["arms"].items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
+        s, al = a["served"], a["alone"]
+        bold = " style='font-weight:bold'" if name == q["best_policy"] else ""
+        arms.append(
+            f"<tr{bold}><td>{html.escape(name)}</td>"
+            f"<td>{cell(s['dev']['mrr@10']['mean'])}</td>"
+            f"<td>{cell(s['test']['mrr@10']['mean'])} ± {cell(s['test']['mrr@10']['std'])}</td>"
+            f"<td>{', '.join(cell(x) for x in s['test']['mrr@10']['seeds'])}</td>"
+            f"<td>{cell(al['test']['mrr@10']['mean'])} ± {cell(al['test']['mrr@10']['std'])}</td>"
+            f"<td>{cell(s['test']['ndcg@10']['mean'])}</td><td>{cell(a.get('diff_vs_best'))}</td>"
+            f"<td>{cell(a.get('p_vs_best'))}</td><td>{cell(a.get('p_vs_best_per_seed'))}</td><td>{cell(a['steps'])}</td></tr>"
+        )
+    return (
+        "<!doctype html><meta charset=utf-8><title>hardneg quality study</title>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
+        "td{text-align:right}td:first-child{text-align:left}</style>"
+        f"<h1>hardneg quality study</h1><p>dataset {html.escape(q['dataset'])}, commit {html.escape(q['commit'])}, "
+        f"params {html.escape(q['params_hash'])}; dev = {q['splits']['top_up']['dev_queries']} queries "
+        f"(topped up from train: {q['splits']['top_up']['moved']}, seed {q['splits']['top_up']['seed']}). Choices on dev, test read once.</p>"
+        f"<p>Best no-training system (dev): <b>{html.escape(q['no_training_hybrid']['system'])}</b>; "
+        f"best mined policy (dev): <b>{html.escape(q['best_policy'])}</b>.</p>"
+        "<h2>No-training systems (MRR@10)</h2><table><tr><th>system</th><th>dev</th><th>test</th><th>test nDCG@10</th>"
+        "<th>BM25 weight</th></tr>" + "".join(rows) + "</table>"
+        "<h2>Arms (bi-encoder fine-tuned, equal steps; served = fused with the first stage)</h2>"
+        "<table><tr><th>arm</th><th>dev MRR@10</th><th>test MRR@10 (mean ± sd)</th><th>per seed</th>"
+        "<th>alone test MRR@10</th><th>test nDCG@10</th><th>diff vs best</th><th>p vs best (seed-averaged, "
+        "randomization)</th><th>p per seed</th><th>steps</th></tr>" + "".join(arms) + "</table>"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ README table
+
+README_START = (
+    "<!-- quality:start (written by benchmarks/quality.py from benchmarks/results/quality.json) -->"
+)
+README_END = "<!-- quality:end -->"
+
+
+def readme_table(q: Mapping[str, Any]) -> str:
+    """The README's quality block, generated from quality.json (a test checks README against it)."""
+
+    def f(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    best_nt, arms = q["no_training_hybrid"], q["arms"]
+    lines = [
+        README_START,
+        f"SciFact test MRR@10 / nDCG@10 (dev = {q['splits']['top_up']['dev_queries']} queries: choices; test read once). "
+        f"Commit `{q['commit'][:12]}`, params `{q['params_hash']}`, {len(q['config']['seeds'])} seeds, "
+        f"{q['config']['max_steps']} steps per arm.",
+        "",
+        "| system | MRR@10 | nDCG@10 |",
+        "|---|---|---|",
+        f"| BM25 | {f(q['bm25']['test']['mrr@10'])} | {f(q['bm25']['test']['ndcg@10'])} |",
+        f"| dense ensemble (PCA) | {f(q['dense']['test']['mrr@10'])} | {f(q['dense']['test']['ndcg@10'])} |",
+        f"| best no-training system on dev: `{best_nt['system']}` | {f(best_nt['test']['mrr@10'])} | "
+        f"{f(best_nt['test']['ndcg@10'])} |",
+        f"| reranker alone (`{q['best_policy']}`, mean of seeds) | {f(q['reranker_alone']['test']['mrr@10'])} | "
+        f"{f(q['reranker_alone']['test']['ndcg@10'])} |",
+        f"| served: reranker fused with `{q['first_stage']['system']}` (`{q['best_policy']}`) | "
+        f"{f(q['served']['test']['mrr@10'])} | {f(q['served']['test']['ndcg@10'])} |",
+        "",
+        "| arm (served, test) | MRR@10 mean ± sd | seeds | dev MRR@10 | alone MRR@10 | diff vs best | p vs best |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, a in sorted(arms.items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
+        t = a["served"]["test"]["mrr@10"]
+        lines.append(
+            f"| {'**' + name + '**' if name == q['best_policy'] else name} | {f(t['mean'])} ± {f(t['std'])} | "
+            f"{', '.join(f(x) for x in t['seeds'])} | {f(a['served']['dev']['mrr@10']['mean'])} | "
+            f"{f(a['alone']['test']['mrr@10']['mean'])} | {f(a.get('diff_vs_best') or 0.0)} | "
+            f"{f(a.get('p_vs_best')) if a.get('p_vs_best') is not None else '-'} |"
+        )
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def replace_readme_block(readme: str, block: str) -> str:
+    if README_START not in readme or README_END not in readme:
+        raise HardnegError("README.md has no quality block markers")
+    i, j = readme.index(README_START), readme.index(README_END) + len(README_END)
+    return readme[:i] + block + readme[j:]
