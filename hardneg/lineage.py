@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from hardneg.artifacts import sha256_file  # noqa: F401  (re-exported: lineage callers hash files)
 from hardneg.errors import HardnegError
 
 LINEAGE_FILE = "lineage.json"
@@ -70,14 +71,6 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while b := fh.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def sha256_dir(path: str | os.PathLike) -> str:

@@ -8,16 +8,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from _server_process import free_port, wait_ready
 from _tiny_reranker import FUSION_WEIGHT, REPO, tiny_export
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -705,17 +704,11 @@ def test_cli_serve_refuses_a_missing_export(tmp_path):
 # ------------------------------------------------------------------------------------------------ real process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_process_with_tritonclient_and_plain_http(export_dir, reference, tmp_path):
     import psutil
     import tritonclient.http as tc
 
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("hardneg")
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
@@ -727,16 +720,7 @@ def test_real_server_process_with_tritonclient_and_plain_http(export_dir, refere
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        wait_ready(proc, base, tmp_path / "server.log")
         server = psutil.Process(proc.pid)
         # psutil < 6 names it connections()
         conns = (getattr(server, "net_connections", None) or server.connections)("tcp")

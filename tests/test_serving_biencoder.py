@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from _server_process import free_port, wait_ready
 from _tiny_biencoder import BI_FUSION_WEIGHT, BI_MAX_LENGTH, tiny_bi_export
 from _tiny_reranker import REPO
 from fastapi.testclient import TestClient
@@ -125,14 +124,8 @@ def test_metrics_expose_the_document_cache_counters(client, model):
     assert "# TYPE hardneg_doc_cache_hits_total counter" in after
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_process_serves_a_bi_encoder(export_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("hardneg")
     cmd = [str(exe), "serve", "--model-dir", str(export_dir), "--http-port", str(port), "--model-name", NAME]
     log = open(tmp_path / "server.log", "wb")
@@ -147,16 +140,7 @@ def test_real_server_process_serves_a_bi_encoder(export_dir, tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        wait_ready(proc, base, tmp_path / "server.log")
         meta = httpx.get(f"{base}/v2/models/{NAME}", timeout=30).json()
         assert meta["parameters"]["kind"] == "bi-encoder" and meta["parameters"]["doc_cache"]["capacity"] == 2
         scores, order = OnnxReranker(export_dir, "fp32", doc_cache_size=0).rerank(QUERY, DOCS)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from _server_process import free_port, wait_ready
 from _tiny_biencoder import tiny_bi_export, trained_tiny_bi
 from _tiny_reranker import REPO, TINY_INT8_MAX_MRR_DROP, tiny_dev_set
 from fastapi.testclient import TestClient
@@ -220,30 +220,15 @@ print("server returned", flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_the_in_flight_request_then_exits(export_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     script = tmp_path / "slow_server.py"
     script.write_text(textwrap.dedent(SLOW_SERVER).format(repo=str(REPO), export=str(export_dir), port=port))
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.3)
+        wait_ready(proc, base, tmp_path / "server.log")
         result: dict = {}
 
         def call() -> None:
