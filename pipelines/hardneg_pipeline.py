@@ -27,10 +27,10 @@ PIPELINE_NAME = "hardneg"
 def _resources(task, spec: dict[str, Any] | None, gpu: bool = False):
     spec = spec or {}
     if spec.get("cpu"):
-        task.set_cpu_request(str(spec["cpu"])).set_cpu_limit(str(spec.get("cpu_limit", spec["cpu"])))
+        task.set_cpu_request(str(spec["cpu"])).set_cpu_limit(str(spec.get("cpu_limit") or spec["cpu"]))
     if spec.get("memory"):
         task.set_memory_request(str(spec["memory"])).set_memory_limit(
-            str(spec.get("memory_limit", spec["memory"]))
+            str(spec.get("memory_limit") or spec["memory"])
         )
     if gpu:
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
@@ -40,10 +40,10 @@ def _resources(task, spec: dict[str, Any] | None, gpu: bool = False):
 
 def build_pipeline(params: dict[str, Any]):
     """The @dsl.pipeline function, with per-stage resources from ``params['pipeline']``."""
-    pp = params["pipeline"]
-    res = pp.get("resources", {})
-    gpu_stages = set(pp.get("gpu_stages") or [])
-    cluster = pp.get("cluster", {})
+    pp = params["pipeline"]  # typed and complete (hardneg.settings checks every key at load)
+    res = pp["resources"]
+    gpu_stages = set(pp["gpu_stages"])
+    cluster = pp["cluster"]
 
     @dsl.pipeline(
         name=PIPELINE_NAME, description="Hard-negative mining -> cross-encoder reranker -> ONNX -> KServe"
@@ -65,7 +65,7 @@ def build_pipeline(params: dict[str, Any]):
             )
             kubernetes.use_secret_as_env(
                 fetch,
-                secret_name=cluster.get("dvc_secret", "hardneg-dvc-remote"),
+                secret_name=cluster["dvc_secret"],
                 secret_key_to_env={
                     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
@@ -83,8 +83,8 @@ def build_pipeline(params: dict[str, Any]):
                 _resources(emb, res.get("embed"), "embed" in gpu_stages)
                 kubernetes.mount_pvc(
                     emb,
-                    pvc_name=cluster.get("cache_pvc", "hardneg-embedding-cache"),
-                    mount_path=cluster.get("cache_mount", "/cache"),
+                    pvc_name=cluster["cache_pvc"],
+                    mount_path=cluster["cache_mount"],
                 )
             red = _resources(
                 reduce(

@@ -14,6 +14,7 @@ from typing import Any
 from hardneg.config import params_hash
 from hardneg.errors import HardnegError
 from hardneg.lineage import data_version, git_commit
+from hardneg.settings import settings
 from hardneg.stages import embed_items
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ def pipeline_arguments(
     repo = Path(repo).resolve()
     p = copy.deepcopy(params) if cluster else _localise(params, repo)
     if cluster:
-        c = p["pipeline"].get("cluster", {})
-        p["embed"]["cache_dir"] = f"{c.get('cache_mount', '/cache')}/embeddings"
+        p["embed"]["cache_dir"] = f"{settings(params).pipeline.cluster.cache_mount}/embeddings"
     dvc_file = repo / "data.dvc"
     if not dvc_file.exists():
         raise HardnegError(
@@ -64,7 +64,7 @@ def pipeline_arguments(
     }
     data_dir = p["data"]["dir"]
     return {
-        "dvc_repo": p["pipeline"].get("cluster", {}).get("git_repo", "") if cluster else str(repo),
+        "dvc_repo": settings(params).pipeline.cluster.git_repo if cluster else str(repo),
         "dvc_rev": lineage["git_commit"].replace("-dirty", "") if cluster else "",
         "data_path": data_dir,
         "data_version": lineage["data_version"],
