@@ -38,3 +38,18 @@ def test_default_params_are_the_dev_winner():
     used = {model_slug(m["name"]): float(m["weight"]) for m in params["embed"]["models"]}
     assert {k: v for k, v in chosen.items() if v > 0} == {k: v for k, v in used.items() if v > 0}
     assert params["evaluate"]["first_stage"] == q["first_stage_best_on_dev"] == q["first_stage"]["system"]
+
+
+def test_readme_byo_numbers_come_from_byo_run_json():
+    """The "your own corpus" measurement in README is what benchmarks/byo_run.py wrote."""
+    import json
+
+    d = json.loads((REPO / "benchmarks" / "results" / "byo_run.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    sm = d["summary"]["served_metrics"]
+    assert d["exit_code"] == 0
+    for value in (d["seconds"], d["terminal"]["stdout_lines"], sm["served_mrr@10"], sm["first_stage_mrr@10"]):
+        assert f"{value}" in readme, value
+    assert f"exit 0 in {d['seconds']} s" in readme
+    assert f"{d['terminal']['stdout_lines']} terminal lines" in readme
+    assert f"MRR@10 {sm['served_mrr@10']} vs {sm['first_stage_mrr@10']}" in readme
