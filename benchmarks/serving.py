@@ -590,7 +590,7 @@ def write_readme(d: dict[str, Any], readme_path: Path) -> str:
     `variant`, `precision`, `max_abs_diff`, `passed`); the server serves that runtime unless `--runtime` overrides it.
     OpenVINO's inference precision is pinned to f32 (its CPU plugin would silently switch to bf16 on AMX CPUs).
     Threads follow the container's CPU limit (cgroup `cpu.max`, else the affinity mask); `--intra_op_threads` overrides.
-    The default, **{rt}**, was chosen from the numbers below on
+    The default, **{rt}**, was chosen from the numbers below, measured on this machine
     ({d["machine"]["cpu_model"]}, AVX2 only: no AVX512/VNNI/AMX, so no native bf16 and OpenVINO bf16 is skipped).
 
     Numbers (`benchmarks/results/serving.json`, one run of `nice python benchmarks/serving.py --export-dir <export>`,
