@@ -200,7 +200,31 @@ def _study_params(params: Mapping[str, Any]) -> dict[str, Any]:
     p["train"].get("bi_encoder", {}).pop("drop_without_negative", None)
     for m in p["embed"].get("models", []):
         m.pop("weight", None)
+    # nor what does not change an arm's numbers: how the corpus is split across embed workers, the encoding batch
+    p["embed"].pop("shards", None)
+    p["train"].get("bi_encoder", {}).pop("batch_size", None)
+    # the reading of the rule with several positives: in the key of the arms that read it only (_arm_key)
+    p["mine"].pop("positive_reading", None)
     return p
+
+
+# arms whose negatives depend on mine.positive_reading (the rule compares candidates with the positive)
+READING_ARMS = (
+    "paper",
+    "paper-drop",
+    "positive-aware",
+    "hybrid",
+    "paper-single-model",
+    "paper-pca80",
+    "paper-no-pca",
+)
+
+
+def _arm_key(key: Mapping[str, Any], arm: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration key of one arm's result file (``key`` plus what only this arm reads)."""
+    if arm in READING_ARMS:
+        return {**key, "positive_reading": params["mine"]["positive_reading"]}
+    return dict(key)
 
 
 def _save(path: Path, obj: Any) -> None:
@@ -283,7 +307,7 @@ def run_study(
         st: dict[str, Any] = {"key": key, "arms": {}, "per_query": {}}
         for f in sorted(runs_dir.glob("*.json")) if runs_dir.exists() else []:
             r = read_json(f, rerun="hardneg compare")
-            if r.get("key") != key:
+            if r.get("key") != _arm_key(key, r.get("arm"), params):
                 continue
             st["arms"].setdefault(r["arm"], {})[str(r["seed"])] = r["result"]
             st["per_query"].setdefault(r["arm"], {})[str(r["seed"])] = r["per_query"]
@@ -296,7 +320,8 @@ def run_study(
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
             done = runs_dir / f"{arm}-{seed}.json"
-            if done.exists() and read_json(done, rerun="hardneg compare").get("key") == key:
+            arm_key = _arm_key(key, arm, params)
+            if done.exists() and read_json(done, rerun="hardneg compare").get("key") == arm_key:
                 continue
             t0 = time.perf_counter()
             if arm not in neg_cache:
@@ -337,7 +362,7 @@ def run_study(
             }
             _save(
                 runs_dir / f"{arm}-{seed}.json",
-                {"key": key, "arm": arm, "seed": seed, "result": result, "per_query": pq},
+                {"key": arm_key, "arm": arm, "seed": seed, "result": result, "per_query": pq},
             )
             if arm != "untuned":
                 import shutil
@@ -369,6 +394,7 @@ def run_study(
         "commit": lin.git_commit,
         "data_version": lin.data_version,
         "params_hash": key["params"],
+        "mine_positive_reading": params["mine"]["positive_reading"],  # the reading of the READING_ARMS' rule
         "splits": split_record,
         "config": cfg,
         "ensemble_weights": {"models": slugs, "chosen_on_dev": ens_w, "dev_curve": ens_curve},

@@ -107,3 +107,27 @@ def test_readme_block_is_generated_from_the_json(study):
     assert f"{q['served']['test']['mrr@10']:.3f}" in block
     doc = f"intro\n{README_START}\nstale\n{README_END}\noutro\n"
     assert replace_readme_block(doc, block) == f"intro\n{block}\noutro\n"
+
+
+def test_only_the_arms_whose_rule_reads_the_positives_are_keyed_by_the_reading():
+    """Changing mine.positive_reading reruns the paper-family arms of a study and reuses the others; settings that
+    do not change a result (embed shards, the encoding batch) do not invalidate finished runs."""
+    import copy
+
+    from hardneg.config import default_params, params_hash
+    from hardneg.quality import READING_ARMS, _arm_key, _study_params
+
+    a = default_params()
+    b = copy.deepcopy(a)
+    b["mine"]["positive_reading"] = "all-positives"
+    b["embed"]["shards"] = 4
+    b["train"]["bi_encoder"]["batch_size"] = 16
+    assert params_hash(_study_params(a)) == params_hash(_study_params(b))
+    key = {"cfg": {}, "params": params_hash(_study_params(a))}
+    for arm in ("untuned", "in-batch", "random", "bm25", "st-default"):
+        assert _arm_key(key, arm, a) == _arm_key(key, arm, b), arm
+    for arm in READING_ARMS:
+        assert _arm_key(key, arm, a) != _arm_key(key, arm, b), arm
+    c = copy.deepcopy(a)
+    c["train"]["bi_encoder"]["lr"] = 1e-5  # a setting that changes the model changes every arm's key
+    assert params_hash(_study_params(a)) != params_hash(_study_params(c))
