@@ -412,17 +412,7 @@ def test_serving_requirements_install_into_a_fresh_venv(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
-    code = (
-        "import sys, importlib.util; sys.argv = sys.argv[:1]\n"
-        "import onnxruntime, tokenizers, kserve, numpy, yaml\n"
-        "import hardneg.config, hardneg.lineage\n"
-        # the server code itself, when present (hardneg.rerank + serving/: what the serving image runs)
-        "import os\n"
-        "if os.path.exists('hardneg/rerank.py'): import hardneg.rerank\n"
-        "if os.path.exists('serving/predictor.py'): import serving.predictor, serving.server, serving.__main__\n"
-        "assert importlib.util.find_spec('torch') is None, 'torch is installed'\n"
-        "print(onnxruntime.__version__, tokenizers.__version__)\n"
-    )
+    code = SERVER_IMPORTS
     run = subprocess.run(
         [py, "-c", code],
         capture_output=True,
