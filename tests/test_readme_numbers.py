@@ -53,3 +53,19 @@ def test_readme_byo_numbers_come_from_byo_run_json():
     assert f"exit 0 in {d['seconds']} s" in readme
     assert f"{d['terminal']['stdout_lines']} terminal lines" in readme
     assert f"MRR@10 {sm['served_mrr@10']} vs {sm['first_stage_mrr@10']}" in readme
+
+
+def test_readme_public_quirks_run_comes_from_its_json():
+    import json
+
+    d = json.loads((REPO / "benchmarks" / "results" / "byo_run_public_quirks.json").read_text())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (
+        d["exit_code"] == 0
+        and d["data"]["grades"] == [0, 1, 2, 3, 4]
+        and d["data"]["positives_per_query"] == 30
+    )
+    assert f"exit 0 in {d['seconds']} s, {d['terminal']['stdout_lines']} terminal lines" in readme
+    mined = next(line for line in d["terminal"]["stdout"].splitlines() if " mine " in line and "done" in line)
+    pairs = mined.split("· ")[1].split(" pairs")[0]  # e.g. 630/630
+    assert f"{pairs} training pairs with a negative" in readme
