@@ -110,9 +110,8 @@ def friendly_errors(fn):
         except HardnegError as e:
             console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
             raise typer.Exit(1) from None
-        except (
-            Exception
-        ) as e:  # a full disk inside a library (KFP, torch, onnx): one clear line, no traceback
+        except Exception as e:
+            # a full disk inside a library (KFP, torch, onnx): one clear line, no traceback
             from hardneg.artifacts import is_no_space
 
             if not is_no_space(e):

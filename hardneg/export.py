@@ -730,28 +730,6 @@ def _stamp_onnx(path: Path, props: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise HardnegError(f"--out {out_dir} exists and is not a folder")
-        contents = list(out_dir.iterdir())
-        if contents and not ((out_dir / METADATA_FILE).exists() or (out_dir / PARITY_FILE).exists()):
-            raise HardnegError(
-                f"--out {out_dir} is a non-empty folder that is not a hardneg export: refusing to overwrite"
-            )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    from hardneg.artifacts import publish_dir
-
-    publish_dir(staging, out_dir)  # checksums.sha256, then an atomic swap under a lock (last writer wins)
-
-
 def _int8_gate(
     fp32: Any, int8: Any, dev_set: DevSet, fusion: dict[str, Any] | None, threshold: float
 ) -> dict[str, Any]:
@@ -1031,18 +1009,18 @@ def _onnx_props(source: dict[str, Any], kind: str, max_length: int) -> dict[str,
 
 @contextlib.contextmanager
 def _export_staging(out: Path) -> Iterator[Path]:
-    """A staging folder beside ``out``, removed when the export fails (a full disk becomes a clear DiskFullError);
-    the caller publishes it into ``out`` on success."""
-    from hardneg.artifacts import disk_full, is_no_space
+    """:func:`hardneg.artifacts.staged_output` for an export: published whole on success (checksums, atomic swap,
+    last writer wins), removed on failure (a full disk: one clear message), and never over a folder that is not an
+    earlier export."""
+    from hardneg.artifacts import staged_output
 
-    staging = _prepare_out_dir(out)
-    try:
+    if out.is_dir() and any(out.iterdir()):
+        if not ((out / METADATA_FILE).exists() or (out / PARITY_FILE).exists()):
+            raise HardnegError(
+                f"--out {out} is a non-empty folder that is not a hardneg export: refusing to overwrite"
+            )
+    with staged_output(out, "hardneg export") as staging:
         yield staging
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if is_no_space(e) and not isinstance(e, HardnegError):
-            raise disk_full(out, e, "hardneg export") from e
-        raise
 
 
 def export_model(
@@ -1108,7 +1086,6 @@ def export_model(
             (staging / METADATA_FILE).write_text(
                 json.dumps(metadata, indent=2, sort_keys=True) + "\n", "utf-8"
             )
-        _publish(staging, out)
     if not parity["passed"]:
         raise _gate_failure(parity, out)
     diffs = (parity["fp32"]["max_abs_diff"], parity["int8"]["max_abs_diff"])

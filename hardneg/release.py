@@ -30,14 +30,14 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hardneg.errors import ConfigError, HardnegError
+from hardneg.errors import HardnegError
 from hardneg.k8s_validate import ISVC_API_VERSION, ISVC_KIND
 from hardneg.lineage import LINEAGE_FILE, Lineage, read_lineage
 
@@ -67,28 +67,31 @@ _OVERLAY = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 @dataclass
 class ReleaseSettings:
-    """The ``release:`` section of params.yaml (paths relative to the working directory)."""
+    """The ``release:`` section of params.yaml (paths relative to the working directory), typed and completed by
+    :mod:`hardneg.settings` (the defaults live in params.yaml)."""
 
-    k8s_dir: Path = Path("k8s")
-    releases_dir: Path = Path("k8s/releases")
-    overlay: str = DEFAULT_OVERLAY
-    image: str = "ghcr.io/hardneg/hardneg-serving"
-    canary_percent: int = 10
-    storage_uri: dict[str, str] = field(default_factory=dict)
-    kubernetes_version: str = "1.31"
+    k8s_dir: Path
+    releases_dir: Path
+    overlay: str
+    image: str
+    canary_percent: int
+    storage_uri: dict[str, str]
+    kubernetes_version: str
 
     @classmethod
     def from_params(cls, params: dict[str, Any] | None) -> ReleaseSettings:
-        sec = dict((params or {}).get("release") or {})
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(sec) - known)
-        if unknown:
-            raise ConfigError(f"params.yaml release: unknown key(s) {unknown}; known: {sorted(known)}")
-        s = cls(**sec)
-        s.k8s_dir, s.releases_dir = Path(s.k8s_dir), Path(s.releases_dir)
-        s.kubernetes_version = str(s.kubernetes_version)
-        s.storage_uri = dict(s.storage_uri or {})
-        return s
+        from hardneg.settings import section
+
+        r = section(params or {}, "release")  # unknown or wrongly typed keys: a ConfigError naming the key
+        return cls(
+            Path(r.k8s_dir),
+            Path(r.releases_dir),
+            r.overlay,
+            r.image,
+            r.canary_percent,
+            dict(r.storage_uri),
+            r.kubernetes_version,
+        )
 
 
 # ------------------------------------------------------------------------------------------------------- lineage

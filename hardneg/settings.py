@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import types
 from collections.abc import Mapping
@@ -25,8 +26,8 @@ from hardneg.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def default_params() -> dict[str, Any]:
-    """The packaged defaults (``hardneg/resources/params.default.yaml``): the one home of every default value."""
+@functools.cache
+def _packaged_defaults() -> dict[str, Any]:
     from importlib import resources
 
     import yaml
@@ -35,12 +36,18 @@ def default_params() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def merge_params(base: dict, override: dict, where: str = "") -> dict:
+def default_params() -> dict[str, Any]:
+    """The packaged defaults (``hardneg/resources/params.default.yaml``): the one home of every default value.
+    Parsed once per process; each call returns a fresh copy (callers may modify it)."""
+    return copy.deepcopy(_packaged_defaults())
+
+
+def merge_params(base: dict, override: dict) -> dict:
     """``override`` merged over ``base`` section by section (nested mappings merged, other values replaced)."""
     out = copy.deepcopy(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_params(out[k], v, f"{where}{k}.")
+            out[k] = merge_params(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -387,12 +394,11 @@ def _convert(tp: Any, v: Any, where: str) -> Any:
     if tp is Any:
         return v
     if origin in (Union, types.UnionType):
-        errors = []
         for arm in get_args(tp):
             try:
                 return _convert(arm, v, where)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                pass
         raise ConfigError(f"{where} must be {_type_name(tp)}, got {_show(v)}")
     if origin is Literal:
         if v in get_args(tp) and type(v) is type(get_args(tp)[0]):

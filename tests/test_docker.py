@@ -372,26 +372,18 @@ def test_the_server_imports_with_the_serving_requirements_alone(tmp_path):
     pins = _pins(SERVING_REQS)
     site = _pinned_site(pins, tmp_path / "site")
     assert not (site / "torch").exists() and (site / "onnxruntime").exists()
-    run = subprocess.run(
-        [sys.executable, "-S", "-c", SERVER_IMPORTS],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"},
-        cwd=REPO,
-    )
+
+    def server_imports() -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+        cmd = [sys.executable, "-S", "-c", SERVER_IMPORTS]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+
+    run = server_imports()
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == [pins["onnxruntime"], pins["tokenizers"]]
     # not vacuous: without one pinned runtime dependency of the server, the import fails
     (site / "onnxruntime").unlink()
-    again = subprocess.run(
-        [sys.executable, "-S", "-c", SERVER_IMPORTS],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"},
-        cwd=REPO,
-    )
+    again = server_imports()
     assert again.returncode != 0 and "onnxruntime" in again.stderr
 
 
