@@ -64,6 +64,7 @@ import numpy as np
 from hardneg import settings as _settings
 from hardneg.artifacts import NEGATIVES_FILE
 from hardneg.errors import HardnegError
+from hardneg.hw import blas_single_thread
 
 log = logging.getLogger(__name__)
 
@@ -610,7 +611,7 @@ def mine_negatives(
         k,
     )
     results, rescans = _select_all(miner, Qv, work, S, Ix, k, progress)
-    with _blas_single_thread():
+    with blas_single_thread():
         rows, dists = _rows(miner, Qv, work, results)
     t_sel = time.perf_counter() - t_sel
     stats = _stats(cfg, split, len(doc_ids), len(qrels), work, results, rows, dists)
@@ -736,7 +737,7 @@ def _select_all(
         dynamic_ncols=True,
         leave=False,
     )
-    with _blas_single_thread():  # many small matmuls: threads only add synchronisation
+    with blas_single_thread():  # many small matmuls: threads only add synchronisation
         for w_i, (qid, qi, rule_pos, _) in enumerate(bar):
             q = Qv[qi]
             if cfg.policy == "random":
@@ -754,19 +755,6 @@ def _select_all(
     return results, len(pending)
 
 
-def _blas_single_thread():
-    """BLAS limited to one thread (a context manager). Selection runs thousands of ``[P, d] x [d, K]`` products: on
-    a 2-core machine shared with other jobs, multi-threaded OpenBLAS made them ~10x slower (17 s vs 0.6 s for 600
-    queries x 738 candidates, measured); same fix as ``hardneg.reduce``."""
-    import contextlib
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn's dependency; without it, just run multi-threaded
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def _rescan(miner: _Miner, Qv, work: _Work, S, Ix, k: int, pending, results: list[_QueryResult]) -> None:
     """Exact re-scan of the queries whose top-K window ended before a unit's region (one batched pass), merged with
     their top-K window, then selected again (``results`` updated in place)."""
@@ -777,7 +765,7 @@ def _rescan(miner: _Miner, Qv, work: _Work, S, Ix, k: int, pending, results: lis
     by_query: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for w_i, scan in zip(owners, scans, strict=True):
         by_query.setdefault(w_i, []).append(scan)
-    with _blas_single_thread():
+    with blas_single_thread():
         for w_i, _, need in pending:
             _reselect(miner, Qv, work, S, Ix, k, w_i, need, by_query[w_i], results)
 

@@ -195,13 +195,11 @@ def fit_projection(
 
 
 def _eigh_single_thread(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.linalg.eigh`` with BLAS limited to one thread: the tridiagonal reduction is BLAS-2 bound, and on a
-    2-core machine shared with other jobs multi-threaded OpenBLAS took 10.8 s for d=1152 vs 0.3 s single-threaded."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn's dependency; without it, just run multi-threaded
-        return np.linalg.eigh(cov)
-    with threadpool_limits(limits=1, user_api="blas"):
+    """``np.linalg.eigh`` with BLAS limited to one thread (the tridiagonal reduction is BLAS-2 bound:
+    :func:`hardneg.hw.blas_single_thread`)."""
+    from hardneg.hw import blas_single_thread
+
+    with blas_single_thread():
         return np.linalg.eigh(cov)
 
 
