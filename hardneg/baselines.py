@@ -69,6 +69,17 @@ def metrics_of(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> tuple[dict[s
     return {k: round(v, 5) for k, v in res.mean.items()}, res.per_query["mrr@10"]
 
 
+def metrics_by_part(
+    run: Run, qrels: Mapping[str, Mapping[str, int]], ids: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, Any]]:
+    """``{"seen": {metric: mean, "n"}, "unseen": {...}}`` of ``run`` (hardneg.generalization.split_ids ``ids``)."""
+    from hardneg.evaluate import evaluate_run
+    from hardneg.generalization import parts
+
+    res = evaluate_run(run, qrels, ("mrr@10", "ndcg@10"))
+    return {k: v for k, v in parts(res.per_query, ids).items() if k != "all"}
+
+
 def tune_hybrid(
     primary: Run, secondary: Run, dev_qrels: Mapping[str, Mapping[str, int]], weights: Sequence[float], k: int
 ) -> tuple[float, dict[str, float]]:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -68,6 +70,14 @@ class BiEncoderConfig:
     eval_every: int  # dev evaluation every N steps (+ at the end) and best-checkpoint keeping; 0: final model
     eval_depth: int
     batch_size: int  # encoding batch size (dev evaluation, document vectors)
+    epochs: (
+        float | None
+    )  # steps = ceil(epochs * training pairs / queries_per_step), at most max_steps; None: max_steps
+    pseudo_queries: float  # extra pseudo-queries per step, as a share of queries_per_step (0: none)
+    distill: float  # weight of the KL to the base model's in-batch similarity distribution (0: none)
+    interpolate: (
+        float  # WiSE-FT: saved weights = interpolate * tuned + (1 - interpolate) * base (1: the tuned model)
+    )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> BiEncoderConfig:
@@ -92,6 +102,16 @@ class BiEncoderConfig:
         cfg = cls(**{**sec, **{k: v for k, v in overrides.items() if v is not None}})
         if cfg.tune not in TUNE_MODES:
             raise ConfigError(f"train.bi_encoder.tune must be one of {list(TUNE_MODES)}, got {cfg.tune!r}")
+        if (
+            cfg.pseudo_queries < 0
+            or cfg.distill < 0
+            or (cfg.epochs is not None and cfg.epochs <= 0)
+            or not 0.0 < cfg.interpolate <= 1.0
+        ):
+            raise ConfigError(
+                "train.bi_encoder: need pseudo_queries >= 0, distill >= 0, epochs > 0 or null and interpolate in "
+                f"(0, 1] (got {cfg.pseudo_queries}, {cfg.distill}, {cfg.epochs}, {cfg.interpolate})"
+            )
         if cfg.max_steps < 1 or cfg.queries_per_step < 2 or cfg.negatives_per_query < 0:
             raise ConfigError(
                 "train: need max_steps >= 1, bi_encoder.queries_per_step >= 2 (in-batch negatives) and "
@@ -332,6 +352,89 @@ def batch_plan(
     return qids, docs, targets, masks
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def pseudo_query_pool(
+    dataset: Any, min_words: int = 4, max_words: int = 64
+) -> tuple[list[str], list[list[str]]]:
+    """Pseudo-queries for every document of the corpus (inverse cloze): its title and each of its sentences of
+    ``min_words``..``max_words`` words. Documents that yield none are left out. Returns ``(doc_ids, texts per doc)``;
+    no label is read, so unlabelled documents are trained on too."""
+    ids: list[str] = []
+    texts: list[list[str]] = []
+    for d in sorted(dataset.corpus):
+        doc = dataset.corpus[d]
+        cands = [t.strip() for t in [doc.title, *_SENTENCE.split(doc.text or "")] if t and t.strip()]
+        cands = [t for t in cands if min_words <= len(t.split()) <= max_words]
+        if cands:
+            ids.append(d)
+            texts.append(cands)
+    return ids, texts
+
+
+def add_pseudo_queries(
+    plan: tuple[list[str], list[str], list[int], list[list[int]]],
+    pool: tuple[list[str], list[list[str]]],
+    n: int,
+    rng: np.random.Generator,
+    positives: Mapping[str, Sequence[str]],
+) -> tuple[list[str], list[str], list[int], list[list[int]]]:
+    """``plan`` (:func:`batch_plan`) with ``n`` pseudo-queries appended: query text (not an id), its document as the
+    target (in-batch negatives only). A pseudo-query is marked by a ``"\0"`` prefix in the returned query list."""
+    qids, docs, targets, masks = plan
+    if n <= 0 or not pool[0]:
+        return plan
+    index = {d: i for i, d in enumerate(docs)}
+    n_labelled = len(qids)
+    for j in rng.choice(len(pool[0]), size=min(n, len(pool[0])), replace=False):
+        d, cands = pool[0][int(j)], pool[1][int(j)]
+        if d not in index:
+            index[d] = len(docs)
+            docs.append(d)
+        qids.append("\0" + cands[int(rng.integers(len(cands)))])
+        targets.append(index[d])
+        masks.append([])
+    # a pseudo-query's document may be a labelled positive of a labelled query: never its negative
+    masks[:n_labelled] = [
+        [index[d] for d in positives[q] if d in index and index[d] != t]
+        for q, t in zip(qids[:n_labelled], targets[:n_labelled], strict=True)
+    ]
+    return qids, docs, targets, masks
+
+
+def planned_steps(cfg: BiEncoderConfig, ts: TrainingSet) -> int:
+    """``max_steps``, or with ``epochs`` set: ``ceil(epochs * training pairs / queries_per_step)`` (at least 1, at
+    most ``max_steps``), so the budget follows the size of the training set."""
+    if cfg.epochs is None:
+        return cfg.max_steps
+    pairs = sum(len(ts.positives[q]) for q in ts.query_ids)
+    return int(min(cfg.max_steps, max(1, math.ceil(cfg.epochs * pairs / cfg.queries_per_step))))
+
+
+def interpolate_weights(model: Any, base: Any, alpha: float) -> None:
+    """WiSE-FT (Wortsman et al., CVPR 2022): replace ``model``'s floating-point weights by ``alpha * tuned + (1 -
+    alpha) * base``, in place. Fine-tuning moves the model towards the labelled documents; stepping part of the way
+    back keeps what the base model knew about the rest of the corpus."""
+    import torch
+
+    base_state = base.state_dict()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and name in base_state:
+                tensor.copy_(alpha * tensor + (1.0 - alpha) * base_state[name].to(tensor.dtype))
+
+
+def distill_loss(q: Any, q_base: Any, d: Any, scale: float) -> Any:
+    """KL(base || tuned) of the softmax over the batch documents: keeps the tuned query tower's view of the batch
+    close to the base model's (a regulariser against learning the training documents instead of relevance)."""
+    import torch.nn.functional as F
+
+    p_log = F.log_softmax(scale * (q_base.float() @ d.float().T), dim=-1)
+    q_log = F.log_softmax(scale * (q.float() @ d.float().T), dim=-1)
+    return F.kl_div(q_log, p_log, log_target=True, reduction="batchmean")
+
+
 def contrastive_loss(
     q: Any, d: Any, targets: Sequence[int], masks: Sequence[Sequence[int]], scale: float
 ) -> Any:
@@ -389,13 +492,22 @@ def train_biencoder(
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = load_biencoder(cfg.base_model, cfg.max_length)
+    base = None
+    if cfg.distill > 0:  # the frozen base model: the target of the distillation term
+        base = load_biencoder(cfg.base_model, cfg.max_length)
+        base.eval()
+        for p in base.parameters():
+            p.requires_grad_(False)
+    pool = pseudo_query_pool(dataset) if cfg.pseudo_queries > 0 else ([], [])
+    n_pseudo = round(cfg.pseudo_queries * cfg.queries_per_step)
+    max_steps = planned_steps(cfg, ts)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n_trainable = freeze_lower_layers(model, cfg.trainable_layers)
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    warmup = max(1, round(cfg.warmup_ratio * cfg.max_steps))
+    warmup = max(1, round(cfg.warmup_ratio * max_steps))
     qtext = {q: dataset.queries[q].text for q in ts.query_ids}
     order: list[int] = []
     loss_curve: list[float] = []
@@ -427,29 +539,35 @@ def train_biencoder(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_steps, desc="train bi-encoder", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=max_steps, desc="train bi-encoder", unit="step", dynamic_ncols=True)
     step = 0
     model.train()
-    while step < cfg.max_steps:
+    while step < max_steps:
         if cfg.time_cap_min and time.perf_counter() - t0 >= cfg.time_cap_min * 60:
             stopped_by = "time_cap"
             log.warning(
                 "train.time_cap_min (%.1f min) reached at step %d of %d",
                 cfg.time_cap_min,
                 step,
-                cfg.max_steps,
+                max_steps,
             )
             break
-        qids, docs, targets, masks = batch_plan(ts, cfg.queries_per_step, cfg.negatives_per_query, rng, order)
+        plan = batch_plan(ts, cfg.queries_per_step, cfg.negatives_per_query, rng, order)
+        qids, docs, targets, masks = add_pseudo_queries(plan, pool, n_pseudo, rng, ts.positives)
+        texts = [q[1:] if q.startswith("\0") else qtext[q] for q in qids]
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, warmup, cfg.max_steps)
+            g["lr"] = cfg.lr * _lr_factor(step, warmup, max_steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            qv = _forward(model, [qtext[q] for q in qids])
+            qv = _forward(model, texts)
             if cfg.tune == "query":  # fixed document vectors: only the query tower learns
                 dv = Dfix[[dindex[d] for d in docs]]
             else:
                 dv = _forward(model, [dataset.corpus[d].full_text for d in docs])
         loss = contrastive_loss(qv, dv, targets, masks, cfg.scale)
+        if base is not None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                qb = _forward(base, texts)
+            loss = loss + cfg.distill * distill_loss(qv, qb, dv.detach(), cfg.scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -463,11 +581,11 @@ def train_biencoder(
             log.info(
                 "step %d/%d loss %.4f (%.1f s/step)",
                 step,
-                cfg.max_steps,
+                max_steps,
                 np.mean(loss_curve[-10:]),
                 (time.perf_counter() - t0 - eval_s) / step,
             )
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps:
             evaluate(step)
             model.train()
     if bar is not None:
@@ -476,6 +594,8 @@ def train_biencoder(
     if best["state"] is not None and best["step"] != step:
         log.info("restoring the best dev checkpoint (step %d, MRR@10 %.4f)", best["step"], best["mrr@10"])
         model.load_state_dict(best["state"])
+    if cfg.interpolate < 1.0:
+        interpolate_weights(model, load_biencoder(cfg.base_model, cfg.max_length), cfg.interpolate)
     model.eval()
     seconds = time.perf_counter() - t0
     from hardneg.artifacts import staged_output
@@ -505,6 +625,7 @@ def train_biencoder(
         metrics = {
             "kind": "bi-encoder",
             "steps": step,
+            "planned_steps": max_steps,
             "stopped_by": stopped_by,
             "seconds": round(seconds, 1),
             "train_seconds": round(seconds - eval_s, 1),

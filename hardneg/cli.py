@@ -665,11 +665,30 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
     rows = []
     for label, src, key in systems:
         if f"{key}/mrr@10" in src:
-            rows.append([label, *(src.get(f"{key}/{k}", "-") for k in ("mrr@10", "ndcg@10", "mrr@3"))])
+            rows.append(
+                [
+                    label,
+                    *(src.get(f"{key}/{k}", "-") for k in ("mrr@10", "seen/mrr@10", "unseen/mrr@10")),
+                    *(src.get(f"{key}/{k}", "-") for k in ("ndcg@10", "mrr@3")),
+                ]
+            )
+    n_seen, n_unseen = m.get("n/seen", "?"), m.get("n/unseen", "?")
     print_table(
         "hardneg pipeline: test split (every choice made on dev)",
-        ["system", "MRR@10", "nDCG@10", "MRR@3"],
+        [
+            "system",
+            "MRR@10 all",
+            f"seen (n={n_seen})",
+            f"unseen (n={n_unseen})",
+            "nDCG@10",
+            "MRR@3",
+        ],
         rows,
+    )
+    out.print(
+        "seen: a relevant document of the query was a training positive; unseen: none was (what a model must "
+        "generalise to)",
+        highlight=False,
     )
     base = m.get("first_stage/mrr@10")
     served = sm.get("fusion/mrr@10", m.get("fusion/mrr@10"))

@@ -423,10 +423,19 @@ def load_dataset_for(
     from hardneg.settings import settings
 
     s = settings(params)
-    d = s.data
     ds = load_dataset(
         data_dir, empty_documents=s.validate.empty_documents, empty_queries=s.validate.empty_queries
     )
+    return prepare_splits(ds, params)
+
+
+def prepare_splits(ds: BeirDataset, params: Mapping[str, Any]) -> tuple[BeirDataset, dict[str, Any]]:
+    """The splits every stage sees: a dev split carved from train when there is none, then topped up from train
+    (``data.*``). Returns the new dataset (``ds`` is not modified) and the record."""
+    from hardneg.settings import settings
+
+    d = settings(params).data
+    ds = replace(ds, qrels={k: dict(v) for k, v in ds.qrels.items()})
     ds, record = carve_dev_split(
         ds,
         dev_split=d.dev_split,

@@ -31,6 +31,8 @@ import numpy as np
 from hardneg.artifacts import FUSION_FILE, METRICS_FILE, Run
 from hardneg.errors import HardnegError
 from hardneg.fusion import fuse
+from hardneg.generalization import parts, split_ids, training_positives
+from hardneg.hw import apply_torch_threads
 from hardneg.scoring import CrossEncoderScorer, Scorer
 
 log = logging.getLogger(__name__)
@@ -100,16 +102,20 @@ def combine(
     first_stage: Mapping[str, Mapping[str, float]],
     reranker_scores: Mapping[str, Mapping[str, float]],
     depth: int,
-    weight: float | None = None,
+    weight: float | Mapping[str, float] | None = None,
 ) -> Run:
     """The final ranking: the first ``depth`` first-stage candidates re-ordered by the reranker (``weight=None``) or
-    by the fused score (``weight`` in [0, 1]), followed by the remaining candidates in first-stage order. Scores of the
-    returned run are rank-based (n - position), so the re-ordered head always stays above the tail."""
+    by the fused score (``weight`` in [0, 1], or one weight per query id), followed by the remaining candidates in
+    first-stage order. Scores of the returned run are rank-based (n - position), so the re-ordered head always stays
+    above the tail."""
     out: Run = {}
     for q, run_q in first_stage.items():
         cands = ranked(run_q)
         head, tail = cands[:depth], cands[depth:]
         rs = reranker_scores.get(q)
+        w = weight.get(q) if isinstance(weight, Mapping) else weight
+        if isinstance(weight, Mapping) and w is None and head and rs is not None:
+            raise HardnegError(f"query {q}: no fusion weight")
         if head and rs is not None:
             missing = [d for d, _ in head if d not in rs]
             if missing:
@@ -118,7 +124,7 @@ def combine(
                 )
             r = np.array([rs[d] for d, _ in head], dtype=np.float64)
             f = np.array([s for _, s in head], dtype=np.float64)
-            new = r if weight is None else fuse(r, f, weight)
+            new = r if w is None else fuse(r, f, float(w))
             order = sorted(range(len(head)), key=lambda i: (-new[i], i))  # ties keep the first-stage order
             head = [head[i] for i in order]
         docs = [d for d, _ in head] + [d for d, _ in tail]
@@ -182,6 +188,88 @@ def tune_fusion_weight(
     return best_w, curve
 
 
+def query_signals(
+    first_stage: Mapping[str, Mapping[str, float]],
+    reranker_scores: Mapping[str, Mapping[str, float]],
+    depth: int,
+    train_docs: set[str],
+) -> dict[str, tuple[list[float], bool]]:
+    """Per query: the reranker scores of its top ``depth`` candidates and whether the reranker's best candidate is a
+    positive of a training query (what :func:`hardneg.fusion.gate_passes` reads)."""
+    out = {}
+    for q, run_q in first_stage.items():
+        rs = reranker_scores.get(q) or {}
+        head = [d for d, _ in ranked(run_q)[:depth] if d in rs]
+        scores = [rs[d] for d in head]
+        top = head[int(np.argmax(scores))] if scores else None
+        out[q] = (scores, top in train_docs)
+    return out
+
+
+def gate_weights(
+    gate: Mapping[str, Any], signals: Mapping[str, tuple[list[float], bool]]
+) -> dict[str, float]:
+    from hardneg.fusion import gated_weight
+
+    return {q: gated_weight(gate, sc, seen) for q, (sc, seen) in signals.items()}
+
+
+def tune_gate(
+    first_stage: Mapping[str, Mapping[str, float]],
+    reranker_scores: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    depth: int,
+    weights: Sequence[float],
+    train_docs: set[str],
+    signals_tried: Sequence[str] = ("none", "seen", "margin", "seen-margin"),
+    quantiles: Sequence[float] = (0.25, 0.5, 0.75),
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The per-query fusion gate with the best MRR@10 on these (dev) queries (ties: better nDCG@10, then the simpler
+    signal, in ``signals_tried`` order). For each signal and threshold (margin thresholds: ``quantiles`` of these
+    queries' margins) the queries split into those that pass and the rest, and each group gets its own weight, chosen
+    on that group alone. ``none`` is one global weight (:func:`tune_fusion_weight`). Returns the gate and the table
+    of every candidate tried."""
+    from hardneg.fusion import gate_passes, top_margin
+
+    sig = query_signals(first_stage, reranker_scores, depth, train_docs)
+    margins = sorted(top_margin(sc) for sc, _ in sig.values())
+    tried: list[dict[str, Any]] = []
+    for signal in signals_tried:
+        if signal in ("margin", "seen-margin") and margins:
+            thresholds = sorted({round(float(np.quantile(margins, x)), 6) for x in quantiles})
+        else:
+            thresholds = [None]
+        for t in thresholds:
+            probe = {"signal": signal, "threshold": t}
+            hi = {q for q, (sc, seen) in sig.items() if gate_passes(probe, sc, seen)}
+            chosen = {}
+            for name, group in (("weight_high", hi), ("weight_low", set(sig) - hi)):
+                sub = {q: qrels[q] for q in group if q in qrels}
+                if not sub:
+                    chosen[name] = None
+                    continue
+                chosen[name], _ = tune_fusion_weight(
+                    restrict(first_stage, sub), reranker_scores, sub, depth, weights
+                )
+            if chosen["weight_high"] is None:
+                chosen["weight_high"] = chosen["weight_low"]
+            if chosen["weight_low"] is None:
+                chosen["weight_low"] = chosen["weight_high"]
+            gate = {**probe, **chosen}
+            res = evaluate_run(
+                combine(first_stage, reranker_scores, depth, gate_weights(gate, sig)),
+                qrels,
+                ("mrr@10", "ndcg@10"),
+            )
+            tried.append({**gate, "passing": len(hi), "dev": {k: round(v, 5) for k, v in res.mean.items()}})
+    best = max(
+        range(len(tried)),
+        key=lambda i: (round(tried[i]["dev"]["mrr@10"], 10), round(tried[i]["dev"]["ndcg@10"], 10), -i),
+    )
+    gate = {k: tried[best][k] for k in ("signal", "threshold", "weight_high", "weight_low")}
+    return gate, tried
+
+
 # -------------------------------------------------------------------------------------------- paired testing
 
 
@@ -241,6 +329,8 @@ class RerankEvaluation:
     per_query: dict[str, dict[str, dict[str, float]]] = field(
         default_factory=dict
     )  # system -> metric -> q -> v
+    # sha256 of the training positives' texts: the served gate's "seen" signal (written to fusion.json)
+    seen_documents: list[str] = field(default_factory=list)
 
 
 def _fusion_on_dev(
@@ -250,17 +340,98 @@ def _fusion_on_dev(
     dev_qrels: Mapping[str, Mapping[str, int]],
     depth: int,
     weights: Sequence[float],
-) -> float:
-    """Choose the fusion weight on dev (recorded in ``metrics`` with the dev curve and dev metrics); returns it."""
+    dev_ids: Mapping[str, Sequence[str]] | None = None,
+    train_docs: set[str] | None = None,
+    signals: Sequence[str] = ("none",),
+) -> dict[str, Any]:
+    """Choose the fusion weight and the per-query gate on dev (recorded in ``metrics`` with the dev curve, the gates
+    tried and the dev metrics); returns the gate (:func:`tune_gate`)."""
+    train_docs = train_docs or set()
     weight, dev_curve = tune_fusion_weight(fs_dev, dev_scores, dev_qrels, depth, weights)
     metrics["fusion_dev_curve"] = dev_curve
-    metrics["dev"] = {
-        "first_stage": evaluate_run(fs_dev, dev_qrels).mean,
-        "rerank": evaluate_run(combine(fs_dev, dev_scores, depth), dev_qrels).mean,
-        "fusion": evaluate_run(combine(fs_dev, dev_scores, depth, weight), dev_qrels).mean,
+    gate, tried = tune_gate(fs_dev, dev_scores, dev_qrels, depth, weights, train_docs, signals)
+    metrics["fusion_gate"], metrics["fusion_gate_tried"] = gate, tried
+    dev_w = gate_weights(gate, query_signals(fs_dev, dev_scores, depth, train_docs))
+    runs = {
+        "first_stage": fs_dev,
+        "rerank": combine(fs_dev, dev_scores, depth),
+        "fusion": combine(fs_dev, dev_scores, depth, dev_w),
     }
+    results = {name: evaluate_run(run, dev_qrels) for name, run in runs.items()}
+    metrics["dev"] = {name: r.mean for name, r in results.items()}
+    if dev_ids is not None:
+        metrics.setdefault("parts", {})["dev"] = {
+            name: parts(r.per_query, dev_ids) for name, r in results.items()
+        }
     metrics["fusion_weight"] = weight
-    return weight
+    return gate
+
+
+def _dev_side(
+    dataset: Any,
+    dev_split: str,
+    first_stage: Mapping[str, Run],
+    scorer: Any,
+    dev_reranker_scores: Mapping[str, Mapping[str, float]] | None,
+    depth: int,
+) -> tuple[Run, Mapping[str, Mapping[str, float]], Mapping[str, Mapping[str, int]]]:
+    """(first stage, reranker scores, qrels) of the dev split, where every choice is made."""
+    if dev_split not in dataset.qrels:
+        raise HardnegError(
+            f"no {dev_split} split to choose the fusion weight on (data.dev_split; hardneg.data.load_dataset_for "
+            "carves one from train when the folder has none)"
+        )
+    dev_qrels = dataset.split_qrels(dev_split)
+    fs_dev = restrict(first_stage, dev_qrels)
+    if dev_reranker_scores is None:
+        cand = top_candidates(fs_dev, depth)
+        dev_reranker_scores = rerank_scores(scorer, query_texts_of(dataset), doc_texts_of(dataset), cand)
+    return fs_dev, dev_reranker_scores, dev_qrels
+
+
+def _served_fusion(
+    metrics: dict[str, Any],
+    record: Callable[[str, Run], Any],
+    dev: tuple[Run, Mapping[str, Mapping[str, float]], Mapping[str, Mapping[str, int]]],
+    test: tuple[Run, Mapping[str, Mapping[str, float]], Mapping[str, Mapping[str, int]]],
+    depth: int,
+    weights: Sequence[float],
+    train_docs: set[str],
+    signals: Sequence[str],
+    dtext: Mapping[str, str],
+) -> list[str]:
+    """The served system: fusion weight and per-query gate chosen on ``dev`` (first stage, reranker scores, qrels),
+    applied unchanged to ``test`` (recorded as ``fusion``). Returns the training positives' text hashes when the
+    gate reads them (the server's "seen" signal), else []."""
+    fs_dev, dev_scores, dev_qrels = dev
+    fs_test, test_scores, test_qrels = test
+    gate = _fusion_on_dev(
+        metrics,
+        fs_dev,
+        dev_scores,
+        dev_qrels,
+        depth,
+        weights,
+        split_ids(dev_qrels, train_docs),
+        train_docs,
+        signals,
+    )
+    test_w = gate_weights(gate, query_signals(fs_test, test_scores, depth, train_docs))
+    record("fusion", combine(fs_test, test_scores, depth, test_w))
+    if gate["signal"] != "none":  # diagnostic: the one global weight, as before the gate
+        record("fusion_global", combine(fs_test, test_scores, depth, metrics["fusion_weight"]))
+    # diagnostic only (never used for selection): the test curve over all weights
+    metrics["fusion_test_curve"] = {
+        f"{w:g}": evaluate_run(combine(fs_test, test_scores, depth, w), test_qrels, ("mrr@10",)).mean[
+            "mrr@10"
+        ]
+        for w in weights
+    }
+    if "seen" not in gate["signal"]:
+        return []
+    from hardneg.fusion import text_sha256
+
+    return sorted({text_sha256(dtext[d]) for d in train_docs if d in dtext})
 
 
 def evaluate_reranker(
@@ -290,25 +461,32 @@ def evaluate_reranker(
     ev, weights = s.evaluate, s.evaluate.fusion_weights
     test_qrels = dataset.split_qrels(test_split)
     qtext, dtext = query_texts_of(dataset), doc_texts_of(dataset)
+    train_split = s.data.train_split
+    train_docs = training_positives(dataset, train_split) if train_split in dataset.qrels else set()
+    test_ids = split_ids(test_qrels, train_docs)
     metrics: dict[str, Any] = {
         "split": test_split,
         "dev_split": dev_split,
         "rerank_depth": depth,
         "n_queries": len(test_qrels),
         "systems": {},
+        # seen: a relevant document of the query is a positive of a training query (hardneg.generalization)
+        "seen_unseen": {"train_split": train_split, "train_positive_documents": len(train_docs)},
+        "parts": {"test": {}},
     }
     per_query: dict[str, dict[str, dict[str, float]]] = {}
 
     def record(name: str, run: Run) -> EvalResult:
         res = evaluate_run(run, test_qrels)
         metrics["systems"][name] = res.mean
+        metrics["parts"]["test"][name] = parts(res.per_query, test_ids)
         per_query[name] = res.per_query
         return res
 
-    if scorer is not None and isinstance(scorer, CrossEncoderScorer):
-        from hardneg.hw import apply_torch_threads
-
-        apply_torch_threads(params)  # train.torch_threads: 1 thread is faster on a shared 2-core box
+    if scorer is not None and isinstance(
+        scorer, CrossEncoderScorer
+    ):  # 1 thread: faster on a shared 2-core box
+        apply_torch_threads(params)
     fs_test = restrict(first_stage, test_qrels)
     record("first_stage", fs_test)
     for name, run in (extra_first_stages or {}).items():
@@ -323,26 +501,12 @@ def evaluate_reranker(
     metrics["rerank_pairs_test"] = sum(len(v) for v in cand.values())
     record("rerank", combine(fs_test, test_scores, depth))
 
-    if ev.fusion:
-        if dev_split not in dataset.qrels:
-            raise HardnegError(
-                f"no {dev_split} split to choose the fusion weight on (data.dev_split; hardneg.data.load_dataset_for "
-                "carves one from train when the folder has none)"
-            )
-        dev_qrels = dataset.split_qrels(dev_split)
-        fs_dev = restrict(first_stage, dev_qrels)
-        if dev_reranker_scores is None:
-            dev_reranker_scores = rerank_scores(scorer, qtext, dtext, top_candidates(fs_dev, depth))
-        weight = _fusion_on_dev(metrics, fs_dev, dev_reranker_scores, dev_qrels, depth, weights)
-        record("fusion", combine(fs_test, test_scores, depth, weight))
-        # diagnostic only (never used for selection): the test curve over all weights
-        metrics["fusion_test_curve"] = {
-            f"{w:g}": evaluate_run(combine(fs_test, test_scores, depth, w), test_qrels, ("mrr@10",)).mean[
-                "mrr@10"
-            ]
-            for w in weights
-        }
-    return RerankEvaluation(metrics, per_query)
+    if not ev.fusion:
+        return RerankEvaluation(metrics, per_query)
+    dev = _dev_side(dataset, dev_split, first_stage, scorer, dev_reranker_scores, depth)
+    test = (fs_test, test_scores, test_qrels)
+    seen = _served_fusion(metrics, record, dev, test, depth, weights, train_docs, ev.gate_signals, dtext)
+    return RerankEvaluation(metrics, per_query, seen)
 
 
 def write_evaluation(
@@ -371,6 +535,8 @@ def write_evaluation(
                 "depth": ev.metrics["rerank_depth"],
                 "score": ev.metrics.get("score", "sigmoid"),
                 "first_stage_bm25_weight": ev.metrics.get("first_stage_bm25_weight"),
+                "gate": ev.metrics.get("fusion_gate"),
+                **({"seen_documents_sha256": ev.seen_documents} if ev.seen_documents else {}),
             },
         )
         _write_json(md / METRICS_FILE, ev.metrics)

@@ -196,19 +196,28 @@ class DevSet:
 
 
 def mrr_at_k(
-    scores: Mapping[str, Sequence[float]], dev: DevSet, k: int = 10, fusion_weight: float | None = None
+    scores: Mapping[str, Sequence[float]],
+    dev: DevSet,
+    k: int = 10,
+    fusion_weight: float | None = None,
+    fusion: Mapping[str, Any] | None = None,
 ) -> float:
     """MRR@k of the dev candidates ranked by ``scores``, computed by :func:`hardneg.evaluate.evaluate_run` (ranx,
-    like every other number of hardneg). With ``fusion_weight`` (and first-stage scores in ``dev``) the ranking is
-    the served one: hardneg.fusion.fuse."""
+    like every other number of hardneg). With ``fusion_weight`` or ``fusion`` (the export's fusion: weight + gate +
+    ``seen_documents_sha256``), and first-stage scores in ``dev``, the ranking is the served one:
+    hardneg.fusion.fuse with :func:`hardneg.fusion.served_weight`."""
     from hardneg.evaluate import evaluate_run
-    from hardneg.fusion import fuse
+    from hardneg.fusion import fuse, served_weight
 
+    seen = frozenset((fusion or {}).get("seen_documents_sha256") or ())
     run: dict[str, dict[str, float]] = {}
     for qid, cands in dev.candidates.items():
         s = np.asarray(scores[qid], dtype=np.float64)
-        if fusion_weight is not None and qid in dev.first_stage:
-            s = fuse(s, dev.first_stage[qid], fusion_weight)
+        w = fusion_weight
+        if fusion is not None:
+            w = served_weight(fusion, s, [dev.docs[d] for d in cands], seen)
+        if w is not None and qid in dev.first_stage:
+            s = fuse(s, dev.first_stage[qid], w)
         run[qid] = {d: float(x) for d, x in zip(cands, s, strict=True)}
     qrels = {q: dev.qrels.get(q, {}) for q in dev.candidates}
     if not any(v >= 1 for rel in qrels.values() for v in rel.values()):
@@ -247,7 +256,40 @@ def _read_fusion(model_dir: Path, kind: str = CROSS_ENCODER) -> dict[str, Any] |
     if score is not None and (score == KIND_SCORES[BI_ENCODER]) != (kind == BI_ENCODER):
         served = "cosines" if kind == BI_ENCODER else "cross-encoder scores"
         raise HardnegError(f"{p}: the weight was tuned on '{score}' scores; a {kind} export serves {served}")
+    gate = fusion.get("gate")
+    if gate is not None:
+        from hardneg.fusion import GATE_SIGNALS
+
+        ok = isinstance(gate, dict) and gate.get("signal") in GATE_SIGNALS
+        ws = [gate.get("weight_high"), gate.get("weight_low")] if ok else []
+        if not ok or not all(isinstance(x, int | float) and 0.0 <= float(x) <= 1.0 for x in ws):
+            raise HardnegError(
+                f"{p}: gate must be {{'signal', 'threshold', 'weight_high', 'weight_low'}}, got {gate!r}"
+            )
+        out["gate"] = dict(gate)
+        seen = fusion.get("seen_documents_sha256") or []
+        if "seen" in gate["signal"] and not seen:
+            raise HardnegError(
+                f"{p}: gate '{gate['signal']}' needs seen_documents_sha256 (rerun `hardneg evaluate`)"
+            )
+        out["seen_documents_sha256"] = list(seen)
     return out | {k: fusion[k] for k in ("depth", "score") if k in fusion}
+
+
+SEEN_FILE = "seen_documents.txt"
+
+
+def _ship_seen_documents(fusion: dict[str, Any] | None, staging: Path) -> dict[str, Any] | None:
+    """The gate's training-positive hashes go to their own file (``seen_documents.txt``, one sha256 per line,
+    checksummed with the rest); the metadata names the file and the count."""
+    if not fusion or "seen_documents_sha256" not in fusion:
+        return fusion
+    fusion = dict(fusion)
+    seen = fusion.pop("seen_documents_sha256")
+    if seen:
+        (staging / SEEN_FILE).write_text("".join(f"{h}\n" for h in seen), encoding="utf-8")
+        fusion["seen_documents"] = {"file": SEEN_FILE, "count": len(seen)}
+    return fusion
 
 
 def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -735,11 +777,16 @@ def _int8_gate(
 ) -> dict[str, Any]:
     """MRR@10 of both variants on the dev candidates, ranked as served (fused when first-stage scores exist)."""
     w = fusion["weight"] if fusion is not None and dev_set.first_stage else None
-    mrr32 = mrr_at_k(_score_dev(fp32, dev_set), dev_set, fusion_weight=w)
-    mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion_weight=w)
+    f = fusion if w is not None else None
+    mrr32 = mrr_at_k(_score_dev(fp32, dev_set), dev_set, fusion=f)
+    mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion=f)
     drop = mrr32 - mrr8
     return {
-        "ranking": f"served fusion (w={w})" if w is not None else "reranker scores",
+        "ranking": (
+            f"served fusion (w={w}, gate {(fusion or {}).get('gate')})"
+            if w is not None
+            else "reranker scores"
+        ),
         "mrr@10_fp32": mrr32,
         "mrr@10_int8": mrr8,
         "mrr@10_drop": drop,
@@ -1081,6 +1128,7 @@ def export_model(
         parity["int8"]["quant_pre_process"] = pre_status
         parity["seconds"] = round(time.perf_counter() - t0, 2)
         (staging / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n", encoding="utf-8")
+        source["fusion"] = _ship_seen_documents(source["fusion"], staging)
         metadata = _metadata(graph, staging, parity, source, opset) if parity["passed"] else {}
         if metadata:
             (staging / METADATA_FILE).write_text(

@@ -4,7 +4,8 @@ was measured): per query, z-normalise both score lists, then ``w * z(reranker) +
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,3 +30,64 @@ def fuse(
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
     return weight * zscore(r) + (1.0 - weight) * zscore(f)
+
+
+# ------------------------------------------------------------------------------------------------- per-query gate
+
+GATE_SIGNALS = ("none", "margin", "seen", "seen-margin")
+
+
+def top_margin(reranker_scores: Sequence[float] | np.ndarray) -> float:
+    """The reranker's confidence on one query: best score minus the runner-up (0 with fewer than 2 candidates)."""
+    r = np.sort(np.asarray(reranker_scores, dtype=np.float64))[::-1]
+    return float(r[0] - r[1]) if r.size >= 2 else 0.0
+
+
+def gate_passes(gate: Mapping[str, Any], reranker_scores: Sequence[float], top_is_seen: bool) -> bool:
+    """Whether one query takes the gate's ``weight_high`` (the tuned model trusted more). ``top_is_seen``: the
+    reranker's best candidate is a positive of a training query. Signals: ``none`` (never: one global weight),
+    ``margin`` (best minus runner-up >= threshold), ``seen`` (the best candidate is a training positive),
+    ``seen-margin`` (both)."""
+    signal = gate.get("signal", "none")
+    if signal == "none":
+        return False
+    margin_ok = top_margin(reranker_scores) >= float(gate.get("threshold") or 0.0)
+    if signal == "margin":
+        return margin_ok
+    if signal == "seen":
+        return bool(top_is_seen)
+    if signal == "seen-margin":
+        return bool(top_is_seen) and margin_ok
+    raise ValueError(f"unknown gate signal {signal!r} (one of {list(GATE_SIGNALS)})")
+
+
+def gated_weight(gate: Mapping[str, Any], reranker_scores: Sequence[float], top_is_seen: bool) -> float:
+    """The fusion weight of one query under ``gate`` (``{"signal", "threshold", "weight_high", "weight_low"}``)."""
+    passes = gate_passes(gate, reranker_scores, top_is_seen)
+    return float(gate["weight_high"] if passes else gate["weight_low"])
+
+
+def text_sha256(text: str) -> str:
+    """How a document is recognised as a training positive at serving time (its exact text, UTF-8)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def served_weight(
+    fusion: Mapping[str, Any] | None,
+    reranker_scores: Sequence[float] | np.ndarray,
+    docs: Sequence[str],
+    seen_sha256: set[str] | frozenset[str] = frozenset(),
+) -> float | None:
+    """The fusion weight of one request, as evaluation chose it: the export's ``fusion`` (``{"weight", "gate"}``),
+    the reranker's scores of the request's documents (texts ``docs``) and the sha256 of the training positives'
+    texts. ``None``: no fusion (the reranker's own scores)."""
+    if not fusion or fusion.get("weight") is None:
+        return None
+    gate = fusion.get("gate")
+    if not gate or gate.get("signal", "none") == "none":
+        return float(fusion["weight"])
+    r = np.asarray(reranker_scores, dtype=np.float64)
+    top_is_seen = bool(r.size) and text_sha256(docs[int(np.argmax(r))]) in seen_sha256
+    return gated_weight(gate, r, top_is_seen)

@@ -119,3 +119,29 @@ def blas_single_thread():
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+MATRIX_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU a benchmark ran on: model name, logical CPUs, and the matrix-relevant flags it advertises."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[-1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[-1].split())
+    except OSError:
+        pass
+    return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in MATRIX_FLAGS if f in flags]}

@@ -39,6 +39,7 @@ from hardneg.artifacts import Run, read_json
 from hardneg.baselines import (
     choose_ensemble_weights,
     ensemble_vectors,
+    metrics_by_part,
     metrics_of,
     model_vectors,
     no_training_systems,
@@ -133,10 +134,13 @@ def evaluate_model(
     qrels: Mapping[str, Mapping[str, Mapping[str, int]]],
     params: Mapping[str, Any],
     doc_vectors: tuple[np.ndarray, Sequence[str]] | None = None,
+    ids: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
-    """The tuned model alone (dense retrieval over the corpus) and served (fused with ``first_stage`` over its top
-    ``rerank_depth``, weight chosen on dev), on dev and test: metrics and per-query MRR@10. ``doc_vectors``: the
-    fixed document vectors of ``tune: query`` (else the model embeds the corpus)."""
+    """The tuned model ``alone`` (dense retrieval over the whole corpus), ``rerank`` (reranking the first stage's top
+    ``rerank_depth`` alone) and ``served`` (fused with ``first_stage`` over those, weight chosen on dev), on dev and
+    test: metrics and per-query MRR@10; with ``ids`` (split -> hardneg.generalization.split_ids) also
+    ``<split>_seen`` / ``<split>_unseen``. ``doc_vectors``: the fixed document vectors of ``tune: query`` (else the
+    model embeds the corpus)."""
     from hardneg.biencoder import encode
     from hardneg.evaluate import combine, restrict, top_candidates, tune_fusion_weight
 
@@ -161,10 +165,14 @@ def evaluate_model(
         fs = restrict(first_stage, qrels[split])
         for name, run in (
             ("alone", restrict(alone, qrels[split])),
+            ("rerank", combine(fs, scores, depth)),
             ("served", combine(fs, scores, depth, w)),
         ):
             mean, pq = metrics_of(run, qrels[split])
             out.setdefault(name, {})[split] = mean
+            if ids is not None:
+                for part, row in metrics_by_part(run, qrels[split], ids[split]).items():
+                    out[name][f"{split}_{part}"] = row
             out.setdefault("per_query", {}).setdefault(name, {})[split] = pq
     return out
 
@@ -209,6 +217,13 @@ def _study_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # arms whose negatives depend on mine.positive_reading (the rule compares candidates with the positive)
+PART_SPLITS = ("dev_seen", "dev_unseen", "test_seen", "test_unseen")
+WHAT = {
+    "alone": "the tuned query tower retrieving from the whole corpus by itself (dense, every document)",
+    "rerank": "the tuned model reordering the first stage's top retrieve.rerank_depth candidates by itself",
+    "served": "the tuned model's cosine fused with the first stage over its top retrieve.rerank_depth (weight on dev)",
+}
+
 READING_ARMS = (
     "paper",
     "paper-drop",
@@ -269,11 +284,17 @@ def run_study(
         emb, slugs, qrels["dev"], cfg["ensemble_weight_grid"], variance, k
     )
     systems = no_training_systems(ds, emb, slugs, ens_w, params, qids)
+    from hardneg.generalization import split_ids, training_positives
+
+    train_docs = training_positives(ds, d["train_split"])
+    ids = {split: split_ids(qrels[split], train_docs) for split in ("dev", "test")}
     baseline: dict[str, Any] = {}
     for name, s in systems.items():
         for split in ("dev", "test"):
             mean, _ = metrics_of(s["run"], qrels[split])
             baseline.setdefault(name, {"weight": s.get("weight")})[split] = mean
+            for part, row in metrics_by_part(s["run"], qrels[split], ids[split]).items():
+                baseline[name][f"{split}_{part}"] = row
     best_nt = max(baseline, key=lambda n: (baseline[n]["dev"]["mrr@10"], baseline[n]["dev"]["ndcg@10"]))
     fs_name = str(params["evaluate"]["first_stage"])
     first_stage = systems[fs_name]["run"]
@@ -351,7 +372,7 @@ def run_study(
                     },
                 )
                 model = load_biencoder(mdir, bcfg.max_length)
-            ev = evaluate_model(model, ds, first_stage, qrels, params, fixed)
+            ev = evaluate_model(model, ds, first_stage, qrels, params, fixed, ids)
             pq = ev.pop("per_query")
             result = {
                 **ev,
@@ -386,7 +407,15 @@ def run_study(
     arm_best = summ["arms"][best]
 
     def means(system: str) -> dict[str, Any]:
-        return {s: {m: v["mean"] for m, v in arm_best[system][s].items()} for s in ("dev", "test")}
+        out = {s: {m: v["mean"] for m, v in arm_best[system][s].items()} for s in ("dev", "test")}
+        for s in PART_SPLITS:
+            if s in arm_best[system]:
+                out[s] = {m: (v if m == "n" else v["mean"]) for m, v in arm_best[system][s].items()}
+                out[s].setdefault("n", 0)
+        return out
+
+    def nt(name: str) -> dict[str, Any]:
+        return {s: baseline[name][s] for s in ("dev", "test", *PART_SPLITS) if s in baseline[name]}
 
     lin = current_lineage(None)
     quality = {
@@ -401,16 +430,19 @@ def run_study(
         "no_training": baseline,
         "bm25": {s: baseline["bm25"][s] for s in ("dev", "test")},
         "dense": {s: baseline["dense"][s] for s in ("dev", "test")},
-        "no_training_hybrid": {"system": best_nt, **{s: baseline[best_nt][s] for s in ("dev", "test")}},
-        "first_stage": {"system": fs_name, **{s: baseline[fs_name][s] for s in ("dev", "test")}},
+        "no_training_hybrid": {"system": best_nt, **nt(best_nt)},
+        "first_stage": {"system": fs_name, **nt(fs_name)},
         # evaluate.first_stage's default must be this (tests/test_readme_numbers.py)
         "first_stage_best_on_dev": max(
             ("dense", "bm25", "hybrid"),
             key=lambda n: (baseline[n]["dev"]["mrr@10"], baseline[n]["dev"]["ndcg@10"]),
         ),
         "best_policy": best,
-        "reranker_alone": {"arm": best, **means("alone")},
-        "served": {"arm": best, **means("served")},
+        "seen_unseen": "seen: a relevant document of the query is a positive of a training query (the train split "
+        "after the dev top-up); unseen: none is (hardneg.generalization)",
+        "reranker_alone": {"arm": best, "what": WHAT["alone"], **means("alone")},
+        "reranker_rerank": {"arm": best, "what": WHAT["rerank"], **means("rerank")},
+        "served": {"arm": best, "what": WHAT["served"], **means("served")},
         "arms": summ["arms"],
         "steps_per_arm": {a: r["steps"] for a, r in summ["arms"].items()},
         "seconds": round(time.perf_counter() - t_all, 1),

@@ -635,6 +635,7 @@ class OnnxReranker:
             self.scorer = CosineScorer(query_encoder, size, doc_encoder)
         else:
             self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
+        self.seen_sha256 = self._seen_documents()
         log.info(
             "loaded %s (%s, %s on %s, precision %s, %d threads, version %s, max_length %d, fusion weight %s)",
             self.export_dir,
@@ -647,6 +648,26 @@ class OnnxReranker:
             self.max_length,
             self.fusion_weight,
         )
+
+    def _seen_documents(self) -> frozenset[str]:
+        """The gate's training-positive text hashes (``seen_documents.txt``, checksummed with the export)."""
+        fusion = self.metadata.get("fusion") or {}
+        ref = fusion.get("seen_documents") if isinstance(fusion, dict) else None
+        if not ref:
+            return frozenset()
+        path = self.export_dir / str(ref["file"])
+        try:
+            return frozenset(
+                line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            )
+        except OSError as e:
+            raise ExportIntegrityError(f"{path}: cannot read the gate's seen documents ({e})") from None
+
+    def query_weight(self, scores: Sequence[float] | np.ndarray, docs: Sequence[str]) -> float | None:
+        """The fusion weight of one request (the dev-chosen per-query gate, :func:`hardneg.fusion.served_weight`)."""
+        from hardneg.fusion import served_weight
+
+        return served_weight(self.metadata.get("fusion"), scores, docs, self.seen_sha256)
 
     def _served_variant(self, variant: Variant | None, verify: bool) -> Variant:
         if variant is None:  # the export's served variant (verified files: check that it is listed too)
@@ -754,7 +775,8 @@ class OnnxReranker:
             fs = np.asarray(first_stage_scores, dtype=np.float64)
             if fs.shape != scores.shape:
                 raise ValueError(f"first_stage_scores has {fs.size} values for {len(docs)} documents")
-            if self.fusion_weight is not None:
-                scores = fuse(scores, fs, self.fusion_weight)
+            w = self.query_weight(scores, docs)
+            if w is not None:
+                scores = fuse(scores, fs, w)
         order = np.argsort(-scores, kind="stable")
         return scores, order

@@ -130,6 +130,10 @@ class BiEncoderSection:
     drop_without_negative: bool
     batch_size: int
     tune: Literal["query", "both"]
+    epochs: float | None
+    pseudo_queries: float
+    distill: float
+    interpolate: float
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ class Evaluate:
     first_stage: Literal["dense", "bm25", "hybrid"]
     fusion: bool
     fusion_weights: list[float]
+    gate_signals: list[Literal["none", "seen", "margin", "seen-margin"]]
 
 
 @dataclass(frozen=True)

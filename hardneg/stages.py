@@ -557,6 +557,14 @@ def headline(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
         for k in ("mrr@3", "mrr@10", "ndcg@10", "recall@100"):
             if k in m:
                 out[f"{name}/{k}"] = round(float(m[k]), 4)
+    # seen / unseen test queries (hardneg.generalization): a relevant document was / was not a training positive
+    for name, by_part in (metrics.get("parts") or {}).get("test", {}).items():
+        for part in ("seen", "unseen"):
+            row = by_part.get(part, {})
+            out[f"n/{part}"] = row.get("n", 0)
+            for k in ("mrr@10", "ndcg@10"):
+                if k in row:
+                    out[f"{name}/{part}/{k}"] = round(float(row[k]), 4)
     return out
 
 
@@ -612,6 +620,7 @@ def served_evaluation_stage(
         restrict,
         top_candidates,
     )
+    from hardneg.generalization import parts, split_ids, training_positives
     from hardneg.scoring import OnnxScorer
 
     scorer = OnnxScorer(export_dir)  # verified export; its served_variant and recorded fusion weight
@@ -628,8 +637,17 @@ def served_evaluation_stage(
         top_candidates(fs, depth),
     )
     systems = {"first_stage": fs, "rerank": combine(fs, scores, depth)}
-    if weight is not None:
-        systems["fusion"] = combine(fs, scores, depth, float(weight))
+    if weight is not None:  # the served weight of each query (the export's per-query gate)
+        dtext = doc_texts_of(ds)
+        per_q = {}
+        for q, docs in top_candidates(fs, depth).items():
+            if docs:
+                per_q[q] = scorer.reranker.query_weight(
+                    [scores[q][d] for d in docs], [dtext[d] for d in docs]
+                )
+        systems["fusion"] = combine(fs, scores, depth, per_q)
+    results = {name: evaluate_run(run, test_qrels) for name, run in systems.items()}
+    ids = split_ids(test_qrels, training_positives(ds, params["data"]["train_split"]))
     metrics: dict[str, Any] = {
         "split": params["data"]["test_split"],
         "rerank_depth": depth,
@@ -637,7 +655,8 @@ def served_evaluation_stage(
         "first_stage_name": info["name"],
         "first_stage_bm25_weight": info["bm25_weight"],
         "evaluated": f"{export_dir} ({variant})",
-        "systems": {name: evaluate_run(run, test_qrels).mean for name, run in systems.items()},
+        "systems": {name: r.mean for name, r in results.items()},
+        "parts": {"test": {name: parts(r.per_query, ids) for name, r in results.items()}},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

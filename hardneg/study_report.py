@@ -37,15 +37,25 @@ def summarize(results: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
     for arm, by_seed in finished.items():
         seeds = sorted(by_seed, key=int)
         row: dict[str, Any] = {"seeds": [int(s) for s in seeds], "steps": by_seed[seeds[0]].get("steps")}
-        for system in ("alone", "served"):
-            for split in ("dev", "test"):
+        for system in ("alone", "rerank", "served"):
+            if system not in by_seed[seeds[0]]:  # runs from before the rerank system was recorded
+                continue
+            for split in ("dev", "test", "dev_seen", "dev_unseen", "test_seen", "test_unseen"):
+                if split not in by_seed[seeds[0]][system]:
+                    continue
                 for m in ("mrr@10", "ndcg@10", "mrr@3"):
+                    if m not in by_seed[seeds[0]][system][split]:
+                        continue
                     vals = [by_seed[s][system][split][m] for s in seeds]
                     row.setdefault(system, {}).setdefault(split, {})[m] = {
                         "mean": round(float(np.mean(vals)), 5),
                         "std": round(float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, 5),
                         "seeds": vals,
                     }
+                if "n" in by_seed[seeds[0]][system][split]:
+                    row.setdefault(system, {}).setdefault(split, {})["n"] = by_seed[seeds[0]][system][split][
+                        "n"
+                    ]
         row["test"] = row["served"]["test"]
         row["dev"] = row["served"]["dev"]
         row["negatives"] = by_seed[seeds[0]].get("negatives", {})

@@ -356,3 +356,61 @@ def test_cache_size_defaults_to_params_and_unknown_kinds_are_refused(bi_export, 
     (d / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(HardnegError, match="unknown model kind 'sparse'"):
         OnnxReranker(d)
+
+
+# ------------------------------------------------------------------------------------------- per-query fusion gate
+
+
+def test_the_seen_gate_travels_from_fusion_json_to_the_server(bi_dir, tiny_data_dir, tmp_path):
+    """evaluate's gate (fusion.json: gate + the training positives' text hashes) is exported into a checksummed
+    seen_documents.txt and applied per request: the reranker's best document is a training positive -> weight_high,
+    otherwise weight_low."""
+    from hardneg.artifacts import write_checksums
+    from hardneg.export import SEEN_FILE, _read_fusion
+    from hardneg.fusion import text_sha256
+
+    src = tmp_path / "gated"
+    shutil.copytree(bi_dir, src)
+    plain = OnnxReranker  # scores to find the reranker's best document
+    gate = {"signal": "seen", "threshold": None, "weight_high": 1.0, "weight_low": 0.0}
+    fusion = {"weight": 0.5, "first_stage": "bm25", "score": "cosine", "gate": gate}
+    (src / "fusion.json").write_text(json.dumps(fusion))
+    with pytest.raises(HardnegError, match="seen_documents_sha256"):
+        _read_fusion(src, "bi-encoder")
+    (src / "fusion.json").write_text(json.dumps({**fusion, "gate": {**gate, "weight_high": 3}}))
+    with pytest.raises(HardnegError, match="gate must be"):
+        _read_fusion(src, "bi-encoder")
+    # the seen set: one document text (which we make the best-scoring one below)
+    probe = export_model(bi_dir, tmp_path / "probe", None, model_name="probe")
+    cos = plain(probe.out_dir, "fp32", doc_cache_size=0).score(QUERY, DOCS)
+    best = int(np.argmax(cos))
+    (src / "fusion.json").write_text(
+        json.dumps({**fusion, "seen_documents_sha256": [text_sha256(DOCS[best])]})
+    )
+    write_checksums(src)  # a deliberate edit of a trained folder: re-sign it
+    res = export_model(
+        src,
+        tmp_path / "exp",
+        tiny_dev_set(tiny_data_dir),
+        model_name="gated",
+        parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
+    )
+    meta = res.metadata
+    assert meta["fusion"]["gate"] == gate and meta["fusion"]["seen_documents"] == {
+        "file": SEEN_FILE,
+        "count": 1,
+    }
+    assert "seen_documents_sha256" not in meta["fusion"] and SEEN_FILE in meta["files"]
+    r = OnnxReranker(res.out_dir, "fp32", doc_cache_size=0)
+    fs = np.linspace(1.0, 0.0, len(DOCS))
+    scores, _ = r.rerank(QUERY, DOCS, fs)  # best document seen: weight_high = 1 -> the reranker's own order
+    np.testing.assert_allclose(scores, fuse(r.score(QUERY, DOCS), fs, 1.0), atol=1e-6)
+    others = [d for i, d in enumerate(DOCS) if i != best]
+    scores, _ = r.rerank(
+        QUERY, others, fs[: len(others)]
+    )  # best document unseen: weight_low = 0 -> first stage
+    np.testing.assert_allclose(scores, fuse(r.score(QUERY, others), fs[: len(others)], 0.0), atol=1e-6)
+    # the hash file is covered by the export's checksums
+    (res.out_dir / SEEN_FILE).write_text("0" * 64 + "\n")
+    with pytest.raises(HardnegError):
+        verify_export_dir(res.out_dir)

@@ -229,3 +229,35 @@ def test_an_onnx_export_measures_like_the_torch_model(tmp_path_factory, tiny_mod
     assert a.metrics["fusion_weight"] == b.metrics["fusion_weight"]
     for system in ("rerank", "fusion"):
         assert a.metrics["systems"][system] == pytest.approx(b.metrics["systems"][system], abs=1e-6)
+
+
+def test_the_gate_gives_seen_looking_queries_their_own_weight():
+    """Two kinds of dev query: for 'memorised' ones (the reranker's best candidate is a training positive) the
+    reranker is right and the first stage wrong; for the others the reverse. One global weight cannot serve both;
+    the 'seen' gate gives each group its weight, and a gate that buys nothing is not chosen over 'none'."""
+    from hardneg.evaluate import gate_weights, query_signals, tune_gate
+
+    fs, rr, qrels = {}, {}, {}
+    for i in range(20):
+        q = f"q{i}"
+        a, b, c, d = (f"{q}-{x}" for x in "abcd")
+        memorised = i % 2 == 0
+        # memorised: the reranker finds b, the first stage prefers a; otherwise the first stage finds c and the
+        # reranker prefers a
+        fs[q] = {a: 1.0, b: 0.0, c: 0.0, d: 0.0} if memorised else {c: 1.0, a: 0.0, b: 0.0, d: 0.0}
+        rr[q] = {b: 1.0, a: 0.0, c: 0.0, d: 0.0} if memorised else {a: 1.0, b: 0.0, c: 0.0, d: 0.0}
+        qrels[q] = {b if memorised else c: 1}
+    train_docs = {
+        f"q{i}-b" for i in range(0, 20, 2)
+    }  # the memorised queries' answers were training positives
+    grid = [0.0, 0.5, 1.0]
+    gate, tried = tune_gate(fs, rr, qrels, 4, grid, train_docs)
+    assert gate["signal"] == "seen" and gate["weight_high"] == 1.0 and gate["weight_low"] == 0.0
+    assert max(t["dev"]["mrr@10"] for t in tried if t["signal"] == "none") < 0.8
+    assert max(t["dev"]["mrr@10"] for t in tried if t["signal"] == "seen") == 1.0
+    w = gate_weights(gate, query_signals(fs, rr, 4, train_docs))
+    assert w["q0"] == 1.0 and w["q1"] == 0.0
+    # the same dev queries without the memorised group: no gate helps, 'none' (tried first) wins the tie
+    odd = {q: v for q, v in fs.items() if int(q[1:]) % 2}
+    gate, _ = tune_gate(odd, rr, {q: qrels[q] for q in odd}, 4, grid, train_docs)
+    assert gate["signal"] == "none" and gate["weight_low"] == gate["weight_high"] == 0.0

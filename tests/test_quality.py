@@ -9,6 +9,8 @@ import shutil
 import pytest
 
 from hardneg.config import default_params
+from hardneg.data import load_dataset_for
+from hardneg.quality import PART_SPLITS
 from hardneg.study_report import NOT_MINED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
@@ -44,7 +46,7 @@ def study(tmp_path_factory, tiny_data_dir, tiny_model_dir):
     return root, p, q
 
 
-def test_quality_json_has_the_report_contract(study):
+def test_quality_json_has_the_report_contract(study, tiny_data_dir):
     _, p, q = study
     for key in ("bm25", "dense", "no_training_hybrid", "reranker_alone", "served"):
         for split in ("dev", "test"):
@@ -54,12 +56,23 @@ def test_quality_json_has_the_report_contract(study):
     best = q["best_policy"]
     dev = {a: r["served"]["dev"]["mrr@10"]["mean"] for a, r in q["arms"].items() if a not in NOT_MINED}
     assert best in dev and dev[best] == max(dev.values()), (best, dev)
-    for system, key in (("served", "served"), ("alone", "reranker_alone")):
+    for system, key in (("served", "served"), ("alone", "reranker_alone"), ("rerank", "reranker_rerank")):
         cells = q["arms"][best][system]
-        assert q[key] == {
+        got = {k: v for k, v in q[key].items() if k not in ("what",) + PART_SPLITS}
+        assert got == {
             "arm": best,
             **{s: {m: v["mean"] for m, v in cells[s].items()} for s in ("dev", "test")},
         }
+        assert q[key]["what"]  # each system says what it computes
+    # the report contract of #16: test_seen / test_unseen = {mrr@10, ndcg@10, n} (a part without queries: n only)
+    n_test = q["served"]["test_seen"]["n"] + q["served"]["test_unseen"]["n"]
+    for key in ("served", "no_training_hybrid", "reranker_alone"):
+        for part in ("test_seen", "test_unseen"):
+            cell = q[key][part]
+            assert set(cell) == ({"n"} if cell["n"] == 0 else {"mrr@10", "ndcg@10", "n"}), (key, part)
+        assert q[key]["test_seen"]["n"] + q[key]["test_unseen"]["n"] == n_test
+    ds, _ = load_dataset_for(tiny_data_dir, p)
+    assert n_test == len(ds.split_qrels(p["data"]["test_split"])) > 0
     for arm in p["compare"]["arms"]:
         cell = q["arms"][arm]["test"]["mrr@10"]
         assert set(cell) == {"mean", "std", "seeds"} and len(cell["seeds"]) == 2

@@ -1,0 +1,197 @@
+"""Seen / unseen queries, document-disjoint folds and the selection rule that guards unseen queries.
+
+**Seen and unseen.** A dev or test query is *seen* when one of its relevant documents is a labelled positive of a
+query the model trained on (the train split after the dev top-up), and *unseen* otherwise. A model can win on seen
+queries by learning which documents were relevant before; only unseen queries show whether it learned relevance.
+Every evaluation reports ``all`` / ``seen`` / ``unseen`` (:func:`parts`), each with its query count.
+
+**Document-disjoint folds** (:func:`document_folds`, the generalisation benchmark). The positive documents of all
+labelled queries are split into ``k`` folds by sha256(seed, doc id). For fold *i*, the held-out documents ``H`` are
+that fold's documents; the *test* queries are the queries with a positive in ``H`` (at most ``max_test_fraction`` of
+all queries, chosen by sha256 order), judged on their ``H`` positives only (their other positives are left out of
+both the qrels and the candidate lists: they are known-relevant but not what this fold measures); the *train*
+queries are all the others, with every ``H`` document removed from their positives (a query left without one is
+dropped), and ``H`` documents are never mined as negatives either (:func:`exclude_documents`). So no relevant
+document of a test query is ever seen in training, which is what a team retraining on last quarter's queries and
+serving next quarter's, about new documents, faces.
+
+**Selection rule** (:func:`select`): among configurations evaluated on dev, keep those whose served MRR@10 on the
+dev-unseen queries is not below the no-training baseline's on the same queries (when dev has at least
+``min_unseen`` unseen queries; else the guard cannot be applied and is recorded as skipped); choose the best served
+dev MRR@10 (all queries) among them (ties: the earlier configuration); if none passes, choose the one with the best
+dev-unseen MRR@10.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hardneg.errors import HardnegError
+
+PARTS = ("all", "seen", "unseen")
+
+
+def training_positives(dataset: Any, train_split: str) -> set[str]:
+    """Every document that is a labelled positive (score >= 1) of a query of ``train_split``."""
+    return {d for docs in dataset.split_qrels(train_split).values() for d in docs}
+
+
+def seen_queries(qrels: Mapping[str, Mapping[str, int]], train_docs: set[str]) -> set[str]:
+    """The queries of ``qrels`` with a relevant document (score >= 1) among ``train_docs``."""
+    return {q for q, docs in qrels.items() if any(s >= 1 and d in train_docs for d, s in docs.items())}
+
+
+def split_ids(qrels: Mapping[str, Mapping[str, int]], train_docs: set[str]) -> dict[str, list[str]]:
+    """``{"all", "seen", "unseen"}`` -> sorted query ids of ``qrels`` (queries with a relevant document only)."""
+    rel = sorted(q for q, docs in qrels.items() if any(s >= 1 for s in docs.values()))
+    seen = seen_queries(qrels, train_docs)
+    return {"all": rel, "seen": [q for q in rel if q in seen], "unseen": [q for q in rel if q not in seen]}
+
+
+def parts(
+    per_query: Mapping[str, Mapping[str, float]], ids: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, Any]]:
+    """Means of per-query metrics (``metric -> {qid: value}``) over each part: ``{part: {metric: mean, "n": n}}``;
+    a part without queries has ``n`` 0 and no metric."""
+    out: dict[str, dict[str, Any]] = {}
+    for part, qids in ids.items():
+        row: dict[str, Any] = {"n": len(qids)}
+        if qids:
+            for metric, values in per_query.items():
+                row[metric] = round(sum(float(values.get(q, 0.0)) for q in qids) / len(qids), 5)
+        out[part] = row
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ folds
+
+
+def _order(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}\t{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One document-disjoint fold: train qrels (held-out documents removed), test qrels (held-out documents only),
+    the held-out documents, and per test query the known-relevant documents left out of its candidates."""
+
+    index: int
+    train: dict[str, dict[str, int]]
+    test: dict[str, dict[str, int]]
+    held_out: frozenset[str]
+    ignore: dict[str, frozenset[str]]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "fold": self.index,
+            "train_queries": len(self.train),
+            "train_pairs": sum(len(v) for v in self.train.values()),
+            "test_queries": len(self.test),
+            "test_pairs": sum(len(v) for v in self.test.values()),
+            "held_out_documents": len(self.held_out),
+            "test_ids_sha256": hashlib.sha256("\n".join(sorted(self.test)).encode()).hexdigest(),
+        }
+
+
+def pooled_qrels(dataset: Any, splits: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+    """The relevant pairs (score >= 1) of every split (or of ``splits``) in one qrels; a query in two splits keeps
+    the higher score of a shared document."""
+    out: dict[str, dict[str, int]] = {}
+    for split in splits or sorted(dataset.qrels):
+        for q, docs in dataset.split_qrels(split).items():
+            row = out.setdefault(q, {})
+            for d, s in docs.items():
+                row[d] = max(int(s), row.get(d, 0))
+    return out
+
+
+def document_folds(
+    qrels: Mapping[str, Mapping[str, int]], k: int, seed: int = 13, max_test_fraction: float = 0.3
+) -> list[Fold]:
+    """``k`` document-disjoint folds of ``qrels`` (module docstring)."""
+    if k < 2:
+        raise HardnegError(f"document folds need k >= 2, got {k}")
+    docs = sorted({d for row in qrels.values() for d in row})
+    fold_of = {d: i % k for i, d in enumerate(sorted(docs, key=lambda d: _order(seed, d)))}
+    max_test = max(1, int(max_test_fraction * len(qrels)))
+    folds = []
+    for i in range(k):
+        held = frozenset(d for d in docs if fold_of[d] == i)
+        touching = sorted((q for q, row in qrels.items() if held & set(row)), key=lambda q: _order(seed, q))
+        test_q = set(touching[:max_test])
+        test = {q: {d: s for d, s in qrels[q].items() if d in held} for q in sorted(test_q)}
+        ignore = {q: frozenset(d for d in qrels[q] if d not in held) for q in sorted(test_q)}
+        train = {}
+        for q in sorted(qrels):
+            if q in test_q:
+                continue
+            row = {d: s for d, s in qrels[q].items() if d not in held}
+            if row:
+                train[q] = row
+        folds.append(Fold(i, train, test, held, {q: v for q, v in ignore.items() if v}))
+    return folds
+
+
+def fold_dataset(dataset: Any, fold: Fold, train_split: str = "train", test_split: str = "test") -> Any:
+    """``dataset`` with only two splits, the fold's train and test qrels (a dev split is carved from train by
+    :func:`hardneg.data.prepare_splits`, as for any collection without one)."""
+    return replace(dataset, qrels={train_split: dict(fold.train), test_split: dict(fold.test)})
+
+
+def exclude_documents(
+    rows: Sequence[Mapping[str, Any]] | None, docs: Iterable[str]
+) -> list[dict[str, Any]] | None:
+    """Mined negatives rows without the ``docs`` (held-out documents are never trained on, not even as negatives)."""
+    if rows is None:
+        return None
+    drop = set(docs)
+    return [{**r, "negative_ids": [n for n in r["negative_ids"] if str(n) not in drop]} for r in rows]
+
+
+def drop_candidates(
+    run: Mapping[str, Mapping[str, float]], ignore: Mapping[str, Iterable[str]]
+) -> dict[str, dict[str, float]]:
+    """``run`` without each query's ignored documents (a fold's known-relevant documents outside the held-out set)."""
+    out = {}
+    for q, row in run.items():
+        skip = set(ignore.get(q, ()))
+        out[q] = {d: s for d, s in row.items() if d not in skip}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- selection rule
+
+
+def select(
+    candidates: Mapping[str, Mapping[str, Any]], baseline_dev_unseen: float | None, min_unseen: int = 30
+) -> dict[str, Any]:
+    """The selection rule (module docstring). ``candidates``: name -> ``{"dev": {"all": {"mrr@10"}, "unseen":
+    {"mrr@10", "n"}}}`` (served system); ``baseline_dev_unseen``: the no-training MRR@10 on the same dev-unseen
+    queries. Returns ``{"chosen", "guard", "passed": [...], "rule"}``."""
+    if not candidates:
+        raise HardnegError("nothing to choose from")
+    names = list(candidates)
+    n_unseen = int(candidates[names[0]]["dev"]["unseen"].get("n", 0))
+    guard = baseline_dev_unseen is not None and n_unseen >= min_unseen
+    if guard:
+        passed = [
+            n for n in names if candidates[n]["dev"]["unseen"]["mrr@10"] >= float(baseline_dev_unseen) - 1e-9
+        ]
+    else:
+        passed = names
+    if passed:
+        best = max(passed, key=lambda n: (candidates[n]["dev"]["all"]["mrr@10"], -names.index(n)))
+    else:
+        best = max(names, key=lambda n: (candidates[n]["dev"]["unseen"]["mrr@10"], -names.index(n)))
+    return {
+        "chosen": best,
+        "guard": "applied" if guard else f"skipped (dev has {n_unseen} unseen queries, need {min_unseen})",
+        "baseline_dev_unseen_mrr@10": baseline_dev_unseen,
+        "passed": passed,
+        "rule": "best served dev MRR@10 among configurations whose served dev-unseen MRR@10 >= the no-training "
+        "baseline's on the same queries (guard skipped when dev has fewer than min_unseen unseen queries); if none "
+        "passes, the best dev-unseen MRR@10",
+    }
