@@ -7,11 +7,15 @@ endings in every file, no dev split (train + test only; hardneg carves a dev spl
 documents (dropped with a warning, ``validate.empty_documents: drop``). SciFact has no graded relevance and about one
 positive per query, and we do not invent labels for it, so:
 
+``--dataset nfcorpus``: NFCorpus exactly as BEIR publishes it (``../shared/data/nfcorpus``, or ``--nfcorpus DIR``:
+CRLF, graded 1-2, ~43 positives per training query, its own dev split), copied as it is. Writes
+``byo_run_nfcorpus.json``.
+
 ``--dataset public-quirks``: the synthetic collection of tests/test_public_beir.py (``make_public_beir``: CRLF, graded
 qrels 0-4, 30 positives per query, empty documents, no dev split) with the real default models: it shows the plumbing
 end to end (its texts are synthetic: the quality numbers mean nothing). Writes ``byo_run_public_quirks.json``.
 
-    python benchmarks/byo_run.py [--dataset scifact-public|public-quirks] [--clone /tmp/hardneg-byo] [--keep]
+    python benchmarks/byo_run.py [--dataset scifact-public|nfcorpus|public-quirks] [--clone /tmp/hardneg-byo] [--keep]
 
 The embedding cache of this checkout (``.hardneg-cache``) is linked into the clone when present (the run then only
 embeds what the cache lacks); the time is reported with that flag.
@@ -69,7 +73,10 @@ def public_quirks(dst: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", choices=["scifact-public", "public-quirks"], default="scifact-public")
+    ap.add_argument(
+        "--dataset", choices=["scifact-public", "nfcorpus", "public-quirks"], default="scifact-public"
+    )
+    ap.add_argument("--nfcorpus", type=Path, default=REPO.parent / "shared" / "data" / "nfcorpus")
     ap.add_argument("--clone", type=Path, default=Path("/tmp/hardneg-byo"))
     ap.add_argument("--keep", action="store_true", help="keep the clone afterwards")
     args = ap.parse_args()
@@ -87,6 +94,12 @@ def main() -> int:
     shutil.rmtree(data, ignore_errors=True)
     if args.dataset == "scifact-public":
         quirks = public_layout(REPO / "data" / "scifact", data)
+    elif args.dataset == "nfcorpus":
+        shutil.copytree(args.nfcorpus, data)
+        quirks = {
+            "as_published": str(args.nfcorpus),
+            "splits": sorted(p.stem for p in (data / "qrels").glob("*.tsv")),
+        }
     else:
         quirks = public_quirks(data)
     env = {**os.environ, "PYTHONPATH": str(clone), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -114,7 +127,11 @@ def main() -> int:
         "summary": summary,
         "load_avg": os.getloadavg(),
     }
-    out = OUT if args.dataset == "scifact-public" else OUT.with_name("byo_run_public_quirks.json")
+    out = (
+        OUT
+        if args.dataset == "scifact-public"
+        else OUT.with_name(f"byo_run_{args.dataset.replace('-', '_')}.json")
+    )
     out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print(p.stdout)
     print(f"exit {p.returncode} in {seconds} s; wrote {out}", file=sys.stderr)

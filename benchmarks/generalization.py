@@ -2,6 +2,7 @@
 
     python benchmarks/generalization.py folds  [--datasets scifact,nfcorpus] [--k 3]
     python benchmarks/generalization.py select [--configs benchmarks/generalization_configs.yaml] [--seeds 13,14,15]
+    python benchmarks/generalization.py readme   # only rewrite README's block from the committed JSON
 
 ``folds`` (results/generalization.json): document-disjoint folds (hardneg.generalization.document_folds) of every
 labelled query of each collection; per fold, the configuration of params.yaml (what ``make run`` ships) is mined,
@@ -87,7 +88,7 @@ def folds(args, params: dict) -> dict:
     if state.get("key") != key:
         state = {"key": key, "datasets": {}}
     d = settings(params).data
-    for name in args.datasets.split(","):
+    for name in (args.datasets or "scifact,nfcorpus").split(","):
         data_dir = ROOT / params["data"]["dir"] if name == "scifact" else Path(args.nfcorpus)
         ds, red = _prepare(name, data_dir, params, Path(args.work))
         all_qrels = pooled_qrels(ds)
@@ -141,11 +142,16 @@ def _summarise(entry: dict) -> None:
     }
 
 
-def _key(params: dict, args) -> dict:
+def _key(params: dict, args, fixed_depth: bool = False) -> dict:
     from hardneg.config import params_hash
 
+    p = copy.deepcopy(params)
+    if (
+        fixed_depth
+    ):  # select compares training configurations at retrieve.rerank_depth (rerank_depths not read)
+        p["evaluate"].pop("rerank_depths", None)
     return {
-        "params": params_hash(params, ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]),
+        "params": params_hash(p, ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]),
         "k": args.k,
         "seed": args.seed,
         "max_test_fraction": args.max_test_fraction,
@@ -186,18 +192,26 @@ def select(args, params: dict) -> dict:
     from hardneg.settings import merge_params
 
     configs = yaml.safe_load(Path(args.configs).read_text(encoding="utf-8"))["configs"]
-    out_path = RESULTS / "generalization_select.json"
+    name_ds = args.datasets or "scifact"
+    if name_ds not in ("scifact", "nfcorpus"):
+        raise SystemExit(f"select: --datasets must be scifact or nfcorpus, got {name_ds!r}")
+    suffix = "" if name_ds == "scifact" else f"_{name_ds}"
+    out_path = RESULTS / f"generalization_select{suffix}.json"
     state = json.loads(out_path.read_text()) if out_path.exists() and not args.fresh else {}
-    key = _key(params, args)
+    key = _key(params, args, fixed_depth=True)
     if state.get("key") != key:
         state = {"key": key, "configs": {}}
-    data_dir = ROOT / params["data"]["dir"]
-    ds, red = _prepare("scifact", data_dir, params, Path(args.work))
+    data_dir = ROOT / params["data"]["dir"] if name_ds == "scifact" else Path(args.nfcorpus)
+    ds, red = _prepare(name_ds, data_dir, params, Path(args.work))
     seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         for name, override in configs.items():
             override = dict(override or {})
             only = override.pop("screened_on_seeds", None)  # screened out: measured on these seeds only
+            if (
+                state["configs"].get(name, {}).get("override", override) != override
+            ):  # edited since: measure again
+                state["configs"].pop(name, None)
             runs = state["configs"].setdefault(name, {"override": override, "seeds": {}})["seeds"]
             if only is not None:
                 state["configs"][name]["screened_on_seeds"] = only
@@ -205,7 +219,9 @@ def select(args, params: dict) -> dict:
                 continue
             p = merge_params(params, override)
             p["train"]["seed"] = seed
-            res = run_configuration(ds, red, p, Path(args.work) / "select" / name, untuned=False)
+            # training configurations are compared at one rerank depth; the evaluate stage chooses it on dev later
+            p["evaluate"]["rerank_depths"] = [int(p["retrieve"]["rerank_depth"])]
+            res = run_configuration(ds, red, p, Path(args.work) / f"select{suffix}" / name, untuned=False)
             res.pop("per_query", None)
             runs[str(seed)] = res
             _write(out_path, state)
@@ -239,15 +255,19 @@ def select(args, params: dict) -> dict:
     dev_served = {n: {"dev": means[n]["dev"]["served"]} for n in full}
     any_m = next(iter(means.values()))
     state["selection"] = rule(dev_served, any_m["dev"]["no_training"]["unseen"]["mrr@10"])
-    state.update(commit=current_lineage(None).git_commit, cpu=_cpu(), seeds=seeds)
+    state.update(commit=current_lineage(None).git_commit, cpu=_cpu(), seeds=seeds, dataset=name_ds)
     _write(out_path, state)
     return state
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["folds", "select"])
-    ap.add_argument("--datasets", default="scifact,nfcorpus")
+    ap.add_argument("what", choices=["folds", "select", "readme"], help="readme: only rewrite README's block")
+    ap.add_argument(
+        "--datasets",
+        default=None,
+        help="folds: scifact,nfcorpus (default); select: scifact (default) or nfcorpus",
+    )
     ap.add_argument("--nfcorpus", default=str(ROOT.parent / "shared" / "data" / "nfcorpus"))
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--seed", type=int, default=13)
@@ -264,8 +284,23 @@ def main() -> int:
     from hardneg.config import load_params
 
     params = load_params(Path(args.config))
-    (folds if args.what == "folds" else select)(args, params)
+    if args.what != "readme":
+        (folds if args.what == "folds" else select)(args, params)
+    write_readme()
     return 0
+
+
+def write_readme() -> None:
+    """README's generalisation block from the committed JSON (tests/test_readme_numbers.py checks it)."""
+    from hardneg.study_report import GEN_END, GEN_START, generalization_table, replace_block
+
+    def read(name: str) -> dict | None:
+        p = RESULTS / name
+        return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+    readme = ROOT / "README.md"
+    block = generalization_table(read("generalization.json"), read("generalization_select.json"))
+    readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block, GEN_START, GEN_END), "utf-8")
 
 
 if __name__ == "__main__":

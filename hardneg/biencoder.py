@@ -29,7 +29,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -356,14 +356,15 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def pseudo_query_pool(
-    dataset: Any, min_words: int = 4, max_words: int = 64
+    dataset: Any, min_words: int = 4, max_words: int = 64, exclude: Iterable[str] = ()
 ) -> tuple[list[str], list[list[str]]]:
-    """Pseudo-queries for every document of the corpus (inverse cloze): its title and each of its sentences of
-    ``min_words``..``max_words`` words. Documents that yield none are left out. Returns ``(doc_ids, texts per doc)``;
-    no label is read, so unlabelled documents are trained on too."""
+    """Pseudo-queries for every document of the corpus but ``exclude`` (inverse cloze): its title and each of its
+    sentences of ``min_words``..``max_words`` words. Documents that yield none are left out. Returns ``(doc_ids,
+    texts per doc)``; no label is read, so unlabelled documents are trained on too."""
     ids: list[str] = []
     texts: list[list[str]] = []
-    for d in sorted(dataset.corpus):
+    skip = set(exclude)
+    for d in sorted(set(dataset.corpus) - skip):
         doc = dataset.corpus[d]
         cands = [t.strip() for t in [doc.title, *_SENTENCE.split(doc.text or "")] if t and t.strip()]
         cands = [t for t in cands if min_words <= len(t.split()) <= max_words]
@@ -468,12 +469,14 @@ def train_biencoder(
     params_for_hash: Mapping[str, Any] | None = None,
     doc_vectors: tuple[np.ndarray, Sequence[str]] | None = None,
     progress: bool = False,
+    exclude_docs: Iterable[str] = (),
 ) -> Path:
     """Fine-tune ``cfg.base_model`` and save it to ``out_dir``; returns ``out_dir``.
 
     ``dev_eval(model) -> MRR@10`` (built by the caller from the dev split) is called every ``cfg.eval_every`` steps
     and at the end when ``eval_every`` > 0; the best checkpoint is kept. ``doc_vectors`` = ``(D, doc_ids)``, the
-    base model's document vectors (:func:`document_vectors`), is required with ``tune: query``."""
+    base model's document vectors (:func:`document_vectors`), is required with ``tune: query``. ``exclude_docs``
+    are never pseudo-query targets (the generalisation benchmark's held-out documents)."""
     import torch
 
     from hardneg.config import params_hash
@@ -498,7 +501,7 @@ def train_biencoder(
         base.eval()
         for p in base.parameters():
             p.requires_grad_(False)
-    pool = pseudo_query_pool(dataset) if cfg.pseudo_queries > 0 else ([], [])
+    pool = pseudo_query_pool(dataset, exclude=exclude_docs) if cfg.pseudo_queries > 0 else ([], [])
     n_pseudo = round(cfg.pseudo_queries * cfg.queries_per_step)
     max_steps = planned_steps(cfg, ts)
     torch.manual_seed(cfg.seed)
@@ -594,8 +597,11 @@ def train_biencoder(
     if best["state"] is not None and best["step"] != step:
         log.info("restoring the best dev checkpoint (step %d, MRR@10 %.4f)", best["step"], best["mrr@10"])
         model.load_state_dict(best["state"])
-    if cfg.interpolate < 1.0:
-        interpolate_weights(model, load_biencoder(cfg.base_model, cfg.max_length), cfg.interpolate)
+    if (
+        cfg.interpolate < 1.0
+    ):  # after the checkpoint choice: eval_every's dev numbers are of the tuned weights
+        base_model = base if base is not None else load_biencoder(cfg.base_model, cfg.max_length)
+        interpolate_weights(model, base_model, cfg.interpolate)
     model.eval()
     seconds = time.perf_counter() - t0
     from hardneg.artifacts import staged_output

@@ -343,13 +343,14 @@ def _fusion_on_dev(
     dev_ids: Mapping[str, Sequence[str]] | None = None,
     train_docs: set[str] | None = None,
     signals: Sequence[str] = ("none",),
+    chosen: tuple[dict[str, Any], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Choose the fusion weight and the per-query gate on dev (recorded in ``metrics`` with the dev curve, the gates
-    tried and the dev metrics); returns the gate (:func:`tune_gate`)."""
+    tried and the dev metrics); returns the gate (:func:`tune_gate`; ``chosen``: already tuned at this depth)."""
     train_docs = train_docs or set()
     weight, dev_curve = tune_fusion_weight(fs_dev, dev_scores, dev_qrels, depth, weights)
     metrics["fusion_dev_curve"] = dev_curve
-    gate, tried = tune_gate(fs_dev, dev_scores, dev_qrels, depth, weights, train_docs, signals)
+    gate, tried = chosen or tune_gate(fs_dev, dev_scores, dev_qrels, depth, weights, train_docs, signals)
     metrics["fusion_gate"], metrics["fusion_gate_tried"] = gate, tried
     dev_w = gate_weights(gate, query_signals(fs_dev, dev_scores, depth, train_docs))
     runs = {
@@ -389,6 +390,44 @@ def _dev_side(
     return fs_dev, dev_reranker_scores, dev_qrels
 
 
+def seen_document_ids(dataset: Any, train_split: str) -> tuple[set[str], list[str]]:
+    """The documents the served gate calls "seen" and the hashes the export ships: every document whose text is the
+    text of a training positive (the server recognises documents by text, so evaluation does too). Returns (ids,
+    sorted sha256 of the training positives' texts)."""
+    from hardneg.fusion import text_sha256
+
+    if train_split not in dataset.qrels:
+        return set(), []
+    positives = training_positives(dataset, train_split)
+    hashes = {text_sha256(dataset.corpus[d].full_text) for d in positives if d in dataset.corpus}
+    ids = {d for d, doc in dataset.corpus.items() if text_sha256(doc.full_text) in hashes}
+    return ids, sorted(hashes)
+
+
+def choose_depth(
+    dev: tuple[Run, Mapping[str, Mapping[str, float]], Mapping[str, Mapping[str, int]]],
+    depths: Sequence[int],
+    weights: Sequence[float],
+    seen_ids: set[str],
+    signals: Sequence[str],
+) -> tuple[int, tuple[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]:
+    """The rerank depth (how many first-stage candidates the reranker reorders) with the best served dev MRR@10,
+    each depth with its own dev-chosen gate (ties: better nDCG@10, then the smaller depth). Returns (depth, (gate,
+    tried), curve)."""
+    fs_dev, dev_scores, dev_qrels = dev
+    curve: dict[str, Any] = {}
+    best: tuple[tuple[float, float, int], int, Any] | None = None
+    for d in sorted(set(int(x) for x in depths)):
+        gate, tried = tune_gate(fs_dev, dev_scores, dev_qrels, d, weights, seen_ids, signals)
+        row = next(t for t in tried if all(t[k] == gate[k] for k in gate))["dev"]
+        curve[str(d)] = {**row, "gate": gate}
+        key = (round(row["mrr@10"], 10), round(row["ndcg@10"], 10), -d)
+        if best is None or key > best[0]:
+            best = (key, d, (gate, tried))
+    assert best is not None
+    return best[1], best[2], curve
+
+
 def _served_fusion(
     metrics: dict[str, Any],
     record: Callable[[str, Run], Any],
@@ -397,24 +436,17 @@ def _served_fusion(
     depth: int,
     weights: Sequence[float],
     train_docs: set[str],
+    dev_ids: Mapping[str, Sequence[str]],
     signals: Sequence[str],
-    dtext: Mapping[str, str],
-) -> list[str]:
+    chosen: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
     """The served system: fusion weight and per-query gate chosen on ``dev`` (first stage, reranker scores, qrels),
-    applied unchanged to ``test`` (recorded as ``fusion``). Returns the training positives' text hashes when the
-    gate reads them (the server's "seen" signal), else []."""
+    applied unchanged to ``test`` (recorded as ``fusion``). ``train_docs``: the documents the gate calls seen;
+    ``dev_ids``: dev queries by part (seen / unseen, for the report)."""
     fs_dev, dev_scores, dev_qrels = dev
     fs_test, test_scores, test_qrels = test
     gate = _fusion_on_dev(
-        metrics,
-        fs_dev,
-        dev_scores,
-        dev_qrels,
-        depth,
-        weights,
-        split_ids(dev_qrels, train_docs),
-        train_docs,
-        signals,
+        metrics, fs_dev, dev_scores, dev_qrels, depth, weights, dev_ids, train_docs, signals, chosen
     )
     test_w = gate_weights(gate, query_signals(fs_test, test_scores, depth, train_docs))
     record("fusion", combine(fs_test, test_scores, depth, test_w))
@@ -427,11 +459,16 @@ def _served_fusion(
         ]
         for w in weights
     }
-    if "seen" not in gate["signal"]:
-        return []
-    from hardneg.fusion import text_sha256
 
-    return sorted({text_sha256(dtext[d]) for d in train_docs if d in dtext})
+
+def _timed_scores(scorer: Any, dataset: Any, fs_test: Run, depth: int, metrics: dict[str, Any]) -> dict:
+    """The reranker's scores of the test queries' top ``depth`` candidates (time and pair count in ``metrics``)."""
+    t0 = time.time()
+    cand = top_candidates(fs_test, depth)
+    scores = rerank_scores(scorer, query_texts_of(dataset), doc_texts_of(dataset), cand)
+    metrics["rerank_seconds_test"] = round(time.time() - t0, 1)
+    metrics["rerank_pairs_test"] = sum(len(v) for v in cand.values())
+    return scores
 
 
 def evaluate_reranker(
@@ -450,24 +487,23 @@ def evaluate_reranker(
 
     ``first_stage`` is the run the reranker rescores (``{qid: {doc: score}}``, covering dev and test queries);
     ``extra_first_stages`` are other first-stage runs reported alone (e.g. ``{"bm25": run}``). With ``scorer=None``
-    only first stages are evaluated. The fusion weight is tuned on ``dev_split`` and applied unchanged on test.
+    only first stages are evaluated. The rerank depth (``evaluate.rerank_depths``; ``depth`` fixes it), the fusion
+    weight and the per-query gate are chosen on ``dev_split`` and applied unchanged on test.
     """
     from hardneg.settings import settings
 
     s = settings(params)
-    test_split = test_split or s.data.test_split
-    dev_split = dev_split or s.data.dev_split
-    depth = int(depth or s.retrieve.rerank_depth)
+    test_split, dev_split = test_split or s.data.test_split, dev_split or s.data.dev_split
+    depths = [int(depth)] if depth else list(s.evaluate.rerank_depths or [s.retrieve.rerank_depth])
+    depths = [d for d in depths if d <= s.retrieve.top_k] or [min(max(depths), s.retrieve.top_k)]  # no deeper
     ev, weights = s.evaluate, s.evaluate.fusion_weights
     test_qrels = dataset.split_qrels(test_split)
-    qtext, dtext = query_texts_of(dataset), doc_texts_of(dataset)
     train_split = s.data.train_split
     train_docs = training_positives(dataset, train_split) if train_split in dataset.qrels else set()
     test_ids = split_ids(test_qrels, train_docs)
     metrics: dict[str, Any] = {
         "split": test_split,
         "dev_split": dev_split,
-        "rerank_depth": depth,
         "n_queries": len(test_qrels),
         "systems": {},
         # seen: a relevant document of the query is a positive of a training query (hardneg.generalization)
@@ -494,18 +530,24 @@ def evaluate_reranker(
     if scorer is None:
         return RerankEvaluation(metrics, per_query)
 
-    t0 = time.time()
-    cand = top_candidates(fs_test, depth)
-    test_scores = rerank_scores(scorer, qtext, dtext, cand)
-    metrics["rerank_seconds_test"] = round(time.time() - t0, 1)
-    metrics["rerank_pairs_test"] = sum(len(v) for v in cand.values())
-    record("rerank", combine(fs_test, test_scores, depth))
-
+    test_scores = _timed_scores(scorer, dataset, fs_test, max(depths), metrics)
     if not ev.fusion:
+        metrics["rerank_depth"] = depths[0]
+        record("rerank", combine(fs_test, test_scores, depths[0]))
         return RerankEvaluation(metrics, per_query)
-    dev = _dev_side(dataset, dev_split, first_stage, scorer, dev_reranker_scores, depth)
+    dev = _dev_side(dataset, dev_split, first_stage, scorer, dev_reranker_scores, max(depths))
+    seen_ids, seen_hashes = seen_document_ids(dataset, train_split)
+    chosen_depth, chosen, metrics["depth_dev_curve"] = choose_depth(
+        dev, depths, weights, seen_ids, ev.gate_signals
+    )
+    metrics["rerank_depth"] = chosen_depth
+    record("rerank", combine(fs_test, test_scores, chosen_depth))
     test = (fs_test, test_scores, test_qrels)
-    seen = _served_fusion(metrics, record, dev, test, depth, weights, train_docs, ev.gate_signals, dtext)
+    dev_ids = split_ids(dev[2], train_docs)
+    _served_fusion(
+        metrics, record, dev, test, chosen_depth, weights, seen_ids, dev_ids, ev.gate_signals, chosen
+    )
+    seen = seen_hashes if "seen" in metrics["fusion_gate"]["signal"] else []
     return RerankEvaluation(metrics, per_query, seen)
 
 

@@ -63,7 +63,7 @@ def run_configuration(
     rows = _mine(ds, reduced_dir, params, work)
     rows = exclude_documents(rows, held_out)
     mdir = work / "model"
-    train_biencoder(ds, rows, mdir, cfg, train_split=d.train_split, doc_vectors=fixed)
+    train_biencoder(ds, rows, mdir, cfg, train_split=d.train_split, doc_vectors=fixed, exclude_docs=held_out)
     tm = json.loads((mdir / "train_metrics.json").read_text(encoding="utf-8"))
     out: dict[str, Any] = {
         "splits": record,

@@ -225,6 +225,14 @@ def mrr_at_k(
     return evaluate_run(run, qrels, (f"mrr@{k}",)).mean[f"mrr@{k}"]
 
 
+def _ranking_label(w: float | None, gate: Mapping[str, Any] | None) -> str:
+    if w is None:
+        return "reranker scores"
+    if not gate or gate.get("signal", "none") == "none":
+        return f"served fusion (w={w})"
+    return f"served fusion (gate {gate['signal']}: w={gate['weight_high']} / {gate['weight_low']})"
+
+
 def _score_dev(scorer: PairScorer | CosineScorer, dev: DevSet) -> dict[str, np.ndarray]:
     return {q: scorer.score(dev.queries[q], [dev.docs[d] for d in c]) for q, c in dev.candidates.items()}
 
@@ -262,6 +270,12 @@ def _read_fusion(model_dir: Path, kind: str = CROSS_ENCODER) -> dict[str, Any] |
 
         ok = isinstance(gate, dict) and gate.get("signal") in GATE_SIGNALS
         ws = [gate.get("weight_high"), gate.get("weight_low")] if ok else []
+        if (
+            ok and "margin" in gate["signal"]
+        ):  # a margin gate without its threshold would let every query pass
+            ok = isinstance(gate.get("threshold"), int | float) and not isinstance(
+                gate.get("threshold"), bool
+            )
         if not ok or not all(isinstance(x, int | float) and 0.0 <= float(x) <= 1.0 for x in ws):
             raise HardnegError(
                 f"{p}: gate must be {{'signal', 'threshold', 'weight_high', 'weight_low'}}, got {gate!r}"
@@ -782,11 +796,7 @@ def _int8_gate(
     mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion=f)
     drop = mrr32 - mrr8
     return {
-        "ranking": (
-            f"served fusion (w={w}, gate {(fusion or {}).get('gate')})"
-            if w is not None
-            else "reranker scores"
-        ),
+        "ranking": _ranking_label(w, (fusion or {}).get("gate")),
         "mrr@10_fp32": mrr32,
         "mrr@10_int8": mrr8,
         "mrr@10_drop": drop,

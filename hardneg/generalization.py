@@ -76,7 +76,8 @@ def _order(seed: int, key: str) -> str:
 @dataclass(frozen=True)
 class Fold:
     """One document-disjoint fold: train qrels (held-out documents removed), test qrels (held-out documents only),
-    the held-out documents, and per test query the known-relevant documents left out of its candidates."""
+    the held-out documents, and per query the known-relevant documents left out of its candidates (a test query's
+    positives outside the held-out set; a train query's positives inside it, for the dev split carved from train)."""
 
     index: int
     train: dict[str, dict[str, int]]
@@ -114,6 +115,8 @@ def document_folds(
     """``k`` document-disjoint folds of ``qrels`` (module docstring)."""
     if k < 2:
         raise HardnegError(f"document folds need k >= 2, got {k}")
+    qrels = {q: {d: s for d, s in row.items() if s >= 1} for q, row in qrels.items()}
+    qrels = {q: row for q, row in qrels.items() if row}
     docs = sorted({d for row in qrels.values() for d in row})
     fold_of = {d: i % k for i, d in enumerate(sorted(docs, key=lambda d: _order(seed, d)))}
     max_test = max(1, int(max_test_fraction * len(qrels)))
@@ -123,6 +126,9 @@ def document_folds(
         touching = sorted((q for q, row in qrels.items() if held & set(row)), key=lambda q: _order(seed, q))
         test_q = set(touching[:max_test])
         test = {q: {d: s for d, s in qrels[q].items() if d in held} for q in sorted(test_q)}
+        # test queries: their positives outside H are known-relevant but not what the fold measures; train (and
+        # the dev carved from it): their H positives were removed from the labels, so they leave the candidates too
+        # (never judged non-relevant)
         ignore = {q: frozenset(d for d in qrels[q] if d not in held) for q in sorted(test_q)}
         train = {}
         for q in sorted(qrels):
@@ -131,6 +137,7 @@ def document_folds(
             row = {d: s for d, s in qrels[q].items() if d not in held}
             if row:
                 train[q] = row
+                ignore[q] = frozenset(d for d in qrels[q] if d in held)
         folds.append(Fold(i, train, test, held, {q: v for q, v in ignore.items() if v}))
     return folds
 
@@ -148,7 +155,15 @@ def exclude_documents(
     if rows is None:
         return None
     drop = set(docs)
-    return [{**r, "negative_ids": [n for n in r["negative_ids"] if str(n) not in drop]} for r in rows]
+    out = []
+    for r in rows:
+        keep = [i for i, n in enumerate(r["negative_ids"]) if str(n) not in drop]
+        row = dict(r)
+        for key in ("negative_ids", "d_qn", "d_pn"):  # the per-negative lists stay aligned
+            if isinstance(r.get(key), list) and len(r[key]) == len(r["negative_ids"]):
+                row[key] = [r[key][i] for i in keep]
+        out.append(row)
+    return out
 
 
 def drop_candidates(

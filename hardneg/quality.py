@@ -142,7 +142,18 @@ def evaluate_model(
     ``<split>_seen`` / ``<split>_unseen``. ``doc_vectors``: the fixed document vectors of ``tune: query`` (else the
     model embeds the corpus)."""
     from hardneg.biencoder import encode
-    from hardneg.evaluate import combine, restrict, top_candidates, tune_fusion_weight
+    from hardneg.evaluate import (
+        combine,
+        gate_weights,
+        query_signals,
+        restrict,
+        seen_document_ids,
+        top_candidates,
+        tune_fusion_weight,
+        tune_gate,
+    )
+
+    train_docs, _ = seen_document_ids(dataset, params["data"]["train_split"])
 
     depth = int(params["retrieve"]["rerank_depth"])
     k = int(params["retrieve"]["top_k"])
@@ -160,13 +171,17 @@ def evaluate_model(
     weights = [float(w) for w in params["evaluate"]["fusion_weights"]]
     fs_dev = restrict(first_stage, qrels["dev"])
     w, curve = tune_fusion_weight(fs_dev, scores, qrels["dev"], depth, weights)
-    out: dict[str, Any] = {"fusion_weight": w, "fusion_dev_curve": curve}
+    # the served system's per-query gate, chosen on dev as the evaluate stage chooses it
+    signals = list(params["evaluate"]["gate_signals"])
+    gate, _ = tune_gate(fs_dev, scores, qrels["dev"], depth, weights, train_docs, signals)
+    out: dict[str, Any] = {"fusion_weight": w, "fusion_dev_curve": curve, "fusion_gate": gate}
     for split in ("dev", "test"):
         fs = restrict(first_stage, qrels[split])
+        served_w = gate_weights(gate, query_signals(fs, scores, depth, train_docs))
         for name, run in (
             ("alone", restrict(alone, qrels[split])),
             ("rerank", combine(fs, scores, depth)),
-            ("served", combine(fs, scores, depth, w)),
+            ("served", combine(fs, scores, depth, served_w)),
         ):
             mean, pq = metrics_of(run, qrels[split])
             out.setdefault(name, {})[split] = mean
@@ -221,7 +236,8 @@ PART_SPLITS = ("dev_seen", "dev_unseen", "test_seen", "test_unseen")
 WHAT = {
     "alone": "the tuned query tower retrieving from the whole corpus by itself (dense, every document)",
     "rerank": "the tuned model reordering the first stage's top retrieve.rerank_depth candidates by itself",
-    "served": "the tuned model's cosine fused with the first stage over its top retrieve.rerank_depth (weight on dev)",
+    "served": "the tuned model's cosine fused with the first stage over its top retrieve.rerank_depth (weights and "
+    "per-query gate chosen on dev; the study keeps the depth fixed, the evaluate stage also chooses it on dev)",
 }
 
 READING_ARMS = (
@@ -376,6 +392,7 @@ def run_study(
             pq = ev.pop("per_query")
             result = {
                 **ev,
+                "commit": current_lineage(None).git_commit,  # each arm records the commit it ran at
                 "steps": steps,
                 "negatives": nstats,
                 "train": tstats,
@@ -428,8 +445,8 @@ def run_study(
         "config": cfg,
         "ensemble_weights": {"models": slugs, "chosen_on_dev": ens_w, "dev_curve": ens_curve},
         "no_training": baseline,
-        "bm25": {s: baseline["bm25"][s] for s in ("dev", "test")},
-        "dense": {s: baseline["dense"][s] for s in ("dev", "test")},
+        "bm25": nt("bm25"),
+        "dense": nt("dense"),
         "no_training_hybrid": {"system": best_nt, **nt(best_nt)},
         "first_stage": {"system": fs_name, **nt(fs_name)},
         # evaluate.first_stage's default must be this (tests/test_readme_numbers.py)
@@ -438,6 +455,7 @@ def run_study(
             key=lambda n: (baseline[n]["dev"]["mrr@10"], baseline[n]["dev"]["ndcg@10"]),
         ),
         "best_policy": best,
+        "rerank_depth": int(params["retrieve"]["rerank_depth"]),
         "seen_unseen": "seen: a relevant document of the query is a positive of a training query (the train split "
         "after the dev top-up); unseen: none is (hardneg.generalization)",
         "reranker_alone": {"arm": best, "what": WHAT["alone"], **means("alone")},

@@ -170,6 +170,7 @@ class Evaluate:
     fusion: bool
     fusion_weights: list[float]
     gate_signals: list[Literal["none", "seen", "margin", "seen-margin"]]
+    rerank_depths: list[int]
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,8 @@ def settings(params: Mapping[str, Any]) -> Settings:
         mine = dataclasses.replace(MineConfig.from_params(full, policy="hybrid"), policy=ST_DEFAULT)
     else:
         mine = MineConfig.from_params(full)
+    if any(d < 1 for d in built["evaluate"].rerank_depths):
+        raise ConfigError(f"evaluate.rerank_depths must be >= 1, got {built['evaluate'].rerank_depths}")
     return Settings(**built, mine=mine)
 
 

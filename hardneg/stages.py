@@ -590,7 +590,7 @@ def export_stage(
     if dev:
         ds, _ = load_dataset_for(data_dir, params)
         dev_split = params["data"]["dev_split"]
-        depth = int(params["retrieve"]["rerank_depth"])
+        depth = _fusion_depth(Path(model_dir), params)
         run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
         max_queries = section(params, "export").parity_dev_queries
         dev_set = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth, max_queries=max_queries)
@@ -598,6 +598,15 @@ def export_stage(
         model_dir, out_dir, dict(params), dev_set, model_name=params["serve"]["model_name"], version=version
     )
     return {"export_dir": str(res.out_dir), "parity": res.parity, "metadata": res.metadata}
+
+
+def _fusion_depth(model_dir: Path, params: Mapping[str, Any]) -> int:
+    """The rerank depth evaluation chose on dev (the model's fusion.json), else ``retrieve.rerank_depth``."""
+    from hardneg.artifacts import FUSION_FILE
+
+    f = model_dir / FUSION_FILE
+    depth = json.loads(f.read_text(encoding="utf-8")).get("depth") if f.exists() else None
+    return int(depth or params["retrieve"]["rerank_depth"])
 
 
 def served_evaluation_stage(
@@ -608,8 +617,8 @@ def served_evaluation_stage(
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """Evaluate what is served on the test split: the export's ``served_variant`` through
-    hardneg.rerank, fused with the first stage at the weight recorded in the export's metadata (not re-tuned, so the
-    dev split is not rescored)."""
+    hardneg.rerank, fused with the first stage by the export's recorded fusion (weight, per-query gate, depth: not
+    re-tuned, so the dev split is not rescored)."""
     from hardneg.data import load_dataset_for
     from hardneg.evaluate import (
         combine,
@@ -627,7 +636,8 @@ def served_evaluation_stage(
     variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight
     ds, _ = load_dataset_for(data_dir, params)
     test_qrels = ds.split_qrels(params["data"]["test_split"])
-    depth = int(params["retrieve"]["rerank_depth"])
+    fusion = scorer.reranker.metadata.get("fusion") or {}
+    depth = int(fusion.get("depth") or params["retrieve"]["rerank_depth"])  # what evaluation chose on dev
     run, info = first_stage(ds, reduced_dir, params, [params["data"]["test_split"]])
     fs = restrict(run, test_qrels)
     scores = rerank_scores(
@@ -647,7 +657,8 @@ def served_evaluation_stage(
                 )
         systems["fusion"] = combine(fs, scores, depth, per_q)
     results = {name: evaluate_run(run, test_qrels) for name, run in systems.items()}
-    ids = split_ids(test_qrels, training_positives(ds, params["data"]["train_split"]))
+    train_split = params["data"]["train_split"]
+    ids = split_ids(test_qrels, training_positives(ds, train_split) if train_split in ds.qrels else set())
     metrics: dict[str, Any] = {
         "split": params["data"]["test_split"],
         "rerank_depth": depth,

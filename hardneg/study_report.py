@@ -59,6 +59,7 @@ def summarize(results: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str
         row["test"] = row["served"]["test"]
         row["dev"] = row["served"]["dev"]
         row["negatives"] = by_seed[seeds[0]].get("negatives", {})
+        row["commits"] = sorted({str(by_seed[s]["commit"]) for s in seeds if by_seed[s].get("commit")})
         arms_out[arm] = row
     candidates = [a for a in arms_out if a not in NOT_MINED]
     best = max(candidates or list(arms_out), key=lambda a: arms_out[a]["served"]["dev"]["mrr@10"]["mean"])
@@ -90,12 +91,18 @@ def report_html(q: Mapping[str, Any]) -> str:
     def cell(v: Any) -> str:
         return html.escape(f"{v:.4f}" if isinstance(v, float) else str(v))
 
+    def part(row: Mapping[str, Any], split: str) -> str:
+        v = (row.get(split) or {}).get("mrr@10")
+        v = v["mean"] if isinstance(v, dict) else v
+        n = (row.get(split) or {}).get("n")
+        return "-" if v is None else f"{cell(v)} (n={n})" if n is not None else cell(v)
+
     rows = []
     for name, b in q["no_training"].items():
         rows.append(
             f"<tr><td>{html.escape(name)}</td><td>{cell(b['dev']['mrr@10'])}</td>"
-            f"<td>{cell(b['test']['mrr@10'])}</td><td>{cell(b['test']['ndcg@10'])}</td>"
-            f"<td>{cell(b.get('weight'))}</td></tr>"
+            f"<td>{cell(b['test']['mrr@10'])}</td><td>{part(b, 'test_seen')}</td><td>{part(b, 'test_unseen')}</td>"
+            f"<td>{cell(b['test']['ndcg@10'])}</td><td>{cell(b.get('weight'))}</td></tr>"
         )
     arms = []
     for name, a in sorted(q["arms"].items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
@@ -106,6 +113,7 @@ def report_html(q: Mapping[str, Any]) -> str:
             f"<td>{cell(s['dev']['mrr@10']['mean'])}</td>"
             f"<td>{cell(s['test']['mrr@10']['mean'])} ± {cell(s['test']['mrr@10']['std'])}</td>"
             f"<td>{', '.join(cell(x) for x in s['test']['mrr@10']['seeds'])}</td>"
+            f"<td>{part(s, 'test_seen')}</td><td>{part(s, 'test_unseen')}</td>"
             f"<td>{cell(al['test']['mrr@10']['mean'])} ± {cell(al['test']['mrr@10']['std'])}</td>"
             f"<td>{cell(s['test']['ndcg@10']['mean'])}</td><td>{cell(a.get('diff_vs_best'))}</td>"
             f"<td>{cell(a.get('p_vs_best'))}</td><td>{cell(a.get('p_vs_best_per_seed'))}</td><td>{cell(a['steps'])}</td></tr>"
@@ -119,10 +127,13 @@ def report_html(q: Mapping[str, Any]) -> str:
         f"(topped up from train: {q['splits']['top_up']['moved']}, seed {q['splits']['top_up']['seed']}). Choices on dev, test read once.</p>"
         f"<p>Best no-training system (dev): <b>{html.escape(q['no_training_hybrid']['system'])}</b>; "
         f"best mined policy (dev): <b>{html.escape(q['best_policy'])}</b>.</p>"
-        "<h2>No-training systems (MRR@10)</h2><table><tr><th>system</th><th>dev</th><th>test</th><th>test nDCG@10</th>"
+        "<h2>No-training systems (MRR@10)</h2><table><tr><th>system</th><th>dev</th><th>test</th><th>test seen</th>"
+        "<th>test unseen</th><th>test nDCG@10</th>"
         "<th>BM25 weight</th></tr>" + "".join(rows) + "</table>"
         "<h2>Arms (bi-encoder fine-tuned, equal steps; served = fused with the first stage)</h2>"
+        "<p>Seen: a relevant document of the test query was a training positive; unseen: none was.</p>"
         "<table><tr><th>arm</th><th>dev MRR@10</th><th>test MRR@10 (mean ± sd)</th><th>per seed</th>"
+        "<th>test seen</th><th>test unseen</th>"
         "<th>alone test MRR@10</th><th>test nDCG@10</th><th>diff vs best</th><th>p vs best (seed-averaged, "
         "randomization)</th><th>p per seed</th><th>steps</th></tr>" + "".join(arms) + "</table>"
     )
@@ -142,32 +153,58 @@ def readme_table(q: Mapping[str, Any]) -> str:
     def f(x: Any) -> str:
         return f"{x:.3f}" if isinstance(x, float) else str(x)
 
+    def part(row: Mapping[str, Any], split: str) -> str:  # MRR@10 of a test part (a study row or an arm cell)
+        cell = row.get(split) or {}
+        v = cell.get("mrr@10")
+        return f(v["mean"] if isinstance(v, dict) else v) if v is not None else "-"
+
     best_nt, arms = q["no_training_hybrid"], q["arms"]
+    n_seen = (q["served"].get("test_seen") or {}).get("n", "?")
+    n_unseen = (q["served"].get("test_unseen") or {}).get("n", "?")
+    commits = sorted({c for a in arms.values() for c in a.get("commits", [])})
     lines = [
         README_START,
         f"SciFact test MRR@10 / nDCG@10 (dev = {q['splits']['top_up']['dev_queries']} queries: choices; test read once). "
-        f"Commit `{q['commit'][:12]}`, params `{q['params_hash']}`, {len(q['config']['seeds'])} seeds, "
-        f"{q['config']['max_steps']} steps per arm.",
+        f"Study written at commit `{q['commit'][:12]}`"
+        + (f"; arms trained at {', '.join(f'`{c[:12]}`' for c in commits)}" if commits else "")
+        + f", params `{q['params_hash']}`, {len(q['config']['seeds'])} seeds, {q['config']['max_steps']} steps "
+        f"per arm. Seen: a relevant document of the test query was a training positive ({n_seen} queries); unseen: "
+        f"none was ({n_unseen}).",
         "",
-        "| system | MRR@10 | nDCG@10 |",
-        "|---|---|---|",
-        f"| BM25 | {f(q['bm25']['test']['mrr@10'])} | {f(q['bm25']['test']['ndcg@10'])} |",
-        f"| dense ensemble (PCA) | {f(q['dense']['test']['mrr@10'])} | {f(q['dense']['test']['ndcg@10'])} |",
+        "| system | MRR@10 all | seen | unseen | nDCG@10 |",
+        "|---|---|---|---|---|",
+        f"| BM25 | {f(q['bm25']['test']['mrr@10'])} | {part(q['bm25'], 'test_seen')} | "
+        f"{part(q['bm25'], 'test_unseen')} | {f(q['bm25']['test']['ndcg@10'])} |",
+        f"| dense ensemble (PCA) | {f(q['dense']['test']['mrr@10'])} | {part(q['dense'], 'test_seen')} | "
+        f"{part(q['dense'], 'test_unseen')} | {f(q['dense']['test']['ndcg@10'])} |",
         f"| best no-training system on dev: `{best_nt['system']}` | {f(best_nt['test']['mrr@10'])} | "
-        f"{f(best_nt['test']['ndcg@10'])} |",
-        f"| reranker alone (`{q['best_policy']}`, mean of seeds) | {f(q['reranker_alone']['test']['mrr@10'])} | "
-        f"{f(q['reranker_alone']['test']['ndcg@10'])} |",
-        f"| served: reranker fused with `{q['first_stage']['system']}` (`{q['best_policy']}`) | "
-        f"{f(q['served']['test']['mrr@10'])} | {f(q['served']['test']['ndcg@10'])} |",
+        f"{part(best_nt, 'test_seen')} | {part(best_nt, 'test_unseen')} | {f(best_nt['test']['ndcg@10'])} |",
+        f"| tuned model alone, retrieving from the whole corpus (`{q['best_policy']}`, mean of seeds) | "
+        f"{f(q['reranker_alone']['test']['mrr@10'])} | {part(q['reranker_alone'], 'test_seen')} | "
+        f"{part(q['reranker_alone'], 'test_unseen')} | {f(q['reranker_alone']['test']['ndcg@10'])} |",
+    ]
+    if "reranker_rerank" in q:
+        rr = q["reranker_rerank"]
+        lines.append(
+            f"| tuned model alone, reordering the first stage's top {q.get('rerank_depth', 'k')} | "
+            f"{f(rr['test']['mrr@10'])} | {part(rr, 'test_seen')} | {part(rr, 'test_unseen')} | "
+            f"{f(rr['test']['ndcg@10'])} |"
+        )
+    lines += [
+        f"| served: tuned model fused with `{q['first_stage']['system']}` (`{q['best_policy']}`) | "
+        f"{f(q['served']['test']['mrr@10'])} | {part(q['served'], 'test_seen')} | {part(q['served'], 'test_unseen')} | "
+        f"{f(q['served']['test']['ndcg@10'])} |",
         "",
-        "| arm (served, test) | MRR@10 mean ± sd | seeds | dev MRR@10 | alone MRR@10 | diff vs best | p vs best |",
-        "|---|---|---|---|---|---|---|",
+        "| arm (served, test) | MRR@10 mean ± sd | seeds | seen | unseen | dev MRR@10 | alone MRR@10 | diff vs best "
+        "| p vs best |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, a in sorted(arms.items(), key=lambda kv: -kv[1]["served"]["dev"]["mrr@10"]["mean"]):
         t = a["served"]["test"]["mrr@10"]
         lines.append(
             f"| {'**' + name + '**' if name == q['best_policy'] else name} | {f(t['mean'])} ± {f(t['std'])} | "
-            f"{', '.join(f(x) for x in t['seeds'])} | {f(a['served']['dev']['mrr@10']['mean'])} | "
+            f"{', '.join(f(x) for x in t['seeds'])} | {part(a['served'], 'test_seen')} | "
+            f"{part(a['served'], 'test_unseen')} | {f(a['served']['dev']['mrr@10']['mean'])} | "
             f"{f(a['alone']['test']['mrr@10']['mean'])} | {f(a.get('diff_vs_best') or 0.0)} | "
             f"{f(a.get('p_vs_best')) if a.get('p_vs_best') is not None else '-'} |"
         )
@@ -176,7 +213,80 @@ def readme_table(q: Mapping[str, Any]) -> str:
 
 
 def replace_readme_block(readme: str, block: str) -> str:
-    if README_START not in readme or README_END not in readme:
-        raise HardnegError("README.md has no quality block markers")
-    i, j = readme.index(README_START), readme.index(README_END) + len(README_END)
+    return replace_block(readme, block, README_START, README_END)
+
+
+GEN_START = "<!-- generalization:start (written by benchmarks/generalization.py from benchmarks/results/generalization*.json) -->"
+GEN_END = "<!-- generalization:end -->"
+
+
+def generalization_table(folds: Mapping[str, Any] | None, select: Mapping[str, Any] | None) -> str:
+    """README's generalisation block from ``generalization.json`` (document-disjoint folds) and
+    ``generalization_select.json`` (the candidate configurations under the selection rule)."""
+
+    def f(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else ("-" if x is None else str(x))
+
+    lines = [GEN_START]
+    if select:
+        sel = select["selection"]
+        lines += [
+            f"Choice of the training configuration on SciFact dev (mean of seeds {', '.join(map(str, select['seeds']))}"
+            f"; commit `{select['commit'][:12]}`): rule = {sel['rule']}. No-training dev-unseen MRR@10: "
+            f"{f(sel['baseline_dev_unseen_mrr@10'])}; guard {sel['guard']}. Chosen: **{sel['chosen']}**.",
+            "",
+            "| configuration | dev served | dev unseen | passes the guard | test served: all | seen | unseen | "
+            "test tuned alone: all | unseen |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        nt = None
+        for name, c in select["configs"].items():
+            m = c.get("mean")
+            if not m:
+                continue
+            nt = m["test"]["no_training"]
+            d, t, a = m["dev"]["served"], m["test"]["served"], m["test"]["tuned_alone"]
+            screened = c.get("screened_on_seeds")
+            passes = (
+                "screened out (seed " + ", ".join(map(str, screened)) + ")"
+                if screened
+                else ("yes" if name in sel["passed"] else "no")
+            )
+            label = f"**{name}**" if name == sel["chosen"] else name
+            lines.append(
+                f"| {label} | {f(d['all']['mrr@10'])} | {f(d['unseen']['mrr@10'])} | {passes} | "
+                f"{f(t['all']['mrr@10'])} | {f(t['seen']['mrr@10'])} | {f(t['unseen']['mrr@10'])} | "
+                f"{f(a['all']['mrr@10'])} | {f(a['unseen']['mrr@10'])} |"
+            )
+        if nt is not None:
+            lines.append(
+                f"| no training (`hybrid` first stage) | - | - | - | {f(nt['all']['mrr@10'])} | "
+                f"{f(nt['seen']['mrr@10'])} | {f(nt['unseen']['mrr@10'])} | - | - |"
+            )
+        lines.append("")
+    if folds:
+        lines += [
+            f"Document-disjoint folds (commit `{folds['commit'][:12]}`): {folds['protocol']}",
+            "",
+            "| collection | folds | test queries | no training | served | served - no training (p) | tuned alone | "
+            "untuned alone | tuned - untuned (p) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, d in folds["datasets"].items():
+            m, pr = d["mean"], d["paired"]
+            a, b = pr["served_vs_no_training"], pr["tuned_alone_vs_untuned_alone"]
+            lines.append(
+                f"| {name} | {len(d['folds'])} | {m['n_test_queries']} | {f(m['no_training']['mrr@10'])} | "
+                f"{f(m['served']['mrr@10'])} | {a['diff']:+.3f} ({f(a['p_randomization'])}) | "
+                f"{f(m['tuned_alone']['mrr@10'])} | {f(m['untuned_alone']['mrr@10'])} | "
+                f"{b['diff']:+.3f} ({f(b['p_randomization'])}) |"
+            )
+    lines.append(GEN_END)
+    return "\n".join(lines)
+
+
+def replace_block(readme: str, block: str, start: str, end: str) -> str:
+    if start not in readme or end not in readme:
+        raise HardnegError(f"README.md has no {start!r} ... {end!r} markers")
+    i, j = readme.index(start), readme.index(end) + len(end)
     return readme[:i] + block + readme[j:]

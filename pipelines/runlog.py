@@ -89,7 +89,13 @@ def key_number(task: str, v: dict[str, Any]) -> str:
             gate = {True: ", gate passed", False: ", gate FAILED"}.get(v.get("Output"), "")
             if base is None:
                 return f"served MRR@10 {served:.4f}{gate}"
-            return f"served MRR@10 {served:.4f} vs first stage {base:.4f} ({served - base:+.4f}){gate}"
+            unseen = ""
+            if "fusion/unseen/mrr@10" in v and "first_stage/unseen/mrr@10" in v:
+                d = v["fusion/unseen/mrr@10"] - v["first_stage/unseen/mrr@10"]
+                unseen = f", unseen {v['fusion/unseen/mrr@10']:.4f} ({d:+.4f})"
+            return (
+                f"served MRR@10 {served:.4f} vs first stage {base:.4f} ({served - base:+.4f}){unseen}{gate}"
+            )
         if task == "export-onnx" and "fusion/mrr@10" in v:
             return f"served ONNX MRR@10 {v['fusion/mrr@10']:.4f}"
         if task == "register" and v.get("version"):

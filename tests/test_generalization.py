@@ -82,6 +82,10 @@ def test_document_folds_never_train_on_a_relevant_document_of_a_test_query():
         for q, row in f.test.items():
             assert set(row) <= f.held_out and row
             assert f.ignore.get(q, frozenset()) == {d for d in qrels[q] if d not in f.held_out}
+        for (
+            q
+        ) in f.train:  # a train (or carved dev) query's held-out positives leave its candidates: never judged
+            assert f.ignore.get(q, frozenset()) == {d for d in qrels[q] if d in f.held_out}
         assert len(f.test) <= 30
     # deterministic, and another seed gives other folds
     assert document_folds(qrels, 3, seed=1, max_test_fraction=0.5)[0].test == folds[0].test
@@ -89,8 +93,9 @@ def test_document_folds_never_train_on_a_relevant_document_of_a_test_query():
 
 
 def test_fold_helpers_drop_held_out_negatives_and_ignored_candidates(ds):
-    rows = [{"query_id": "q", "negative_ids": ["a", "b", "c"]}]
-    assert exclude_documents(rows, {"b"})[0]["negative_ids"] == ["a", "c"]
+    rows = [{"query_id": "q", "negative_ids": ["a", "b", "c"], "d_qn": [0.1, 0.2, 0.3], "d_qp": 0.05}]
+    got = exclude_documents(rows, {"b"})[0]
+    assert got["negative_ids"] == ["a", "c"] and got["d_qn"] == [0.1, 0.3] and got["d_qp"] == 0.05
     assert rows[0]["negative_ids"] == ["a", "b", "c"]  # input untouched
     run = {"q": {"a": 3.0, "b": 2.0}, "r": {"a": 1.0}}
     assert drop_candidates(run, {"q": {"a"}}) == {"q": {"b": 2.0}, "r": {"a": 1.0}}
@@ -176,3 +181,24 @@ def test_pseudo_queries_and_distillation_train_deterministically(ds, tiny_model_
     assert ma["loss_curve"] == mb["loss_curve"]
     assert ma["loss_curve"] != mp["loss_curve"]
     assert ma["config"]["pseudo_queries"] == 0.5 and ma["config"]["distill"] == 1.0
+
+
+def test_interpolation_steps_back_towards_the_base_weights(ds, tiny_model_dir, tmp_path):
+    """WiSE-FT: interpolate 1.0 saves the tuned weights, 0.5 the midpoint of tuned and base (same training run)."""
+    from hardneg.biencoder import document_vectors, load_biencoder
+
+    c = _cfg(tiny_model_dir, max_steps=6)
+    fixed = document_vectors(ds, c, tmp_path / "cache")
+    tuned = train_biencoder(ds, None, tmp_path / "t", c, doc_vectors=fixed)
+    half = train_biencoder(
+        ds, None, tmp_path / "h", dataclasses.replace(c, interpolate=0.5), doc_vectors=fixed
+    )
+    base_sd = load_biencoder(tiny_model_dir).state_dict()
+    t_sd, h_sd = load_biencoder(tuned).state_dict(), load_biencoder(half).state_dict()
+    moved = [k for k, v in t_sd.items() if v.is_floating_point() and not (v == base_sd[k]).all()]
+    assert moved  # training changed something
+    for k in moved:
+        want = 0.5 * t_sd[k] + 0.5 * base_sd[k]
+        assert (h_sd[k] - want).abs().max() < 1e-5, k
+    with pytest.raises(Exception, match="interpolate"):
+        BiEncoderConfig.from_params(default_params(), interpolate=0.0)

@@ -138,6 +138,16 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
     assert meta["served_variant_policy"] == params["serve"]["variant"]
     assert meta["served_variant"] == ("int8" if meta["parity"]["int8_passed"] else "fp32")
     assert s["served_metrics"]["variant"] == meta["served_variant"] and "fusion/mrr@10" in s["served_metrics"]
+    # all / seen / unseen with the baseline beside each, for the torch evaluation and the served ONNX one
+    m, sm = s["metrics"], s["served_metrics"]
+    assert m["n/seen"] + m["n/unseen"] > 0 and m["n/seen"] == sm["n/seen"] and m["n/unseen"] == sm["n/unseen"]
+    for part in ("seen", "unseen"):
+        if m[f"n/{part}"]:
+            for src in (m, sm):
+                assert {f"first_stage/{part}/mrr@10", f"fusion/{part}/mrr@10"} <= set(src), (
+                    part,
+                    sorted(src),
+                )
     assert meta["lineage"]["data_version"] == args["data_version"]
     assert (exported / "model.onnx").exists() and (exported / "model.int8.onnx").exists()
     manifests = Path(s["release"])

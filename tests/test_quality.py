@@ -66,7 +66,7 @@ def test_quality_json_has_the_report_contract(study, tiny_data_dir):
         assert q[key]["what"]  # each system says what it computes
     # the report contract of #16: test_seen / test_unseen = {mrr@10, ndcg@10, n} (a part without queries: n only)
     n_test = q["served"]["test_seen"]["n"] + q["served"]["test_unseen"]["n"]
-    for key in ("served", "no_training_hybrid", "reranker_alone"):
+    for key in ("served", "no_training_hybrid", "reranker_alone", "bm25", "dense"):
         for part in ("test_seen", "test_unseen"):
             cell = q[key][part]
             assert set(cell) == ({"n"} if cell["n"] == 0 else {"mrr@10", "ndcg@10", "n"}), (key, part)
@@ -163,9 +163,12 @@ def test_readme_block_is_generated_from_the_json(study):
     from hardneg.study_report import README_END, README_START, readme_table, replace_readme_block
 
     q = copy.deepcopy(study[2])
-    keys = ("bm25", "dense", "no_training_hybrid", "reranker_alone", "served")
+    keys = ("bm25", "dense", "no_training_hybrid", "reranker_alone", "reranker_rerank", "served")
     for i, key in enumerate(keys):
         q[key]["test"] = {"mrr@10": 0.1011 + i / 10, "ndcg@10": 0.1511 + i / 10}
+        # the parts: each system's own seen / unseen numbers, the no-training ones beside them
+        q[key]["test_seen"] = {"mrr@10": 0.1022 + i / 10, "ndcg@10": 0.5, "n": 3}
+        q[key]["test_unseen"] = {"mrr@10": 0.1033 + i / 10, "ndcg@10": 0.5, "n": 5}
     block = readme_table(q)
     assert block.startswith(README_START) and block.endswith(README_END)
     rows = {}
@@ -177,11 +180,15 @@ def test_readme_block_is_generated_from_the_json(study):
         "BM25",
         "dense ensemble (PCA)",
         f"best no-training system on dev: `{nt}`",
-        f"reranker alone (`{best}`, mean of seeds)",
-        f"served: reranker fused with `{fs}` (`{best}`)",
+        f"tuned model alone, retrieving from the whole corpus (`{best}`, mean of seeds)",
+        f"tuned model alone, reordering the first stage's top {q['rerank_depth']}",
+        f"served: tuned model fused with `{fs}` (`{best}`)",
     )
     for label, key in zip(labels, keys, strict=True):
-        assert rows[label] == [f"{q[key]['test']['mrr@10']:.3f}", f"{q[key]['test']['ndcg@10']:.3f}"], label
+        t = q[key]
+        parts = [f"{t['test_seen']['mrr@10']:.3f}", f"{t['test_unseen']['mrr@10']:.3f}"]
+        assert rows[label] == [f"{t['test']['mrr@10']:.3f}", *parts, f"{t['test']['ndcg@10']:.3f}"], label
+    assert "(3 queries)" in block and "(5)" in block  # the part sizes are stated
     # the arm table: each arm's own served test numbers, the best one in bold
     for arm, a in q["arms"].items():
         t = a["served"]["test"]["mrr@10"]

@@ -304,6 +304,10 @@ def test_key_numbers():
     assert key_number("evaluate", {"Output": False, "fusion/mrr@10": 0.5, "first_stage/mrr@10": 0.52}) == (
         "served MRR@10 0.5000 vs first stage 0.5200 (-0.0200), gate FAILED"
     )
+    unseen = {"fusion/unseen/mrr@10": 0.61, "first_stage/unseen/mrr@10": 0.6}
+    assert key_number(
+        "evaluate", {"Output": True, "fusion/mrr@10": 0.7, "first_stage/mrr@10": 0.6, **unseen}
+    ) == ("served MRR@10 0.7000 vs first stage 0.6000 (+0.1000), unseen 0.6100 (+0.0100), gate passed")
     assert key_number("unknown-task", v) == "" and key_number("train", {}) == ""
 
 
