@@ -262,7 +262,12 @@ def select(args, params: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["folds", "select", "readme"], help="readme: only rewrite README's block")
+    ap.add_argument(
+        "what",
+        choices=["folds", "select", "choose", "readme"],
+        help="choose: the rule across the select results of every collection (generalization_choice.json); "
+        "readme: only rewrite README's block",
+    )
     ap.add_argument(
         "--datasets",
         default=None,
@@ -284,10 +289,36 @@ def main() -> int:
     from hardneg.config import load_params
 
     params = load_params(Path(args.config))
-    if args.what != "readme":
+    if args.what in ("folds", "select"):
         (folds if args.what == "folds" else select)(args, params)
+    if args.what == "choose":
+        choose()
     write_readme()
     return 0
+
+
+def choose() -> dict:
+    """The selection rule across collections (hardneg.generalization.select_across) over the finished select runs:
+    results/generalization_select.json (SciFact) and results/generalization_select_nfcorpus.json."""
+    from hardneg.generalization import select_across
+    from hardneg.lineage import current_lineage
+
+    collections, baselines, seeds = {}, {}, {}
+    for name, file in (
+        ("scifact", "generalization_select.json"),
+        ("nfcorpus", "generalization_select_nfcorpus.json"),
+    ):
+        st = json.loads((RESULTS / file).read_text(encoding="utf-8"))
+        full = {n: c for n, c in st["configs"].items() if "screened_on_seeds" not in c and c.get("mean")}
+        collections[name] = {n: c["mean"]["dev"]["served"] for n, c in full.items()}
+        baselines[name] = next(iter(full.values()))["mean"]["dev"]["no_training"]
+        seeds[name] = st["seeds"]
+        overrides = {n: c["override"] for n, c in full.items()}
+    out = select_across(collections, baselines)
+    out.update(seeds=seeds, override=overrides[out["chosen"]], commit=current_lineage(None).git_commit)
+    _write(RESULTS / "generalization_choice.json", out)
+    logging.info("chosen across collections: %s", out["chosen"])
+    return out
 
 
 def write_readme() -> None:
@@ -299,7 +330,12 @@ def write_readme() -> None:
         return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
 
     readme = ROOT / "README.md"
-    block = generalization_table(read("generalization.json"), read("generalization_select.json"))
+    block = generalization_table(
+        read("generalization.json"),
+        read("generalization_select.json"),
+        read("generalization_select_nfcorpus.json"),
+        read("generalization_choice.json"),
+    )
     readme.write_text(replace_block(readme.read_text(encoding="utf-8"), block, GEN_START, GEN_END), "utf-8")
 
 

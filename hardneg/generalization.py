@@ -210,3 +210,59 @@ def select(
         "baseline's on the same queries (guard skipped when dev has fewer than min_unseen unseen queries); if none "
         "passes, the best dev-unseen MRR@10",
     }
+
+
+def select_across(
+    collections: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    baselines: Mapping[str, Mapping[str, Any]],
+    min_unseen: int = 30,
+) -> dict[str, Any]:
+    """The selection rule over several collections (defaults must not be tuned to one corpus).
+    ``collections[c][config]`` = the served system's dev parts ``{"all": {"mrr@10"}, "unseen": {"mrr@10", "n"}}``
+    (seed means); ``baselines[c]`` = the no-training dev parts. Only configurations measured on every collection
+    compete. A configuration passes when, on every collection whose dev has at least ``min_unseen`` unseen queries,
+    its dev-unseen MRR@10 is not below the baseline's; among those passing, the best mean gain over the no-training
+    dev MRR@10 across collections wins (ties: the earlier configuration); if none passes, the best mean dev-unseen
+    gain over the guarded collections."""
+    names = [n for n in next(iter(collections.values())) if all(n in c for c in collections.values())]
+    if not names:
+        raise HardnegError("no configuration was measured on every collection")
+    guarded = [
+        c for c, cfgs in collections.items() if int(cfgs[names[0]]["unseen"].get("n", 0)) >= min_unseen
+    ]
+
+    def gain(n: str, part: str, where: Sequence[str]) -> float:
+        return sum(
+            collections[c][n][part]["mrr@10"] - float(baselines[c][part]["mrr@10"]) for c in where
+        ) / max(1, len(where))
+
+    passed = [
+        n
+        for n in names
+        if all(
+            collections[c][n]["unseen"]["mrr@10"] >= float(baselines[c]["unseen"]["mrr@10"]) - 1e-9
+            for c in guarded
+        )
+    ]
+    table = {
+        n: {
+            "mean_dev_gain": round(gain(n, "all", list(collections)), 5),
+            "mean_dev_unseen_gain": round(gain(n, "unseen", guarded), 5) if guarded else None,
+            "passes": n in passed,
+        }
+        for n in names
+    }
+    if passed:
+        chosen = max(passed, key=lambda n: (gain(n, "all", list(collections)), -names.index(n)))
+    else:
+        chosen = max(names, key=lambda n: (gain(n, "unseen", guarded), -names.index(n)))
+    return {
+        "chosen": chosen,
+        "collections": list(collections),
+        "guarded": guarded,
+        "table": table,
+        "rule": "configurations measured on every collection; pass = served dev-unseen MRR@10 >= the no-training "
+        f"baseline's on every collection with >= {min_unseen} dev-unseen queries; chosen = the best mean served dev "
+        "MRR@10 gain over the no-training baseline across collections among those passing (none passing: the best "
+        "mean dev-unseen gain)",
+    }

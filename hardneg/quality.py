@@ -25,6 +25,7 @@ One command (``benchmarks/quality.py`` / ``hardneg compare``), resumable, writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -354,6 +355,12 @@ def run_study(
     neg_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
     bcfg0 = BiEncoderConfig.from_params(params)
     fixed = document_vectors(ds, bcfg0, params["embed"]["cache_dir"]) if bcfg0.tune == "query" else None
+    if not params["compare"].get("max_steps") and bcfg0.epochs is not None:
+        # equal budget: the pair-scaled step count of the full training set, the same for every arm (an arm that
+        # drops queries, paper-drop, must not get fewer steps)
+        from hardneg.biencoder import planned_steps, training_set
+
+        cfg["max_steps"] = planned_steps(bcfg0, training_set(ds, None, d["train_split"]))
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
             done = runs_dir / f"{arm}-{seed}.json"
@@ -371,6 +378,7 @@ def run_study(
                 eval_every=0,
                 drop_without_negative=True if arm == "paper-drop" else None,  # None: the params value
             )
+            bcfg = dataclasses.replace(bcfg, epochs=None)  # the study fixes the step count (above)
             if arm == "untuned":
                 model, steps, tstats = load_biencoder(bcfg.base_model, bcfg.max_length), 0, {}
             else:

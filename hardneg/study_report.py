@@ -220,50 +220,38 @@ GEN_START = "<!-- generalization:start (written by benchmarks/generalization.py 
 GEN_END = "<!-- generalization:end -->"
 
 
-def generalization_table(folds: Mapping[str, Any] | None, select: Mapping[str, Any] | None) -> str:
-    """README's generalisation block from ``generalization.json`` (document-disjoint folds) and
-    ``generalization_select.json`` (the candidate configurations under the selection rule)."""
+def generalization_table(
+    folds: Mapping[str, Any] | None,
+    select: Mapping[str, Any] | None,
+    select_nf: Mapping[str, Any] | None = None,
+    choice: Mapping[str, Any] | None = None,
+) -> str:
+    """README's generalisation block from ``generalization.json`` (document-disjoint folds),
+    ``generalization_select*.json`` (the candidate configurations on each collection's dev) and
+    ``generalization_choice.json`` (the rule across collections)."""
 
     def f(x: Any) -> str:
         return f"{x:.3f}" if isinstance(x, float) else ("-" if x is None else str(x))
 
     lines = [GEN_START]
-    if select:
-        sel = select["selection"]
+    if choice:
         lines += [
-            f"Choice of the training configuration on SciFact dev (mean of seeds {', '.join(map(str, select['seeds']))}"
-            f"; commit `{select['commit'][:12]}`): rule = {sel['rule']}. No-training dev-unseen MRR@10: "
-            f"{f(sel['baseline_dev_unseen_mrr@10'])}; guard {sel['guard']}. Chosen: **{sel['chosen']}**.",
+            f"**Shipped training configuration: `{choice['chosen']}`** (`{json_compact(choice['override'])}` over the "
+            f"previous defaults), chosen on dev across {', '.join(choice['collections'])} (commit "
+            f"`{choice['commit'][:12]}`). Rule: {choice['rule']}.",
             "",
-            "| configuration | dev served | dev unseen | passes the guard | test served: all | seen | unseen | "
-            "test tuned alone: all | unseen |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| configuration | mean dev gain over no training | mean dev-unseen gain (guarded collections) | passes |",
+            "|---|---|---|---|",
+            *(
+                f"| {'**' + n + '**' if n == choice['chosen'] else n} | {row['mean_dev_gain']:+.3f} | "
+                f"{'-' if row['mean_dev_unseen_gain'] is None else format(row['mean_dev_unseen_gain'], '+.3f')} | "
+                f"{'yes' if row['passes'] else 'no'} |"
+                for n, row in choice["table"].items()
+            ),
+            "",
         ]
-        nt = None
-        for name, c in select["configs"].items():
-            m = c.get("mean")
-            if not m:
-                continue
-            nt = m["test"]["no_training"]
-            d, t, a = m["dev"]["served"], m["test"]["served"], m["test"]["tuned_alone"]
-            screened = c.get("screened_on_seeds")
-            passes = (
-                "screened out (seed " + ", ".join(map(str, screened)) + ")"
-                if screened
-                else ("yes" if name in sel["passed"] else "no")
-            )
-            label = f"**{name}**" if name == sel["chosen"] else name
-            lines.append(
-                f"| {label} | {f(d['all']['mrr@10'])} | {f(d['unseen']['mrr@10'])} | {passes} | "
-                f"{f(t['all']['mrr@10'])} | {f(t['seen']['mrr@10'])} | {f(t['unseen']['mrr@10'])} | "
-                f"{f(a['all']['mrr@10'])} | {f(a['unseen']['mrr@10'])} |"
-            )
-        if nt is not None:
-            lines.append(
-                f"| no training (`hybrid` first stage) | - | - | - | {f(nt['all']['mrr@10'])} | "
-                f"{f(nt['seen']['mrr@10'])} | {f(nt['unseen']['mrr@10'])} | - | - |"
-            )
-        lines.append("")
+    for sel_json, label in ((select, "SciFact"), (select_nf, "NFCorpus")):
+        lines += _select_rows(sel_json, label, f)
     if folds:
         lines += [
             f"Document-disjoint folds (commit `{folds['commit'][:12]}`): {folds['protocol']}",
@@ -283,6 +271,52 @@ def generalization_table(folds: Mapping[str, Any] | None, select: Mapping[str, A
             )
     lines.append(GEN_END)
     return "\n".join(lines)
+
+
+def json_compact(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, separators=(", ", ": "))
+
+
+def _select_rows(select: Mapping[str, Any] | None, label: str, f: Any) -> list[str]:
+    """One collection's candidate configurations: dev (what the rule reads) and test (read once, never chosen on)."""
+    if not select:
+        return []
+    sel = select["selection"]
+    lines = [
+        f"{label} dev, mean of seeds {', '.join(map(str, select['seeds']))} (commit `{select['commit'][:12]}`, rerank "
+        f"depth fixed for this comparison): no-training dev-unseen MRR@10 {f(sel['baseline_dev_unseen_mrr@10'])}, "
+        f"guard {sel['guard']}; this collection alone would choose `{sel['chosen']}`.",
+        "",
+        "| configuration | dev served | dev unseen | passes the guard | test served: all | seen | unseen | "
+        "test tuned alone: all | unseen |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    nt = None
+    for name, c in select["configs"].items():
+        m = c.get("mean")
+        if not m:
+            continue
+        nt = m["test"]["no_training"]
+        d, t, a = m["dev"]["served"], m["test"]["served"], m["test"]["tuned_alone"]
+        screened = c.get("screened_on_seeds")
+        passes = (
+            "screened out (seed " + ", ".join(map(str, screened)) + ")"
+            if screened
+            else ("yes" if name in sel["passed"] else "no")
+        )
+        lines.append(
+            f"| {name} | {f(d['all']['mrr@10'])} | {f(d['unseen'].get('mrr@10'))} | {passes} | "
+            f"{f(t['all']['mrr@10'])} | {f(t['seen'].get('mrr@10'))} | {f(t['unseen'].get('mrr@10'))} | "
+            f"{f(a['all']['mrr@10'])} | {f(a['unseen'].get('mrr@10'))} |"
+        )
+    if nt is not None:
+        lines.append(
+            f"| no training (first stage) | - | - | - | {f(nt['all']['mrr@10'])} | "
+            f"{f(nt['seen'].get('mrr@10'))} | {f(nt['unseen'].get('mrr@10'))} | - | - |"
+        )
+    return [*lines, ""]
 
 
 def replace_block(readme: str, block: str, start: str, end: str) -> str:

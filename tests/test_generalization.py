@@ -28,6 +28,7 @@ from hardneg.generalization import (
     parts,
     pooled_qrels,
     select,
+    select_across,
     split_ids,
     training_positives,
 )
@@ -202,3 +203,22 @@ def test_interpolation_steps_back_towards_the_base_weights(ds, tiny_model_dir, t
         assert (h_sd[k] - want).abs().max() < 1e-5, k
     with pytest.raises(Exception, match="interpolate"):
         BiEncoderConfig.from_params(default_params(), interpolate=0.0)
+
+
+def test_the_rule_across_collections_guards_where_it_can_and_averages_the_gain():
+    def cell(all_, unseen, n):
+        return {"all": {"mrr@10": all_}, "unseen": {"mrr@10": unseen, "n": n}}
+
+    sci = {"memorise": cell(0.80, 0.60, 80), "general": cell(0.74, 0.71, 80), "budget": cell(0.73, 0.70, 80)}
+    nf = {"memorise": cell(0.60, 1.0, 1), "general": cell(0.52, 1.0, 1), "budget": cell(0.56, 1.0, 1)}
+    base = {
+        "sci": {"all": {"mrr@10": 0.68}, "unseen": {"mrr@10": 0.70}},
+        "nf": {"all": {"mrr@10": 0.51}, "unseen": {"mrr@10": 1.0}},
+    }
+    got = select_across({"sci": sci, "nf": nf}, base)
+    # only SciFact has enough unseen dev queries to guard; memorise fails it; budget's mean gain (0.05) > general's
+    assert got["guarded"] == ["sci"] and got["table"]["memorise"]["passes"] is False
+    assert got["chosen"] == "budget" and got["table"]["budget"]["mean_dev_gain"] == pytest.approx(0.05)
+    # a configuration missing on one collection does not compete
+    got = select_across({"sci": sci, "nf": {k: v for k, v in nf.items() if k != "budget"}}, base)
+    assert got["chosen"] == "general" and "budget" not in got["table"]

@@ -69,3 +69,37 @@ def test_readme_public_quirks_run_comes_from_its_json():
     mined = next(line for line in d["terminal"]["stdout"].splitlines() if " mine " in line and "done" in line)
     pairs = mined.split("· ")[1].split(" pairs")[0]  # e.g. 630/630
     assert f"{pairs} training pairs with a negative" in readme
+
+
+def test_readme_generalization_block_comes_from_its_json():
+    """README's seen/unseen block is what benchmarks/generalization.py writes from generalization.json (folds) and
+    generalization_select.json (the configurations under the selection rule)."""
+    from hardneg.study_report import GEN_END, GEN_START, generalization_table
+
+    results = REPO / "benchmarks" / "results"
+    folds, select, select_nf, choice = (
+        json.loads((results / f"generalization{x}.json").read_text(encoding="utf-8"))
+        for x in ("", "_select", "_select_nfcorpus", "_choice")
+    )
+    assert set(folds["datasets"]) == {"scifact", "nfcorpus"}
+    for d in folds["datasets"].values():
+        assert d["folds"] and {"served", "no_training", "tuned_alone", "untuned_alone"} <= set(d["mean"])
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index(GEN_START) : readme.index(GEN_END) + len(GEN_END)]
+    assert block == generalization_table(folds, select, select_nf, choice), (
+        "README.md is stale: run `python benchmarks/generalization.py readme`"
+    )
+
+
+def test_shipped_training_defaults_are_the_selection_rules_choice():
+    """params.yaml's training configuration is the one the written rule chose on dev across collections
+    (generalization_choice.json)."""
+    from hardneg.settings import merge_params
+
+    choice = json.loads((REPO / "benchmarks" / "results" / "generalization_choice.json").read_text("utf-8"))
+    chosen = choice["override"]
+    assert choice["table"][choice["chosen"]]["passes"] or not any(
+        r["passes"] for r in choice["table"].values()
+    )
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert merge_params(params, chosen) == params, f"params.yaml lacks the chosen override {chosen}"
