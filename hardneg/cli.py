@@ -658,7 +658,7 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
     systems = [
         (f"no training: {fs} (the baseline)", m, "first_stage"),
         *((f"no training: {n} alone", m, n) for n in ("bm25", "dense") if f"{n}/mrr@10" in m and n != fs),
-        ("reranker alone (torch)", m, "rerank"),
+        ("tuned model alone, reordering the candidates (torch)", m, "rerank"),
         ("served, torch (fused with the first stage)", m, "fusion"),
         (f"served, exported ONNX ({sm.get('variant', '?')})", sm, "fusion"),
     ]
@@ -693,9 +693,16 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
     base = m.get("first_stage/mrr@10")
     served = sm.get("fusion/mrr@10", m.get("fusion/mrr@10"))
     if base is not None and served is not None:
+        src = sm if "fusion/mrr@10" in sm else m
+        by_part = [
+            f"{part} {src[f'fusion/{part}/mrr@10'] - m[f'first_stage/{part}/mrr@10']:+.4f}"
+            for part in ("seen", "unseen")
+            if f"fusion/{part}/mrr@10" in src and f"first_stage/{part}/mrr@10" in m
+        ]
         out.print(
-            f"served vs the no-training baseline: {served - base:+.4f} MRR@10 "
-            f"(fusion weight {m.get('fusion_weight')}, gate {'passed' if m.get('gate_passed') else 'FAILED'})",
+            f"served vs the no-training baseline: {served - base:+.4f} MRR@10"
+            + (f" ({', '.join(by_part)})" if by_part else "")
+            + f"; quality gate {'passed' if m.get('gate_passed') else 'FAILED'}",
             highlight=False,
         )
     where = [

@@ -214,6 +214,26 @@ def gate_weights(
     return {q: gated_weight(gate, sc, seen) for q, (sc, seen) in signals.items()}
 
 
+def _group_weight(
+    first_stage: Mapping[str, Mapping[str, float]],
+    reranker_scores: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    depth: int,
+    weights: Sequence[float],
+    max_p: float | None,
+) -> float:
+    """One group's fusion weight (best dev MRR@10 on the group); 0.0 when ``max_p`` is set and that weight's gain
+    over 0.0 on the group is not significant (paired randomization p >= ``max_p``)."""
+    fs = restrict(first_stage, qrels)
+    w, _ = tune_fusion_weight(fs, reranker_scores, qrels, depth, weights)
+    if max_p is None or w == 0.0 or 0.0 not in [float(x) for x in weights]:
+        return w
+    best = evaluate_run(combine(fs, reranker_scores, depth, w), qrels, ("mrr@10",)).per_query["mrr@10"]
+    zero = evaluate_run(combine(fs, reranker_scores, depth, 0.0), qrels, ("mrr@10",)).per_query["mrr@10"]
+    test = paired_test(best, zero, n_resamples=2000)
+    return w if test["diff"] > 0 and test["p_randomization"] < max_p else 0.0
+
+
 def tune_gate(
     first_stage: Mapping[str, Mapping[str, float]],
     reranker_scores: Mapping[str, Mapping[str, float]],
@@ -223,12 +243,14 @@ def tune_gate(
     train_docs: set[str],
     signals_tried: Sequence[str] = ("none", "seen", "margin", "seen-margin"),
     quantiles: Sequence[float] = (0.25, 0.5, 0.75),
+    max_p: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The per-query fusion gate with the best MRR@10 on these (dev) queries (ties: better nDCG@10, then the simpler
     signal, in ``signals_tried`` order). For each signal and threshold (margin thresholds: ``quantiles`` of these
     queries' margins) the queries split into those that pass and the rest, and each group gets its own weight, chosen
-    on that group alone. ``none`` is one global weight (:func:`tune_fusion_weight`). Returns the gate and the table
-    of every candidate tried."""
+    on that group alone. ``none`` is one global weight (:func:`tune_fusion_weight`). Do no harm: with ``max_p``, a
+    group keeps weight 0 (the first stage alone, the no-training baseline) unless its best weight beats 0 on its dev
+    queries with a paired randomization p below ``max_p``. Returns the gate and the table of every candidate tried."""
     from hardneg.fusion import gate_passes, top_margin
 
     sig = query_signals(first_stage, reranker_scores, depth, train_docs)
@@ -248,9 +270,7 @@ def tune_gate(
                 if not sub:
                     chosen[name] = None
                     continue
-                chosen[name], _ = tune_fusion_weight(
-                    restrict(first_stage, sub), reranker_scores, sub, depth, weights
-                )
+                chosen[name] = _group_weight(first_stage, reranker_scores, sub, depth, weights, max_p)
             if chosen["weight_high"] is None:
                 chosen["weight_high"] = chosen["weight_low"]
             if chosen["weight_low"] is None:
@@ -410,6 +430,7 @@ def choose_depth(
     weights: Sequence[float],
     seen_ids: set[str],
     signals: Sequence[str],
+    max_p: float | None = None,
 ) -> tuple[int, tuple[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]:
     """The rerank depth (how many first-stage candidates the reranker reorders) with the best served dev MRR@10,
     each depth with its own dev-chosen gate (ties: better nDCG@10, then the smaller depth). Returns (depth, (gate,
@@ -418,7 +439,7 @@ def choose_depth(
     curve: dict[str, Any] = {}
     best: tuple[tuple[float, float, int], int, Any] | None = None
     for d in sorted(set(int(x) for x in depths)):
-        gate, tried = tune_gate(fs_dev, dev_scores, dev_qrels, d, weights, seen_ids, signals)
+        gate, tried = tune_gate(fs_dev, dev_scores, dev_qrels, d, weights, seen_ids, signals, max_p=max_p)
         row = next(t for t in tried if all(t[k] == gate[k] for k in gate))["dev"]
         curve[str(d)] = {**row, "gate": gate}
         key = (round(row["mrr@10"], 10), round(row["ndcg@10"], 10), -d)
@@ -538,7 +559,7 @@ def evaluate_reranker(
     dev = _dev_side(dataset, dev_split, first_stage, scorer, dev_reranker_scores, max(depths))
     seen_ids, seen_hashes = seen_document_ids(dataset, train_split)
     chosen_depth, chosen, metrics["depth_dev_curve"] = choose_depth(
-        dev, depths, weights, seen_ids, ev.gate_signals
+        dev, depths, weights, seen_ids, ev.gate_signals, ev.gate_max_p
     )
     metrics["rerank_depth"] = chosen_depth
     record("rerank", combine(fs_test, test_scores, chosen_depth))

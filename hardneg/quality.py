@@ -174,7 +174,8 @@ def evaluate_model(
     w, curve = tune_fusion_weight(fs_dev, scores, qrels["dev"], depth, weights)
     # the served system's per-query gate, chosen on dev as the evaluate stage chooses it
     signals = list(params["evaluate"]["gate_signals"])
-    gate, _ = tune_gate(fs_dev, scores, qrels["dev"], depth, weights, train_docs, signals)
+    max_p = params["evaluate"].get("gate_max_p")
+    gate, _ = tune_gate(fs_dev, scores, qrels["dev"], depth, weights, train_docs, signals, max_p=max_p)
     out: dict[str, Any] = {"fusion_weight": w, "fusion_dev_curve": curve, "fusion_gate": gate}
     for split in ("dev", "test"):
         fs = restrict(first_stage, qrels[split])

@@ -171,6 +171,7 @@ class Evaluate:
     fusion_weights: list[float]
     gate_signals: list[Literal["none", "seen", "margin", "seen-margin"]]
     rerank_depths: list[int]
+    gate_max_p: float | None
 
 
 @dataclass(frozen=True)

@@ -261,3 +261,34 @@ def test_the_gate_gives_seen_looking_queries_their_own_weight():
     odd = {q: v for q, v in fs.items() if int(q[1:]) % 2}
     gate, _ = tune_gate(odd, rr, {q: qrels[q] for q in odd}, 4, grid, train_docs)
     assert gate["signal"] == "none" and gate["weight_low"] == gate["weight_high"] == 0.0
+
+
+def test_the_depth_is_chosen_on_dev_and_the_server_weighs_a_request_as_evaluation_did():
+    """choose_depth: the relevant document sits at first-stage rank 40 and the reranker finds it, so a depth that
+    reaches it wins on dev. served_weight (what the server computes from the request's documents and the shipped
+    hashes) equals the gate weight evaluation gave the same query."""
+    from hardneg.evaluate import choose_depth, gate_weights, query_signals
+    from hardneg.fusion import served_weight, text_sha256
+
+    fs, rr, qrels = {}, {}, {}
+    for i in range(10):
+        q = f"q{i}"
+        docs = [f"{q}-{r}" for r in range(60)]
+        fs[q] = {d: 60.0 - r for r, d in enumerate(docs)}
+        rr[q] = {d: (1.0 if r == 40 else 0.0) for r, d in enumerate(docs)}
+        qrels[q] = {docs[40]: 1}
+    depth, (gate, _), curve = choose_depth((fs, rr, qrels), [20, 30, 50], [0.0, 1.0], set(), ["none"])
+    assert depth == 50 and curve["50"]["mrr@10"] == 1.0 and curve["30"]["mrr@10"] == 0.0
+    # the seen signal, evaluation vs serving, on the same candidates
+    texts = {d: f"text of {d}" for q in fs for d in fs[q]}
+    seen_ids = {"q0-40", "q3-40"}
+    gate = {"signal": "seen", "threshold": None, "weight_high": 1.0, "weight_low": 0.2}
+    want = gate_weights(gate, query_signals(fs, rr, depth, seen_ids))
+    hashes = {text_sha256(texts[d]) for d in seen_ids}
+    for q in fs:
+        head = sorted(fs[q], key=lambda d: -fs[q][d])[:depth]
+        got = served_weight(
+            {"weight": 0.5, "gate": gate}, [rr[q][d] for d in head], [texts[d] for d in head], hashes
+        )
+        assert got == want[q], q
+    assert want["q0"] == 1.0 and want["q1"] == 0.2

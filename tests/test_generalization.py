@@ -188,7 +188,7 @@ def test_interpolation_steps_back_towards_the_base_weights(ds, tiny_model_dir, t
     """WiSE-FT: interpolate 1.0 saves the tuned weights, 0.5 the midpoint of tuned and base (same training run)."""
     from hardneg.biencoder import document_vectors, load_biencoder
 
-    c = _cfg(tiny_model_dir, max_steps=6)
+    c = _cfg(tiny_model_dir, max_steps=6, interpolate=1.0)
     fixed = document_vectors(ds, c, tmp_path / "cache")
     tuned = train_biencoder(ds, None, tmp_path / "t", c, doc_vectors=fixed)
     half = train_biencoder(
@@ -198,9 +198,18 @@ def test_interpolation_steps_back_towards_the_base_weights(ds, tiny_model_dir, t
     t_sd, h_sd = load_biencoder(tuned).state_dict(), load_biencoder(half).state_dict()
     moved = [k for k, v in t_sd.items() if v.is_floating_point() and not (v == base_sd[k]).all()]
     assert moved  # training changed something
+    # the saved model sits halfway between base and tuned (two training runs: equal up to float noise)
+    dist_t = sum(float((t_sd[k] - base_sd[k]).norm()) for k in moved)
+    dist_h = sum(float((h_sd[k] - base_sd[k]).norm()) for k in moved)
+    assert dist_h == pytest.approx(0.5 * dist_t, rel=0.05), (dist_h, dist_t)
+    # and the interpolation itself is exact
+    from hardneg.biencoder import interpolate_weights
+
+    m = load_biencoder(tuned)
+    interpolate_weights(m, load_biencoder(tiny_model_dir), 0.25)
     for k in moved:
-        want = 0.5 * t_sd[k] + 0.5 * base_sd[k]
-        assert (h_sd[k] - want).abs().max() < 1e-5, k
+        want = 0.25 * t_sd[k] + 0.75 * base_sd[k]
+        assert (m.state_dict()[k] - want).abs().max() < 1e-6, k
     with pytest.raises(Exception, match="interpolate"):
         BiEncoderConfig.from_params(default_params(), interpolate=0.0)
 
