@@ -234,6 +234,41 @@ def _group_weight(
     return w if test["diff"] > 0 and test["p_randomization"] < max_p else 0.0
 
 
+def _first_stage_only(first_stage: Run, scores: Mapping, qrels: Mapping, depth: int) -> dict[str, Any]:
+    """The do-nothing gate (weight 0 for every query: the no-training first stage), always a candidate."""
+    res = evaluate_run(combine(first_stage, scores, depth, 0.0), qrels, ("mrr@10", "ndcg@10"))
+    gate = {"signal": "none", "threshold": None, "weight_high": 0.0, "weight_low": 0.0}
+    return {**gate, "passing": 0, "dev": {k: round(v, 5) for k, v in res.mean.items()}}
+
+
+def _guard(
+    tried: list[dict[str, Any]],
+    first_stage: Run,
+    scores: Mapping,
+    qrels: Mapping,
+    depth: int,
+    sig: Mapping[str, tuple[list[float], bool]],
+    guard_ids: Sequence[str],
+    min_guard: int,
+) -> None:
+    """Mark each tried gate ``guard_ok``: its MRR@10 on the guard queries (dev-unseen) is not below the first
+    stage's (always true with fewer than ``min_guard`` of them, and for the first stage alone)."""
+    sub = {q: qrels[q] for q in guard_ids if q in qrels and q in first_stage}
+    base = None
+    if len(sub) >= min_guard:
+        base = evaluate_run(restrict(first_stage, sub), sub, ("mrr@10",)).mean["mrr@10"]
+    for t in tried:
+        if base is None:
+            t["guard_ok"] = True
+            continue
+        w = gate_weights(t, {q: sig[q] for q in sub})
+        got = evaluate_run(combine(restrict(first_stage, sub), scores, depth, w), sub, ("mrr@10",)).mean[
+            "mrr@10"
+        ]
+        t["dev_unseen"] = round(got, 5)
+        t["guard_ok"] = bool(got >= base - 1e-9 or (t["weight_high"] == 0.0 and t["weight_low"] == 0.0))
+
+
 def tune_gate(
     first_stage: Mapping[str, Mapping[str, float]],
     reranker_scores: Mapping[str, Mapping[str, float]],
@@ -244,13 +279,18 @@ def tune_gate(
     signals_tried: Sequence[str] = ("none", "seen", "margin", "seen-margin"),
     quantiles: Sequence[float] = (0.25, 0.5, 0.75),
     max_p: float | None = None,
+    guard_ids: Sequence[str] = (),
+    min_guard: int = 30,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The per-query fusion gate with the best MRR@10 on these (dev) queries (ties: better nDCG@10, then the simpler
     signal, in ``signals_tried`` order). For each signal and threshold (margin thresholds: ``quantiles`` of these
     queries' margins) the queries split into those that pass and the rest, and each group gets its own weight, chosen
     on that group alone. ``none`` is one global weight (:func:`tune_fusion_weight`). Do no harm: with ``max_p``, a
     group keeps weight 0 (the first stage alone, the no-training baseline) unless its best weight beats 0 on its dev
-    queries with a paired randomization p below ``max_p``. Returns the gate and the table of every candidate tried."""
+    queries with a paired randomization p below ``max_p``. The unseen guard: with at least ``min_guard``
+    ``guard_ids`` (the dev queries none of whose relevant documents was a training positive), a gate competes only
+    if its MRR@10 there is not below the first stage's; the first stage alone (weight 0 everywhere) always competes.
+    Returns the gate and the table of every candidate tried."""
     from hardneg.fusion import gate_passes, top_margin
 
     sig = query_signals(first_stage, reranker_scores, depth, train_docs)
@@ -282,8 +322,10 @@ def tune_gate(
                 ("mrr@10", "ndcg@10"),
             )
             tried.append({**gate, "passing": len(hi), "dev": {k: round(v, 5) for k, v in res.mean.items()}})
+    tried.append(_first_stage_only(first_stage, reranker_scores, qrels, depth))
+    _guard(tried, first_stage, reranker_scores, qrels, depth, sig, guard_ids, min_guard)
     best = max(
-        range(len(tried)),
+        (i for i in range(len(tried)) if tried[i]["guard_ok"]),
         key=lambda i: (round(tried[i]["dev"]["mrr@10"], 10), round(tried[i]["dev"]["ndcg@10"], 10), -i),
     )
     gate = {k: tried[best][k] for k in ("signal", "threshold", "weight_high", "weight_low")}
@@ -431,6 +473,7 @@ def choose_depth(
     seen_ids: set[str],
     signals: Sequence[str],
     max_p: float | None = None,
+    guard_ids: Sequence[str] = (),
 ) -> tuple[int, tuple[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]:
     """The rerank depth (how many first-stage candidates the reranker reorders) with the best served dev MRR@10,
     each depth with its own dev-chosen gate (ties: better nDCG@10, then the smaller depth). Returns (depth, (gate,
@@ -439,7 +482,9 @@ def choose_depth(
     curve: dict[str, Any] = {}
     best: tuple[tuple[float, float, int], int, Any] | None = None
     for d in sorted(set(int(x) for x in depths)):
-        gate, tried = tune_gate(fs_dev, dev_scores, dev_qrels, d, weights, seen_ids, signals, max_p=max_p)
+        gate, tried = tune_gate(
+            fs_dev, dev_scores, dev_qrels, d, weights, seen_ids, signals, max_p=max_p, guard_ids=guard_ids
+        )
         row = next(t for t in tried if all(t[k] == gate[k] for k in gate))["dev"]
         curve[str(d)] = {**row, "gate": gate}
         key = (round(row["mrr@10"], 10), round(row["ndcg@10"], 10), -d)
@@ -558,13 +603,13 @@ def evaluate_reranker(
         return RerankEvaluation(metrics, per_query)
     dev = _dev_side(dataset, dev_split, first_stage, scorer, dev_reranker_scores, max(depths))
     seen_ids, seen_hashes = seen_document_ids(dataset, train_split)
+    dev_ids = split_ids(dev[2], train_docs)
     chosen_depth, chosen, metrics["depth_dev_curve"] = choose_depth(
-        dev, depths, weights, seen_ids, ev.gate_signals, ev.gate_max_p
+        dev, depths, weights, seen_ids, ev.gate_signals, ev.gate_max_p, dev_ids["unseen"]
     )
     metrics["rerank_depth"] = chosen_depth
     record("rerank", combine(fs_test, test_scores, chosen_depth))
     test = (fs_test, test_scores, test_qrels)
-    dev_ids = split_ids(dev[2], train_docs)
     _served_fusion(
         metrics, record, dev, test, chosen_depth, weights, seen_ids, dev_ids, ev.gate_signals, chosen
     )

@@ -292,3 +292,28 @@ def test_the_depth_is_chosen_on_dev_and_the_server_weighs_a_request_as_evaluatio
         )
         assert got == want[q], q
     assert want["q0"] == 1.0 and want["q1"] == 0.2
+
+
+def test_a_gate_that_loses_on_dev_unseen_queries_is_not_served():
+    """60 dev queries the reranker gets right (memorised), 40 unseen ones it gets wrong and the first stage right:
+    one global weight of 1 wins on dev overall, but it is below the first stage on the 40 unseen queries, so with
+    them as the guard the first stage alone is served; without the guard the weight of 1 is."""
+    from hardneg.evaluate import tune_gate
+
+    fs, rr, qrels, unseen = {}, {}, {}, []
+    for i in range(100):
+        q = f"q{i}"
+        a, b, c, d = (f"{q}-{x}" for x in "abcd")
+        fs[q] = {a: 1.0, b: 0.0, c: 0.0, d: 0.0}
+        rr[q] = {b: 1.0, a: 0.0, c: 0.0, d: 0.0}
+        qrels[q] = {b if i < 60 else a: 1}
+        if i >= 60:
+            unseen.append(q)
+    free, _ = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], max_p=0.05)
+    assert free["weight_low"] == free["weight_high"] == 1.0
+    guarded, tried = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], max_p=0.05, guard_ids=unseen)
+    assert guarded["weight_low"] == guarded["weight_high"] == 0.0
+    assert [t["guard_ok"] for t in tried] == [False, True] and tried[0]["dev_unseen"] == 0.5  # a falls to 2nd
+    # fewer guard queries than min_guard: no guard
+    few, _ = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], max_p=0.05, guard_ids=unseen[:10])
+    assert few["weight_high"] == 1.0
