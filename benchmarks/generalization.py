@@ -159,14 +159,14 @@ def _key(params: dict, args, fixed_depth: bool = False) -> dict:
 
 
 def _protocol(args) -> str:
+    from hardneg.study_report import FOLDS_SYSTEMS
+
     return (
         f"{args.k} document-disjoint folds (seed {args.seed}): held-out positive documents H = one fold of all "
         "positive documents; test = queries with a positive in H (at most "
         f"{args.max_test_fraction:g} of all queries), judged on their H positives, their other positives left out "
         "of the candidates; train = every other query with its H positives removed; H is never mined as a negative. "
-        "Dev carved from the fold's train queries as for any collection without one. Seed = train.seed + fold. "
-        "tuned_alone / untuned_alone: the model reranking the first stage's top retrieve.rerank_depth alone; "
-        "served: fused with the first stage (weight on dev); no_training: the first stage."
+        "Dev carved from the fold's train queries as for any collection without one. " + FOLDS_SYSTEMS
     )
 
 

@@ -216,6 +216,13 @@ def replace_readme_block(readme: str, block: str) -> str:
     return replace_block(readme, block, README_START, README_END)
 
 
+FOLDS_SYSTEMS = (
+    "per fold the shipped configuration is mined, trained (seed = train.seed + fold) and evaluated as `make run` "
+    "does, dev carved from the fold's train queries. no training = the first stage; served = the tuned model fused "
+    "with it (rerank depth, weights and per-query gate chosen on dev, with the gate's guards); tuned / untuned "
+    "alone = the tuned / base model reordering the same candidates by itself. p: paired randomization over all "
+    "folds' test queries."
+)
 GEN_START = "<!-- generalization:start (written by benchmarks/generalization.py from benchmarks/results/generalization*.json) -->"
 GEN_END = "<!-- generalization:end -->"
 
@@ -254,7 +261,9 @@ def generalization_table(
         lines += _select_rows(sel_json, label, f)
     if folds:
         lines += [
-            f"Document-disjoint folds (commit `{folds['commit'][:12]}`): {folds['protocol']}",
+            f"Document-disjoint folds (commit `{folds['commit'][:12]}`, k = {folds['key']['k']}, seed "
+            f"{folds['key']['seed']}, test at most {folds['key']['max_test_fraction']:g} of the queries): "
+            f"{FOLDS_SYSTEMS}",
             "",
             "| collection | folds | test queries | no training | served | served - no training (p) | tuned alone | "
             "untuned alone | tuned - untuned (p) |",

@@ -103,3 +103,13 @@ def test_shipped_training_defaults_are_the_selection_rules_choice():
     )
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     assert merge_params(params, chosen) == params, f"params.yaml lacks the chosen override {chosen}"
+
+
+def test_readme_nfcorpus_run_comes_from_its_json():
+    d = json.loads((REPO / "benchmarks" / "results" / "byo_run_nfcorpus.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    sm, m = d["summary"]["served_metrics"], d["summary"]["metrics"]
+    assert d["exit_code"] == 0
+    assert f"exit 0 in {d['seconds']} s" in readme and f"{d['terminal']['stdout_lines']} terminal lines" in readme
+    assert f"MRR@10 {sm['served_mrr@10']} vs {sm['first_stage_mrr@10']}" in readme
+    assert f"all {m['n/seen']} test queries" in readme and m["n/unseen"] == 0
