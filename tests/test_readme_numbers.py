@@ -110,6 +110,9 @@ def test_readme_nfcorpus_run_comes_from_its_json():
     readme = (REPO / "README.md").read_text()
     sm, m = d["summary"]["served_metrics"], d["summary"]["metrics"]
     assert d["exit_code"] == 0
-    assert f"exit 0 in {d['seconds']} s" in readme and f"{d['terminal']['stdout_lines']} terminal lines" in readme
+    assert (
+        f"exit 0 in {d['seconds']} s" in readme
+        and f"{d['terminal']['stdout_lines']} terminal lines" in readme
+    )
     assert f"MRR@10 {sm['served_mrr@10']} vs {sm['first_stage_mrr@10']}" in readme
     assert f"all {m['n/seen']} test queries" in readme and m["n/unseen"] == 0
