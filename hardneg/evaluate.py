@@ -250,23 +250,28 @@ def _guard(
     sig: Mapping[str, tuple[list[float], bool]],
     guard_ids: Sequence[str],
     min_guard: int,
+    max_p: float | None = None,
 ) -> None:
     """Mark each tried gate ``guard_ok``: its MRR@10 on the guard queries (dev-unseen) is not below the first
-    stage's (always true with fewer than ``min_guard`` of them, and for the first stage alone)."""
+    stage's, and, with ``max_p``, a gate that gives the queries it does not pass (where unseen queries land) a weight
+    above 0 must beat the first stage on the guard queries significantly (paired randomization p < ``max_p``).
+    Always true with fewer than ``min_guard`` guard queries, and for the first stage alone."""
     sub = {q: qrels[q] for q in guard_ids if q in qrels and q in first_stage}
     base = None
     if len(sub) >= min_guard:
-        base = evaluate_run(restrict(first_stage, sub), sub, ("mrr@10",)).mean["mrr@10"]
+        base = evaluate_run(restrict(first_stage, sub), sub, ("mrr@10",)).per_query["mrr@10"]
     for t in tried:
-        if base is None:
+        if base is None or (t["weight_high"] == 0.0 and t["weight_low"] == 0.0):
             t["guard_ok"] = True
             continue
         w = gate_weights(t, {q: sig[q] for q in sub})
-        got = evaluate_run(combine(restrict(first_stage, sub), scores, depth, w), sub, ("mrr@10",)).mean[
-            "mrr@10"
-        ]
-        t["dev_unseen"] = round(got, 5)
-        t["guard_ok"] = bool(got >= base - 1e-9 or (t["weight_high"] == 0.0 and t["weight_low"] == 0.0))
+        run = combine(restrict(first_stage, sub), scores, depth, w)
+        test = paired_test(evaluate_run(run, sub, ("mrr@10",)).per_query["mrr@10"], base, n_resamples=2000)
+        t["dev_unseen"] = round(test["mean_a"], 5)
+        ok = test["diff"] >= -1e-9
+        if ok and max_p is not None and t["weight_low"] > 0.0:  # unseen queries mostly land in the low group
+            ok = test["diff"] > 0 and test["p_randomization"] < max_p
+        t["guard_ok"] = bool(ok)
 
 
 def tune_gate(
@@ -323,7 +328,7 @@ def tune_gate(
             )
             tried.append({**gate, "passing": len(hi), "dev": {k: round(v, 5) for k, v in res.mean.items()}})
     tried.append(_first_stage_only(first_stage, reranker_scores, qrels, depth))
-    _guard(tried, first_stage, reranker_scores, qrels, depth, sig, guard_ids, min_guard)
+    _guard(tried, first_stage, reranker_scores, qrels, depth, sig, guard_ids, min_guard, max_p)
     best = max(
         (i for i in range(len(tried)) if tried[i]["guard_ok"]),
         key=lambda i: (round(tried[i]["dev"]["mrr@10"], 10), round(tried[i]["dev"]["ndcg@10"], 10), -i),

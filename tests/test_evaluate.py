@@ -317,3 +317,24 @@ def test_a_gate_that_loses_on_dev_unseen_queries_is_not_served():
     # fewer guard queries than min_guard: no guard
     few, _ = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], max_p=0.05, guard_ids=unseen[:10])
     assert few["weight_high"] == 1.0
+
+
+def test_a_weight_for_unseen_looking_queries_must_earn_it_on_dev_unseen():
+    """The unseen guard with gate_max_p: a gate that gives the queries it does not pass a weight above 0 must beat
+    the first stage on dev-unseen significantly, not just tie it (here the reranker adds nothing on them)."""
+    from hardneg.evaluate import tune_gate
+
+    fs, rr, qrels, unseen = {}, {}, {}, []
+    for i in range(100):
+        q = f"q{i}"
+        a, b, c, d = (f"{q}-{x}" for x in "abcd")
+        fs[q] = {a: 1.0, b: 0.0, c: 0.0, d: 0.0}
+        if i < 60:  # memorised: the reranker finds b
+            rr[q], qrels[q] = {b: 1.0, a: 0.0, c: 0.0, d: 0.0}, {b: 1}
+        else:  # unseen: both find a
+            rr[q], qrels[q] = {a: 1.0, b: 0.0, c: 0.0, d: 0.0}, {a: 1}
+            unseen.append(q)
+    lenient, _ = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], guard_ids=unseen)
+    assert lenient["weight_low"] == 1.0  # ties the first stage on dev-unseen: enough without max_p
+    strict, tried = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], max_p=0.05, guard_ids=unseen)
+    assert strict["weight_low"] == strict["weight_high"] == 0.0 and tried[0]["guard_ok"] is False
