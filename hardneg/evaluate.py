@@ -230,8 +230,12 @@ def _group_weight(
         return w
     best = evaluate_run(combine(fs, reranker_scores, depth, w), qrels, ("mrr@10",)).per_query["mrr@10"]
     zero = evaluate_run(combine(fs, reranker_scores, depth, 0.0), qrels, ("mrr@10",)).per_query["mrr@10"]
-    test = paired_test(best, zero, n_resamples=2000)
-    return w if test["diff"] > 0 and test["p_randomization"] < max_p else 0.0
+    return w if _significant_gain(paired_test(best, zero, n_resamples=2000), max_p) else 0.0
+
+
+def _significant_gain(test: Mapping[str, Any], max_p: float) -> bool:
+    """A :func:`paired_test` result (a - b) says a is better: positive mean difference, randomization p < max_p."""
+    return bool(test["diff"] > 0 and test["p_randomization"] < max_p)
 
 
 def _first_stage_only(first_stage: Run, scores: Mapping, qrels: Mapping, depth: int) -> dict[str, Any]:
@@ -270,7 +274,7 @@ def _guard(
         t["dev_unseen"] = round(test["mean_a"], 5)
         ok = test["diff"] >= -1e-9
         if ok and max_p is not None and t["weight_low"] > 0.0:  # unseen queries mostly land in the low group
-            ok = test["diff"] > 0 and test["p_randomization"] < max_p
+            ok = _significant_gain(test, max_p)
         t["guard_ok"] = bool(ok)
 
 
@@ -407,17 +411,16 @@ def _fusion_on_dev(
     dev_qrels: Mapping[str, Mapping[str, int]],
     depth: int,
     weights: Sequence[float],
-    dev_ids: Mapping[str, Sequence[str]] | None = None,
-    train_docs: set[str] | None = None,
-    signals: Sequence[str] = ("none",),
-    chosen: tuple[dict[str, Any], list[dict[str, Any]]] | None = None,
+    dev_ids: Mapping[str, Sequence[str]],
+    train_docs: set[str],
+    chosen: tuple[dict[str, Any], list[dict[str, Any]]],
 ) -> dict[str, Any]:
-    """Choose the fusion weight and the per-query gate on dev (recorded in ``metrics`` with the dev curve, the gates
-    tried and the dev metrics); returns the gate (:func:`tune_gate`; ``chosen``: already tuned at this depth)."""
-    train_docs = train_docs or set()
+    """Record the dev side of the served system in ``metrics``: the one-global-weight curve (diagnostic), the gate
+    chosen on dev at this depth (``chosen`` = :func:`tune_gate`'s result) with every gate tried, and the dev metrics
+    by part. Returns the gate."""
     weight, dev_curve = tune_fusion_weight(fs_dev, dev_scores, dev_qrels, depth, weights)
     metrics["fusion_dev_curve"] = dev_curve
-    gate, tried = chosen or tune_gate(fs_dev, dev_scores, dev_qrels, depth, weights, train_docs, signals)
+    gate, tried = chosen
     metrics["fusion_gate"], metrics["fusion_gate_tried"] = gate, tried
     dev_w = gate_weights(gate, query_signals(fs_dev, dev_scores, depth, train_docs))
     runs = {
@@ -427,10 +430,9 @@ def _fusion_on_dev(
     }
     results = {name: evaluate_run(run, dev_qrels) for name, run in runs.items()}
     metrics["dev"] = {name: r.mean for name, r in results.items()}
-    if dev_ids is not None:
-        metrics.setdefault("parts", {})["dev"] = {
-            name: parts(r.per_query, dev_ids) for name, r in results.items()
-        }
+    metrics.setdefault("parts", {})["dev"] = {
+        name: parts(r.per_query, dev_ids) for name, r in results.items()
+    }
     metrics["fusion_weight"] = weight
     return gate
 
@@ -508,7 +510,6 @@ def _served_fusion(
     weights: Sequence[float],
     train_docs: set[str],
     dev_ids: Mapping[str, Sequence[str]],
-    signals: Sequence[str],
     chosen: tuple[dict[str, Any], list[dict[str, Any]]],
 ) -> None:
     """The served system: fusion weight and per-query gate chosen on ``dev`` (first stage, reranker scores, qrels),
@@ -516,9 +517,7 @@ def _served_fusion(
     ``dev_ids``: dev queries by part (seen / unseen, for the report)."""
     fs_dev, dev_scores, dev_qrels = dev
     fs_test, test_scores, test_qrels = test
-    gate = _fusion_on_dev(
-        metrics, fs_dev, dev_scores, dev_qrels, depth, weights, dev_ids, train_docs, signals, chosen
-    )
+    gate = _fusion_on_dev(metrics, fs_dev, dev_scores, dev_qrels, depth, weights, dev_ids, train_docs, chosen)
     test_w = gate_weights(gate, query_signals(fs_test, test_scores, depth, train_docs))
     record("fusion", combine(fs_test, test_scores, depth, test_w))
     if gate["signal"] != "none":  # diagnostic: the one global weight, as before the gate
@@ -615,9 +614,7 @@ def evaluate_reranker(
     metrics["rerank_depth"] = chosen_depth
     record("rerank", combine(fs_test, test_scores, chosen_depth))
     test = (fs_test, test_scores, test_qrels)
-    _served_fusion(
-        metrics, record, dev, test, chosen_depth, weights, seen_ids, dev_ids, ev.gate_signals, chosen
-    )
+    _served_fusion(metrics, record, dev, test, chosen_depth, weights, seen_ids, dev_ids, chosen)
     seen = seen_hashes if "seen" in metrics["fusion_gate"]["signal"] else []
     return RerankEvaluation(metrics, per_query, seen)
 

@@ -175,9 +175,7 @@ def evaluate_model(
     # the served system's per-query gate, chosen on dev as the evaluate stage chooses it
     signals = list(params["evaluate"]["gate_signals"])
     max_p = params["evaluate"].get("gate_max_p")
-    from hardneg.generalization import split_ids, training_positives
-
-    dev_unseen = split_ids(qrels["dev"], training_positives(dataset, params["data"]["train_split"]))["unseen"]
+    dev_unseen = ids["dev"]["unseen"] if ids is not None else ()  # the unseen guard's queries
     gate, _ = tune_gate(
         fs_dev, scores, qrels["dev"], depth, weights, train_docs, signals, max_p=max_p, guard_ids=dev_unseen
     )
