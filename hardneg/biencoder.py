@@ -345,11 +345,20 @@ def batch_plan(
             take = rng.choice(len(negs), size=min(negatives_per_query, len(negs)), replace=False)
             for i in sorted(int(x) for x in take):
                 add(negs[i])
-    masks = [
-        [index[d] for d in ts.positives[q] if d in index and index[d] != t]
+    return qids, docs, targets, positive_masks(qids, targets, index, ts.positives)
+
+
+def positive_masks(
+    qids: Sequence[str],
+    targets: Sequence[int],
+    index: Mapping[str, int],
+    positives: Mapping[str, Sequence[str]],
+) -> list[list[int]]:
+    """Per query, the batch documents to mask: its labelled positives other than its target (never a negative)."""
+    return [
+        [index[d] for d in positives[q] if d in index and index[d] != t]
         for q, t in zip(qids, targets, strict=True)
     ]
-    return qids, docs, targets, masks
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -397,10 +406,7 @@ def add_pseudo_queries(
         targets.append(index[d])
         masks.append([])
     # a pseudo-query's document may be a labelled positive of a labelled query: never its negative
-    masks[:n_labelled] = [
-        [index[d] for d in positives[q] if d in index and index[d] != t]
-        for q, t in zip(qids[:n_labelled], targets[:n_labelled], strict=True)
-    ]
+    masks[:n_labelled] = positive_masks(qids[:n_labelled], targets[:n_labelled], index, positives)
     return qids, docs, targets, masks
 
 
@@ -597,9 +603,8 @@ def train_biencoder(
     if best["state"] is not None and best["step"] != step:
         log.info("restoring the best dev checkpoint (step %d, MRR@10 %.4f)", best["step"], best["mrr@10"])
         model.load_state_dict(best["state"])
-    if (
-        cfg.interpolate < 1.0
-    ):  # after the checkpoint choice: eval_every's dev numbers are of the tuned weights
+    # WiSE-FT after the checkpoint choice (eval_every's dev numbers are of the tuned weights)
+    if cfg.interpolate < 1.0:
         base_model = base if base is not None else load_biencoder(cfg.base_model, cfg.max_length)
         interpolate_weights(model, base_model, cfg.interpolate)
     model.eval()

@@ -22,18 +22,24 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.lru_cache(maxsize=1)
-def native_bf16() -> bool:
-    """True when the CPU advertises native bf16 matrix instructions (Linux ``/proc/cpuinfo``; False elsewhere)."""
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """(model name, flags) of the first CPU in Linux ``/proc/cpuinfo`` (``("unknown", {})`` elsewhere)."""
+    model, flags = "unknown", frozenset()
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    flags: set[str] = set()
+        return model, flags
     for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-            break
-    return any(f in flags for f in BF16_FLAGS)
+        if line.startswith("model name") and model == "unknown":
+            model = line.split(":", 1)[-1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = frozenset(line.split(":", 1)[-1].split())
+    return model, flags
+
+
+def native_bf16() -> bool:
+    """True when the CPU advertises native bf16 matrix instructions (Linux ``/proc/cpuinfo``; False elsewhere)."""
+    return any(f in _cpuinfo()[1] for f in BF16_FLAGS)
 
 
 def use_bf16(setting: Any) -> bool:
@@ -135,13 +141,5 @@ MATRIX_FLAGS = (
 
 def cpu_info() -> dict[str, Any]:
     """The CPU a benchmark ran on: model name, logical CPUs, and the matrix-relevant flags it advertises."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[-1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[-1].split())
-    except OSError:
-        pass
+    model, flags = _cpuinfo()
     return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in MATRIX_FLAGS if f in flags]}
