@@ -30,11 +30,10 @@ def run_configuration(
     held_out: Iterable[str] = (),
     ignore: Mapping[str, Iterable[str]] | None = None,
     untuned: bool = True,
-    fixed: tuple[Any, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Mine (``mine.policy``), train (``train.*``) and evaluate one configuration on ``dataset``'s splits as every
     stage sees them (dev carved / topped up from train). ``held_out`` documents are never trained on (folds);
-    ``ignore``: per test query, documents left out of its candidates. Returns ``{"dev": {system: parts},
+    ``ignore``: per query, documents left out of its candidates. Returns ``{"dev": {system: parts},
     "test": {system: parts}, "fusion_weight", "train": {...}}`` with systems ``no_training`` (the first stage),
     ``tuned_alone`` (the tuned model reranking the first stage's candidates), ``served`` (fused, weight on dev) and,
     with ``untuned``, ``untuned_alone`` / ``untuned_served``."""
@@ -58,8 +57,7 @@ def run_configuration(
     if ignore:
         run = drop_candidates(run, ignore)
     cfg = BiEncoderConfig.from_params(params)
-    if fixed is None and cfg.tune == "query":
-        fixed = document_vectors(ds, cfg, section(params, "embed").cache_dir)
+    fixed = document_vectors(ds, cfg, section(params, "embed").cache_dir) if cfg.tune == "query" else None
     rows = _mine(ds, reduced_dir, params, work)
     rows = exclude_documents(rows, held_out)
     mdir = work / "model"
@@ -101,18 +99,11 @@ def _collect(out: dict[str, Any], metrics: Mapping[str, Any], names: Mapping[str
 
 
 def _mine(ds: Any, reduced_dir: Any, params: Mapping[str, Any], work: Any) -> list[dict[str, Any]] | None:
-    """The negatives of ``mine.policy`` for the train split (the mine stage's policies, in memory)."""
-    import numpy as np
+    """The negatives of ``mine.policy`` for the train split: the mine stage's own :func:`hardneg.stages.mine_rows`."""
+    from pathlib import Path
 
-    from hardneg.mine import mine_negatives
     from hardneg.reduce import load_reduced
-    from hardneg.settings import section
-    from hardneg.stages import _st_default_negatives
+    from hardneg.stages import mine_rows
 
-    split = section(params, "data").train_split
-    if section(params, "mine").policy == "st-default":
-        rows, _ = _st_default_negatives(ds, params, split, work)
-        return rows
-    D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
-    rows, _ = mine_negatives(ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params)
+    rows, _ = mine_rows(ds, load_reduced(reduced_dir), params, Path(work), progress=False)
     return rows

@@ -314,17 +314,15 @@ def mine_stage(
     """Mine negatives for the train split with ``mine.policy``: a :mod:`hardneg.mine` policy over the reduced
     vectors, or ``st-default`` (sentence-transformers ``mine_hard_negatives`` defaults with the reranker's base model,
     whose vectors come from the embedding cache). ``progress``: a progress bar over the queries."""
-    import numpy as np
-
     from hardneg.data import load_dataset_for
     from hardneg.lineage import read_lineage, sha256_file
-    from hardneg.mine import mine_negatives, write_outputs
+    from hardneg.mine import write_outputs
     from hardneg.reduce import load_reduced
 
     ds, _ = load_dataset_for(
         data_dir, params
     )  # the train split as every stage sees it (dev topped up from it)
-    D, doc_ids, Q, query_ids = load_reduced(reduced_dir)
+    vectors = load_reduced(reduced_dir)
     try:
         inputs = dict(read_lineage(reduced_dir).inputs)
     except HardnegError:
@@ -335,27 +333,44 @@ def mine_stage(
         raise HardnegError(
             f"{reduced_dir} was embedded from another corpus than {corpus_file}: rerun `hardneg embed` and `hardneg reduce`"
         )
-    split = params["data"]["train_split"]
-    if section(params, "mine").policy == "st-default":
-        rows, stats = _st_default_negatives(ds, params, split, Path(out_dir))
-        from hardneg.anchors import add_distances
-
-        add_distances(rows, np.asarray(D), doc_ids, np.asarray(Q), query_ids)
-        with_neg = sum(1 for r in rows if r["negative_ids"])
-        stats.update(
-            split=split,
-            pairs_with_negatives=with_neg,
-            queries_without_negative=len(
-                {r["query_id"] for r in rows} - {r["query_id"] for r in rows if r["negative_ids"]}
-            ),
-            negatives_per_pair_mean=round(sum(len(r["negative_ids"]) for r in rows) / max(1, len(rows)), 4),
-        )
-    else:
-        rows, stats = mine_negatives(
-            ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params, progress=progress
-        )
+    rows, stats = mine_rows(ds, vectors, params, Path(out_dir), progress)
     write_outputs(out_dir, rows, stats, params, inputs)
     return stats  # = mine_stats.json
+
+
+def mine_rows(
+    ds: Any,
+    vectors: tuple[Any, list[str], Any, list[str]],
+    params: Mapping[str, Any],
+    work: Path,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The negatives rows and stats of ``mine.policy`` for the train split, over the reduced ``vectors`` (D,
+    doc_ids, Q, query_ids): a :mod:`hardneg.mine` policy, or ``st-default`` (its distances added in the same space).
+    ``work``: scratch space for sentence-transformers' miner."""
+    import numpy as np
+
+    from hardneg.mine import mine_negatives
+
+    D, doc_ids, Q, query_ids = vectors
+    split = params["data"]["train_split"]
+    if section(params, "mine").policy != "st-default":
+        return mine_negatives(
+            ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params, progress=progress
+        )
+    from hardneg.anchors import add_distances
+
+    rows, stats = _st_default_negatives(ds, params, split, work)
+    add_distances(rows, np.asarray(D), doc_ids, np.asarray(Q), query_ids)
+    stats.update(
+        split=split,
+        pairs_with_negatives=sum(1 for r in rows if r["negative_ids"]),
+        queries_without_negative=len(
+            {r["query_id"] for r in rows} - {r["query_id"] for r in rows if r["negative_ids"]}
+        ),
+        negatives_per_pair_mean=round(sum(len(r["negative_ids"]) for r in rows) / max(1, len(rows)), 4),
+    )
+    return rows, stats
 
 
 def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_dir: Path) -> tuple[list, dict]:
