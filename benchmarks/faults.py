@@ -73,11 +73,20 @@ STAGES: dict[str, Stage] = {
             ("emb",),
         ),
         Stage(
+            "retrieve",
+            lambda p: ["retrieve", "--data-dir", "data", "--reduced-dir", "red", "--out", "ret"],
+            "ret",
+            ("splits.json", "first_stage.json", "runs.json"),
+            ("red",),
+        ),
+        Stage(
             "mine",
             lambda p: [
                 "mine",
                 "--reduced-dir",
                 "red",
+                "--retrieved-dir",
+                "ret",
                 "--out",
                 "mined",
                 "--data-dir",
@@ -86,7 +95,7 @@ STAGES: dict[str, Stage] = {
             ],
             "mined",
             ("negatives.jsonl",),
-            ("red",),
+            ("red", "ret"),
         ),
         Stage(
             "train",
@@ -96,14 +105,14 @@ STAGES: dict[str, Stage] = {
                 "data",
                 "--negatives",
                 "mined",
-                "--reduced-dir",
-                "red",
+                "--retrieved-dir",
+                "ret",
                 "--out",
                 "model",
             ],
             "model",
             ("*.safetensors", "hardneg_model.json"),
-            ("red", "mined", "cache"),
+            ("ret", "mined", "cache"),
         ),
         Stage(
             "export",
@@ -111,8 +120,9 @@ STAGES: dict[str, Stage] = {
                 "export",
                 "--model-dir",
                 "model",
-                "--reduced-dir",
-                "red",
+                "--retrieved-dir",
+                "ret",
+                "--no-fusion",
                 "--out",
                 "export",
                 "--data-dir",
@@ -120,7 +130,7 @@ STAGES: dict[str, Stage] = {
             ],
             "export",
             ("*.onnx",),
-            ("model", "red"),
+            ("model", "ret"),
         ),
         Stage(
             "compare",
@@ -150,7 +160,7 @@ STAGES: dict[str, Stage] = {
         ),
     )
 }
-FAST = ("embed", "reduce", "mine", "train", "export")  # the stages tests/test_faults.py runs
+FAST = ("embed", "reduce", "retrieve", "mine", "train", "export")  # the stages tests/test_faults.py runs
 # ------------------------------------------------------------------------------------------------ the project
 
 
@@ -439,7 +449,7 @@ def build_reference(work: Path, stages: list[str]) -> tuple[Path, dict]:
 
 
 def _upstream(stages: list[str]) -> set[str]:
-    chain = ["embed", "reduce", "mine", "train", "export"]
+    chain = ["embed", "reduce", "retrieve", "mine", "train", "export"]
     need: set[str] = set()
     for s in stages:
         if s in chain:

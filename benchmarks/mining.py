@@ -629,10 +629,23 @@ def part_d(res: Results, args, tmp: Path) -> None:
             ("embed", ["--data-dir", args.data_dir, "--out", str(tmp / "d-emb"), "--no-progress"]),
             ("reduce", ["--emb-dir", str(tmp / "d-emb"), "--out", str(tmp / "d-red")]),
             (
+                "retrieve",
+                [
+                    "--data-dir",
+                    args.data_dir,
+                    "--reduced-dir",
+                    str(tmp / "d-red"),
+                    "--out",
+                    str(tmp / "d-ret"),
+                ],
+            ),
+            (
                 "mine",
                 [
                     "--reduced-dir",
                     str(tmp / "d-red"),
+                    "--retrieved-dir",
+                    str(tmp / "d-ret"),
                     "--out",
                     str(tmp / f"d-mined-{name}"),
                     "--data-dir",

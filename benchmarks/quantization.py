@@ -47,9 +47,9 @@ def main() -> None:
 
     from hardneg.config import load_params
     from hardneg.data import load_dataset
+    from hardneg.evaluate import first_stage_runs
     from hardneg.export import DevSet, _score_dev, mrr_at_k
     from hardneg.rerank import PairScorer
-    from hardneg.stages import dense_run
 
     params = load_params()
     meta_file = a.export_dir / "metadata.json"
@@ -60,7 +60,7 @@ def main() -> None:
         ap.error(f"{meta_file} missing: pass --fusion-weight and --max-length")
     ds = load_dataset(a.data_dir)
     split = params["data"]["dev_split"]
-    run = dense_run(ds, a.reduced_dir, params, [split])
+    run = first_stage_runs(ds, a.reduced_dir, params, [split], bm25=False)["dense"]
     dev = DevSet.from_beir(a.data_dir, split=split, run=run, depth=int(params["retrieve"]["rerank_depth"]))
     tok, max_length = a.export_dir / "tokenizer.json", int(a.max_length or meta["max_length"])
     result = {

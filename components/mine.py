@@ -7,6 +7,7 @@ from components._env import component
 def mine(
     data: Input[Dataset],
     reduced: Input[Dataset],
+    retrieved: Input[Dataset],
     params_json: str,
     lineage_json: str,
     negatives: Output[Dataset],
@@ -19,7 +20,7 @@ def mine(
 
     lineage = use_lineage(lineage_json)
 
-    stats = mine_stage(data.path, reduced.path, json.loads(params_json), negatives.path)
+    stats = mine_stage(data.path, reduced.path, retrieved.path, json.loads(params_json), negatives.path)
     keep = ("policy", "split", "pairs", "pairs_without_negative", "queries_without_negative")
     meta = {k: stats[k] for k in (*keep, "negatives_per_pair_mean", "seconds") if k in stats}
     negatives.metadata.update({**lineage, **meta})

@@ -6,7 +6,7 @@ from components._env import component
 @component
 def train(
     data: Input[Dataset],
-    reduced: Input[Dataset],
+    retrieved: Input[Dataset],
     negatives: Input[Dataset],
     params_json: str,
     lineage_json: str,
@@ -20,7 +20,7 @@ def train(
 
     lineage = use_lineage(lineage_json)
 
-    meta = train_stage(data.path, reduced.path, negatives.path, json.loads(params_json), model.path)
+    meta = train_stage(data.path, retrieved.path, negatives.path, json.loads(params_json), model.path)
     model.metadata.update({**lineage, **meta})
     record_metrics(metrics, meta)
     return float(meta.get("best_dev_mrr@10") or 0.0)

@@ -292,12 +292,48 @@ def reduce_cmd(
     print_table(f"PCA -> {out_dir}", cols, rows)
 
 
+_RetrievedDir = Annotated[
+    Path,
+    typer.Option("--retrieved-dir", help="output of `hardneg retrieve` (the splits and the first stage)"),
+]
+
+
+@app.command("retrieve")
+@friendly_errors
+def retrieve_cmd(
+    reduced_dir: Annotated[Path, typer.Option("--reduced-dir", help="output of `hardneg reduce`")] = Path(
+        "runs/reduced"
+    ),
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/retrieved"),
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+    ] = None,
+) -> None:
+    """Decide the splits (dev carved / topped up from train) and the first stage (params evaluate.first_stage; the
+    hybrid's BM25 weight chosen on dev) of the dev and test queries, once: the `retrieve` stage
+    (hardneg.stages.retrieve_stage). mine, train, evaluate and export read its folder."""
+    from hardneg.stages import retrieve_stage
+
+    st = retrieve_stage(_dataset_root(data_dir), reduced_dir, get_params(), out_dir)
+    top_up = (st["splits"].get("top_up") or {}).get("moved", 0)
+    rows = [
+        ["first stage", st["name"]],
+        ["BM25 weight (dev)", st["bm25_weight"]],
+        ["candidates per query", st["top_k"]],
+        ["queries", ", ".join(f"{s} {n}" for s, n in st["queries"].items())],
+        ["dev carved from train", st["splits"].get("carved", False)],
+        ["dev topped up from train", top_up],
+    ]
+    print_table(f"first stage -> {out_dir}", ["", ""], rows)
+
+
 @app.command("mine")
 @friendly_errors
 def mine_cmd(
     reduced_dir: Annotated[Path, typer.Option("--reduced-dir", help="output of `hardneg reduce`")] = Path(
         "runs/reduced"
     ),
+    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/mined"),
     policy: Annotated[
         str | None,
@@ -322,7 +358,7 @@ def mine_cmd(
     if split:
         params["data"]["train_split"] = split
     root = data_dir if data_dir is not None else Path(params["data"]["dir"])
-    st = mine_stage(root, reduced_dir, params, out_dir, progress=not no_progress)
+    st = mine_stage(root, reduced_dir, retrieved_dir, params, out_dir, progress=not no_progress)
     rej = ", ".join(f"{k}={v}" for k, v in (st.get("rejected") or {}).items() if v) or "none"
     keys = (
         "policy",
@@ -394,13 +430,13 @@ def release_cmd(
     ] = None,
 ) -> None:
     """Render (kustomize), validate and record a canary / promote / rollback of the reranker InferenceService."""
+    import dataclasses
+
     from hardneg.release import ReleaseSettings, release
 
     settings = ReleaseSettings.from_params(get_params())
-    if releases_dir is not None:
-        settings.releases_dir = releases_dir
-    if k8s_dir is not None:
-        settings.k8s_dir = k8s_dir
+    overrides = {"releases_dir": releases_dir, "k8s_dir": k8s_dir}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     res = release(
         version=version,
         model_dir=model_dir,
@@ -515,12 +551,23 @@ def export_cmd(
     out: Annotated[
         Path, typer.Option("--out", help="export folder to write (replaced if it is an earlier export)")
     ],
-    reduced_dir: Annotated[
+    evaluation_dir: Annotated[
         Path,
         typer.Option(
-            "--reduced-dir", help="`hardneg reduce` output: the first stage whose dev top is the int8 gate"
+            "--evaluation", help="`hardneg evaluate` output: its fusion.json (weight, gate, depth) is served"
         ),
-    ] = Path("runs/reduced"),
+    ] = Path("runs/eval"),
+    no_fusion: Annotated[
+        bool,
+        typer.Option("--no-fusion", help="export without a fusion: the server returns reranker scores only"),
+    ] = False,
+    retrieved_dir: Annotated[
+        Path,
+        typer.Option(
+            "--retrieved-dir",
+            help="`hardneg retrieve` output: the first stage whose dev top is the int8 gate",
+        ),
+    ] = Path("runs/retrieved"),
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help="BEIR folder with dev texts + qrels (default: params data.dir)"),
@@ -533,8 +580,9 @@ def export_cmd(
     ] = None,
 ) -> None:
     """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores or cosines; int8 MRR@10 on the served first
-    stage's dev candidates, as the pipeline does); writes metadata.json: the `export` stage
-    (hardneg.stages.export_stage). The kind (cross-encoder | bi-encoder) comes from the folder's hardneg_model.json."""
+    stage's dev candidates, as the pipeline does), serving the fusion `hardneg evaluate` chose (--evaluation);
+    writes metadata.json: the `export` stage (hardneg.stages.export_stage). The kind (cross-encoder | bi-encoder)
+    comes from the folder's hardneg_model.json."""
     from hardneg.stages import export_stage
 
     params = get_params()
@@ -543,8 +591,15 @@ def export_cmd(
         raise HardnegError(
             f"no dev data at {root} (qrels/ missing): pass --data-dir, or --no-dev to skip the int8 MRR gate"
         )
-    res = export_stage(root, reduced_dir, model_dir, params, out, version=version, dev=not no_dev)
-    p, m = res["parity"], res["metadata"]
+    evaluation = None if no_fusion else evaluation_dir
+    res = export_stage(
+        root, retrieved_dir, model_dir, evaluation, params, out, version=version, dev=not no_dev
+    )
+    print_table(f"exported {model_dir} -> {out}", ["", ""], _export_rows(res["parity"], res["metadata"]))
+
+
+def _export_rows(p: dict[str, Any], m: dict[str, Any]) -> list[list[Any]]:
+    """The export summary table: parity numbers, files, the served variant."""
     rows = [
         ["kind", f"{p.get('kind')} (score: {p['fp32'].get('score')})"],
         ["version", m.get("version")],
@@ -573,7 +628,7 @@ def export_cmd(
         )
     sv = p.get("served_variant", {})
     rows.append(["served variant", f"{sv.get('served')} (serve.variant: {sv.get('policy')})"])
-    print_table(f"exported {model_dir} -> {out}", ["", ""], rows)
+    return rows
 
 
 def _import_serving():
@@ -862,9 +917,7 @@ def train_cmd(
     negatives: Annotated[
         Path, typer.Option("--negatives", help="folder of negatives.jsonl from `hardneg mine`")
     ] = Path("runs/mined"),
-    reduced_dir: Annotated[
-        Path, typer.Option("--reduced-dir", help="`hardneg reduce` output (dev candidates for checkpoints)")
-    ] = Path("runs/reduced"),
+    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
     out_dir: Annotated[Path, typer.Option("--out", help="model folder to write")] = Path("runs/model"),
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="override params train.max_steps")
@@ -879,7 +932,7 @@ def train_cmd(
     params = copy.deepcopy(get_params())
     params["train"].update({k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None})
     negatives = negatives.parent if negatives.is_file() else negatives
-    res = train_stage(_dataset_root(data_dir), reduced_dir, negatives, params, out_dir)
+    res = train_stage(_dataset_root(data_dir), retrieved_dir, negatives, params, out_dir)
     print_table(f"reranker -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 
@@ -889,19 +942,17 @@ def evaluate_cmd(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
     ] = None,
-    model_dir: Annotated[
-        Path, typer.Option("--model-dir", help="trained model folder (gets fusion.json)")
-    ] = Path("runs/model"),
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="trained model folder (read only)")] = Path(
+        "runs/model"
+    ),
     onnx_dir: Annotated[
         Path | None,
         typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served, its variant)"),
     ] = None,
-    reduced_dir: Annotated[
-        Path, typer.Option("--reduced-dir", help="`hardneg reduce` output (dense first stage)")
-    ] = Path("runs/reduced"),
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for metrics.json + per_query.json")] = Path(
-        "runs/eval"
-    ),
+    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder for metrics.json, per_query.json and fusion.json")
+    ] = Path("runs/eval"),
 ) -> None:
     """Evaluate the first stage (params evaluate.first_stage: the no-training baseline), the reranker and the served
     fusion (weight chosen on dev) on the test split: the `evaluate` stage (or the served evaluation of an export)."""
@@ -909,11 +960,11 @@ def evaluate_cmd(
 
     params = get_params()
     if onnx_dir is not None:
-        res = served_evaluation_stage(_dataset_root(data_dir), reduced_dir, onnx_dir, params, out_dir)
+        res = served_evaluation_stage(_dataset_root(data_dir), retrieved_dir, onnx_dir, params, out_dir)
     else:
         if not (model_dir / "config.json").exists():
             raise HardnegError(f"no trained model in {model_dir} (run `hardneg train` first)")
-        res = evaluate_stage(_dataset_root(data_dir), reduced_dir, model_dir, params, out_dir)
+        res = evaluate_stage(_dataset_root(data_dir), retrieved_dir, model_dir, params, out_dir)
     print_table(f"test split -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 

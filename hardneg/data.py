@@ -410,12 +410,15 @@ def carve_dev_split(
 
 
 def load_dataset_for(
-    data_dir: str | os.PathLike, params: Mapping[str, Any] | None = None
+    data_dir: str | os.PathLike,
+    params: Mapping[str, Any] | None = None,
+    splits: Mapping[str, Any] | None = None,
 ) -> tuple[BeirDataset, dict[str, Any]]:
     """Load a BEIR folder as the pipeline stages see it: empty documents / queries handled per
-    ``validate.empty_documents`` / ``validate.empty_queries``, and a dev split carved from train (in memory) when the
-    folder has none (``data.dev_fraction``, ``data.dev_seed``, ``data.dev_max_queries``). Returns the dataset and the
-    :func:`carve_dev_split` record (``{"carved": False}`` when the folder has a dev split)."""
+    ``validate.empty_documents`` / ``validate.empty_queries``, and the train / dev split: ``splits`` (the
+    :func:`split_assignment` that ``hardneg retrieve`` wrote, applied as is), else made here by
+    :func:`prepare_splits` (a dev split carved from train when the folder has none, then topped up). Returns the
+    dataset and the record (``{"carved": False, "top_up": ...}`` when the folder has a dev split)."""
     if params is None:
         from hardneg.config import load_params
 
@@ -426,6 +429,8 @@ def load_dataset_for(
     ds = load_dataset(
         data_dir, empty_documents=s.validate.empty_documents, empty_queries=s.validate.empty_queries
     )
+    if splits is not None:
+        return apply_split_assignment(ds, splits, "the retrieve stage's splits"), dict(splits["record"])
     return prepare_splits(ds, params)
 
 
@@ -538,3 +543,42 @@ def save_dataset(ds: BeirDataset, root: str | os.PathLike) -> None:
     save_queries(r / "queries.jsonl", ds.queries.values())
     for split, qrels in ds.qrels.items():
         save_qrels(r / "qrels" / f"{split}.tsv", qrels)
+
+
+def split_assignment(ds: BeirDataset, record: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`prepare_splits` decided, as data the later stages apply (``hardneg retrieve`` writes it to
+    ``splits.json``): the train and dev query ids after the carve and top-up, their sha256, and the record."""
+    from hardneg.settings import settings
+
+    d = settings(params).data
+    ids = {s: sorted(ds.qrels.get(s, {})) for s in (d.train_split, d.dev_split)}
+    return {
+        "train_split": d.train_split,
+        "dev_split": d.dev_split,
+        "query_ids": ids,
+        "query_ids_sha256": {s: hashlib.sha256("\n".join(q).encode()).hexdigest() for s, q in ids.items()},
+        "record": dict(record),
+    }
+
+
+def apply_split_assignment(ds: BeirDataset, assignment: Mapping[str, Any], source: str) -> BeirDataset:
+    """``ds`` (as loaded from its folder) with the train / dev split of ``assignment`` (:func:`split_assignment`):
+    each query keeps the qrels rows it has in the folder's train or dev file. ``source`` names the file in errors.
+    A query id the folder does not have (another dataset, or edited qrels) is refused."""
+    train, dev = assignment["train_split"], assignment["dev_split"]
+    pool: dict[str, dict[str, int]] = {}
+    for s in (train, dev):
+        for q, docs in ds.qrels.get(s, {}).items():
+            pool.setdefault(q, dict(docs))
+    qrels = {k: dict(v) for k, v in ds.qrels.items()}
+    for s in (train, dev):
+        ids = list(assignment["query_ids"][s])
+        missing = [q for q in ids if q not in pool]
+        if missing:
+            raise DataFormatError(
+                Path(ds.root) / "qrels",
+                f"{len(missing)} {s} queries of {source} are not in this dataset's {train}/{dev} qrels "
+                f"(e.g. {missing[:MAX_LOGGED_IDS]}): the split was made for other data; rerun `hardneg retrieve`",
+            )
+        qrels[s] = {q: pool[q] for q in ids}
+    return replace(ds, qrels=qrels)

@@ -619,14 +619,10 @@ def evaluate_reranker(
     return RerankEvaluation(metrics, per_query, seen)
 
 
-def write_evaluation(
-    ev: RerankEvaluation,
-    out_dir: str | os.PathLike,
-    model_dir: str | os.PathLike | None = None,
-    lineage: Any = None,
-) -> Path:
-    """Write ``metrics.json`` + ``per_query.json`` under ``out_dir``; with ``model_dir``, also ``fusion.json``
-    ({"weight": w}) and a copy of ``metrics.json`` there, so export and serving use the weight that was measured."""
+def write_evaluation(ev: RerankEvaluation, out_dir: str | os.PathLike, lineage: Any = None) -> Path:
+    """Write ``metrics.json`` + ``per_query.json`` under ``out_dir`` and, when a fusion was chosen, ``fusion.json``
+    (weight, gate, depth, the training positives' hashes for the gate): what export serves (it takes this folder as
+    an input). Nothing is written anywhere else."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / METRICS_FILE, ev.metrics)
@@ -635,10 +631,9 @@ def write_evaluation(
         from hardneg.lineage import write_lineage
 
         write_lineage(out, lineage)
-    if model_dir is not None and "fusion_weight" in ev.metrics:
-        md = Path(model_dir)
+    if "fusion_weight" in ev.metrics:
         _write_json(
-            md / FUSION_FILE,
+            out / FUSION_FILE,
             {
                 "weight": ev.metrics["fusion_weight"],
                 "first_stage": ev.metrics.get("first_stage_name", "dense"),
@@ -649,7 +644,6 @@ def write_evaluation(
                 **({"seen_documents_sha256": ev.seen_documents} if ev.seen_documents else {}),
             },
         )
-        _write_json(md / METRICS_FILE, ev.metrics)
     return out / METRICS_FILE
 
 

@@ -45,8 +45,8 @@ def run_configuration(
     from hardneg.biencoder import BiEncoderConfig, document_vectors, load_biencoder, train_biencoder
     from hardneg.data import prepare_splits
     from hardneg.evaluate import evaluate_reranker
+    from hardneg.first_stage import compute as first_stage
     from hardneg.settings import section
-    from hardneg.stages import first_stage
 
     t0 = time.perf_counter()
     work = Path(work_dir)

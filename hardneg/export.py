@@ -251,11 +251,27 @@ def _read_json(path: Path) -> Any:
         raise HardnegError(f"{path}: cannot read JSON ({e})") from None
 
 
-def _read_fusion(model_dir: Path, kind: str = CROSS_ENCODER) -> dict[str, Any] | None:
-    p = model_dir / FUSION_FILE
-    if not p.exists():
-        return None
+def read_fusion_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The evaluate stage's ``fusion.json`` (``path``: the file or the evaluation folder) as JSON; a missing file is
+    an error that names the command."""
+    p = Path(path)
+    p = p / FUSION_FILE if p.is_dir() else p
+    if not p.is_file():
+        raise HardnegError(
+            f"{p}: no {FUSION_FILE} (the fusion the evaluate stage chose on dev): run `hardneg evaluate` and pass "
+            "its output folder (--evaluation)"
+        )
     fusion = _read_json(p)
+    if not isinstance(fusion, dict):
+        raise HardnegError(f'{p}: expected {{"weight": w in [0, 1], ...}}, got {fusion!r}')
+    return fusion
+
+
+def _read_fusion(path: Path, kind: str = CROSS_ENCODER) -> dict[str, Any]:
+    """``fusion.json`` (:func:`read_fusion_file`: the file or its folder) checked against the export's ``kind``
+    and normalised."""
+    p = path / FUSION_FILE if path.is_dir() else path
+    fusion = read_fusion_file(p)
     w = fusion.get("weight") if isinstance(fusion, dict) else None
     if not isinstance(w, int | float) or isinstance(w, bool) or not 0.0 <= float(w) <= 1.0:
         raise HardnegError(f'{p}: expected {{"weight": w in [0, 1], "first_stage": ...}}, got {fusion!r}')
@@ -1016,8 +1032,11 @@ def _check_source(src: Path, kind: str) -> None:
         )
 
 
-def _source_info(src: Path, kind: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """Lineage (+ the model's fingerprint), fusion weight and metrics of the trained folder."""
+def _source_info(
+    src: Path, kind: str, params: dict[str, Any] | None, fusion_file: Path | None
+) -> dict[str, Any]:
+    """Lineage (+ the model's fingerprint) of the trained folder; the fusion and metrics of the evaluation folder
+    that holds ``fusion_file`` (None: no fusion, the export serves reranker scores only)."""
     if (src / LINEAGE_FILE).exists():
         lineage = read_lineage(src)
     else:
@@ -1029,9 +1048,16 @@ def _source_info(src: Path, kind: str, params: dict[str, Any] | None) -> dict[st
         "model_dir": str(src.resolve()),
         "fingerprint": fingerprint,
         "lineage": lineage.derive(model_fingerprint=fingerprint).to_dict(),
-        "fusion": _read_fusion(src, kind),
-        "metrics": _read_json(src / METRICS_FILE) if (src / METRICS_FILE).exists() else None,
+        "fusion": _read_fusion(fusion_file, kind) if fusion_file is not None else None,
+        "metrics": _evaluation_metrics(fusion_file),
     }
+
+
+def _evaluation_metrics(fusion_file: Path | None) -> dict[str, Any] | None:
+    if fusion_file is None:
+        return None
+    metrics = (fusion_file if fusion_file.is_dir() else fusion_file.parent) / METRICS_FILE
+    return _read_json(metrics) if metrics is not None and metrics.exists() else None
 
 
 def _write_variants(graph: _Graph, staging: Path, props: dict[str, str]) -> str | dict[str, str]:
@@ -1094,9 +1120,13 @@ def export_model(
     params: dict[str, Any] | None = None,
     serve_variant: str = "auto",
     serve_runtime: str = ONNXRUNTIME,
+    fusion_file: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export ``model_dir`` (a trained model folder: a CrossEncoder, or a bi-encoder SentenceTransformer with
     ``hardneg_model.json`` ``{"kind": "bi-encoder"}``) to ``out_dir``; see the module docstring.
+
+    ``fusion_file``: the evaluate stage's ``fusion.json`` or its folder (weight, gate, depth chosen on dev), shipped
+    in the metadata and applied by the server; it must exist when given. None: no fusion (reranker scores only).
 
     ``serve_variant`` decides what the export serves (``metadata.json`` ``served_variant``, the server's default):
     ``"int8"`` (its MRR gate blocks the export), ``"fp32"`` (the int8 gate is recorded only) or ``"auto"`` (int8 if
@@ -1114,7 +1144,7 @@ def export_model(
     kind = info["kind"]
     _check_source(src, kind)
     t0 = time.perf_counter()
-    source = _source_info(src, kind, params)
+    source = _source_info(src, kind, params, Path(fusion_file) if fusion_file is not None else None)
     source["version"] = version or source["fingerprint"][:12]
     source["model_name"] = model_name or src.name
     with _export_staging(out) as staging:

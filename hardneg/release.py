@@ -65,7 +65,7 @@ _OVERLAY = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 # ------------------------------------------------------------------------------------------------------ settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReleaseSettings:
     """The ``release:`` section of params.yaml (paths relative to the working directory), typed and completed by
     :mod:`hardneg.settings` (the defaults live in params.yaml)."""

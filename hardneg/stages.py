@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hardneg.artifacts import FUSION_FILE
 from hardneg.errors import DataValidationError, GateFailedError, HardnegError
 from hardneg.settings import section
 
@@ -258,47 +259,39 @@ def reduce_stage(
         shutil.rmtree(merged, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------- first stage
+# ------------------------------------------------------------------------------------------------------ retrieve
 
 
-def dense_run(
-    dataset, reduced_dir: str | os.PathLike, params: Mapping[str, Any], splits: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """The dense first stage (exact inner product in the PCA space) for the queries of ``splits``."""
-    from hardneg.evaluate import first_stage_runs
+def retrieve_stage(
+    data_dir: str | os.PathLike,
+    reduced_dir: str | os.PathLike,
+    params: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+) -> dict[str, Any]:
+    """The splits (dev carved / topped up from train) and the first stage of the dev and test queries, decided
+    once (:mod:`hardneg.first_stage`): every later stage reads this folder. Returns ``first_stage.json`` + the split
+    record."""
+    from hardneg.data import load_dataset_for
+    from hardneg.first_stage import write_retrieved
 
-    return first_stage_runs(dataset, reduced_dir, params, splits=list(splits), bm25=False)["dense"]
+    ds, record = load_dataset_for(data_dir, params)
+    summary = write_retrieved(ds, record, reduced_dir, params, out_dir)
+    return {**summary, "splits": record}
 
 
-FIRST_STAGES = ("dense", "bm25", "hybrid")
+def _split_dataset(
+    data_dir: str | os.PathLike, retrieved: Any, params: Mapping[str, Any]
+) -> tuple[Any, dict]:
+    """The dataset with the retrieve stage's train / dev split (never carved again)."""
+    from hardneg.data import load_dataset_for
+
+    return load_dataset_for(data_dir, params, splits=retrieved.splits)
 
 
-def first_stage(
-    dataset, reduced_dir: str | os.PathLike, params: Mapping[str, Any], splits: Sequence[str]
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """The configured first stage (``evaluate.first_stage``: dense | bm25 | hybrid) for the queries of ``splits``,
-    plus ``{"name", "bm25_weight", "dev_curve", "runs": {"dense", "bm25"}}``. The hybrid's BM25 weight is always
-    chosen on the dev split (the same way whichever splits are asked for), so every stage serves the same system."""
-    from hardneg.baselines import tune_hybrid
-    from hardneg.evaluate import first_stage_runs, restrict
-    from hardneg.retrieve import fuse_runs
+def _retrieved(retrieved_dir: str | os.PathLike) -> Any:
+    from hardneg.first_stage import Retrieved
 
-    name = section(params, "evaluate").first_stage  # dense | bm25 | hybrid (typed by hardneg.settings)
-    dev = params["data"]["dev_split"]
-    want = list(dict.fromkeys([dev, *splits]))
-    runs = first_stage_runs(dataset, reduced_dir, params, splits=want, bm25=name != "dense")
-    qids = [q for s in splits if s in dataset.qrels for q in dataset.split_qrels(s)]
-    info: dict[str, Any] = {"name": name, "bm25_weight": None}
-    if name == "hybrid":
-        k = int(params["retrieve"]["top_k"])
-        weights = [float(w) for w in params["evaluate"]["fusion_weights"]]
-        w, curve = tune_hybrid(runs["bm25"], runs["dense"], dataset.split_qrels(dev), weights, k)
-        info.update(bm25_weight=w, dev_curve=curve)
-        run = fuse_runs(runs["bm25"], runs["dense"], w, k)
-    else:
-        run = runs[name]
-    info["runs"] = {n: restrict(r, qids) for n, r in runs.items()}
-    return restrict(run, qids), info
+    return Retrieved.load(retrieved_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------- mine
@@ -307,21 +300,19 @@ def first_stage(
 def mine_stage(
     data_dir: str | os.PathLike,
     reduced_dir: str | os.PathLike,
+    retrieved_dir: str | os.PathLike,
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Mine negatives for the train split with ``mine.policy``: a :mod:`hardneg.mine` policy over the reduced
-    vectors, or ``st-default`` (sentence-transformers ``mine_hard_negatives`` defaults with the reranker's base model,
-    whose vectors come from the embedding cache). ``progress``: a progress bar over the queries."""
-    from hardneg.data import load_dataset_for
+    """Mine negatives for the train split (the retrieve stage's) with ``mine.policy``: a :mod:`hardneg.mine` policy
+    over the reduced vectors, or ``st-default`` (sentence-transformers ``mine_hard_negatives`` defaults with the
+    reranker's base model, whose vectors come from the embedding cache). ``progress``: a progress bar."""
     from hardneg.lineage import read_lineage, sha256_file
     from hardneg.mine import write_outputs
     from hardneg.reduce import load_reduced
 
-    ds, _ = load_dataset_for(
-        data_dir, params
-    )  # the train split as every stage sees it (dev topped up from it)
+    ds, _ = _split_dataset(data_dir, _retrieved(retrieved_dir), params)
     vectors = load_reduced(reduced_dir)
     try:
         inputs = dict(read_lineage(reduced_dir).inputs)
@@ -353,7 +344,7 @@ def mine_rows(
     from hardneg.mine import mine_negatives
 
     D, doc_ids, Q, query_ids = vectors
-    split = params["data"]["train_split"]
+    split = section(params, "data").train_split
     if section(params, "mine").policy != "st-default":
         return mine_negatives(
             ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params, progress=progress
@@ -382,7 +373,7 @@ def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_di
     from hardneg.anchors import st_negatives
     from hardneg.embed import embed_texts
 
-    name = str(params["train"]["base_model"])
+    name = section(params, "train").base_model
     mcfg = next((m for m in params["embed"]["models"] if str(m["name"]) == name), {"name": name})
     from hardneg.hw import use_bf16
 
@@ -400,7 +391,7 @@ def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_di
             None,
             st_cache,
             relative_margin=None,
-            num_negatives=int(params["mine"]["num_negatives"]),
+            num_negatives=section(params, "mine").num_negatives,
             strategy="st-default",
             vectors=(D, doc_ids, Q, query_ids),
             model_name=name,
@@ -414,24 +405,27 @@ def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_di
 
 def train_stage(
     data_dir: str | os.PathLike,
-    reduced_dir: str | os.PathLike,
+    retrieved_dir: str | os.PathLike,
     mined_dir: str | os.PathLike,
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
-    """Train the reranker of ``train.kind`` on the mined negatives (train split; dev only for checkpoint choice)."""
-    from hardneg.data import load_dataset_for
+    """Train the reranker of ``train.kind`` on the mined negatives (train split; dev, with the retrieve stage's
+    first-stage candidates, only for checkpoint choice)."""
     from hardneg.mine import NEGATIVES_FILE, read_negatives
 
-    ds, split_record = load_dataset_for(data_dir, params)
+    retrieved = _retrieved(retrieved_dir)
+    ds, split_record = _split_dataset(data_dir, retrieved, params)
     rows = read_negatives(mined_dir)
     kind = section(params, "train").kind
+    dev_split = section(params, "data").dev_split
     if kind == "bi-encoder":
-        model_dir = _train_biencoder(ds, rows, reduced_dir, params, out_dir, Path(mined_dir) / NEGATIVES_FILE)
+        fs_dev, _ = retrieved.first_stage(ds, [dev_split])
+        model_dir = _train_biencoder(ds, rows, fs_dev, params, out_dir, Path(mined_dir) / NEGATIVES_FILE)
     elif kind == "cross-encoder":
         from hardneg.train import train_reranker
 
-        dev = dense_run(ds, reduced_dir, params, [params["data"]["dev_split"]])
+        dev = retrieved.first_stage(ds, [dev_split])[1]["runs"]["dense"]
         model_dir = train_reranker(
             ds,
             rows,
@@ -448,13 +442,13 @@ def train_stage(
     return {"kind": kind, **out, "dev_queries": split_record["top_up"]["dev_queries"]}
 
 
-def _dev_eval(ds, reduced_dir, params, cfg, fixed):
-    """``model -> dev MRR@10`` of the model alone over the first stage's top ``eval_depth`` (checkpoint choice)."""
+def _dev_eval(ds, fs, params, cfg, fixed):
+    """``model -> dev MRR@10`` of the model alone over the first stage's (``fs``, dev queries) top ``eval_depth``
+    (checkpoint choice)."""
     from hardneg.biencoder import encode
     from hardneg.evaluate import evaluate_run, top_candidates
 
-    dev_q = ds.split_qrels(params["data"]["dev_split"])
-    fs, _ = first_stage(ds, reduced_dir, params, [params["data"]["dev_split"]])
+    dev_q = ds.split_qrels(section(params, "data").dev_split)
     cand = top_candidates(fs, cfg.eval_depth, sorted(dev_q))
     docs = sorted({d for c in cand.values() for d in c})
     pos = {d: i for i, d in enumerate(docs)}
@@ -475,7 +469,7 @@ def _dev_eval(ds, reduced_dir, params, cfg, fixed):
     return dev_eval
 
 
-def _train_biencoder(ds, rows, reduced_dir, params, out_dir, negatives_file: Path) -> Path:
+def _train_biencoder(ds, rows, fs_dev, params, out_dir, negatives_file: Path) -> Path:
     from hardneg.biencoder import BiEncoderConfig, document_vectors, train_biencoder
     from hardneg.lineage import sha256_file
 
@@ -487,8 +481,8 @@ def _train_biencoder(ds, rows, reduced_dir, params, out_dir, negatives_file: Pat
         rows,
         out_dir,
         cfg,
-        train_split=params["data"]["train_split"],
-        dev_eval=_dev_eval(ds, reduced_dir, params, cfg, fixed) if cfg.eval_every else None,
+        train_split=section(params, "data").train_split,
+        dev_eval=_dev_eval(ds, fs_dev, params, cfg, fixed) if cfg.eval_every else None,
         lineage_extra={"negatives_sha256": sha256_file(negatives_file)},
         params_for_hash=params,
         doc_vectors=fixed,
@@ -522,21 +516,21 @@ def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset
 
 def evaluate_stage(
     data_dir: str | os.PathLike,
-    reduced_dir: str | os.PathLike,
+    retrieved_dir: str | os.PathLike,
     model_dir: str | os.PathLike,
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """Evaluate the first stage (the no-training baseline), the reranker and the served fusion on the test split
-    (fusion weight chosen on dev), write ``metrics.json``/``per_query.json`` and the model's ``fusion.json``; returns
-    the headline metrics and the gate."""
-    from hardneg.data import load_dataset_for
+    (fusion weight, gate and depth chosen on dev); write ``metrics.json``, ``per_query.json`` and ``fusion.json``
+    (what export serves) into ``out_dir``, never into the model folder. Returns the headline metrics and the gate."""
     from hardneg.evaluate import evaluate_reranker, write_evaluation
     from hardneg.lineage import read_lineage
 
-    ds, split_record = load_dataset_for(data_dir, params)
-    d = params["data"]
-    run, info = first_stage(ds, reduced_dir, params, [d["dev_split"], d["test_split"]])
+    retrieved = _retrieved(retrieved_dir)
+    ds, split_record = _split_dataset(data_dir, retrieved, params)
+    d = section(params, "data")
+    run, info = retrieved.first_stage(ds, [d.dev_split, d.test_split])
     ev = evaluate_reranker(
         ds, make_scorer(model_dir, params, ds), run, params, extra_first_stages=info["runs"]
     )
@@ -546,7 +540,7 @@ def evaluate_stage(
     ev.metrics["first_stage_name"] = info["name"]
     ev.metrics["first_stage_bm25_weight"] = info["bm25_weight"]
     ev.metrics["splits"] = split_record
-    write_evaluation(ev, out_dir, model_dir=model_dir, lineage=read_lineage(model_dir))
+    write_evaluation(ev, out_dir, lineage=read_lineage(model_dir))
     return headline(ev.metrics, params)
 
 
@@ -588,45 +582,48 @@ def headline(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
 
 def export_stage(
     data_dir: str | os.PathLike,
-    reduced_dir: str | os.PathLike,
+    retrieved_dir: str | os.PathLike,
     model_dir: str | os.PathLike,
+    evaluation_dir: str | os.PathLike | None,
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
     version: str | None = None,
     *,
     dev: bool = True,
 ) -> dict[str, Any]:
-    """ONNX fp32 + int8 with parity gates (raises GateFailedError); the int8 MRR@10 gate reranks the served first
-    stage's dev candidates (``dev=False``: no dev set, that gate is skipped and recorded as skipped)."""
-    from hardneg.data import load_dataset_for
-    from hardneg.export import DevSet, export_from_params
+    """ONNX fp32 + int8 with parity gates (raises GateFailedError) of the model folder, serving the fusion that the
+    evaluate stage chose (``evaluation_dir/fusion.json``: required; ``evaluation_dir=None`` says explicitly "no
+    fusion": reranker scores only); the int8 MRR@10 gate reranks the served first stage's dev candidates at that
+    depth (``dev=False``: no dev set, that gate is skipped and recorded)."""
+    from hardneg.export import DevSet, export_from_params, read_fusion_file
 
+    fusion_file = Path(evaluation_dir) / FUSION_FILE if evaluation_dir is not None else None
+    # a missing or invalid file is an error naming `hardneg evaluate`, never a silent "no fusion"
+    fusion = read_fusion_file(fusion_file) if fusion_file is not None else {}
     dev_set = None
     if dev:
-        ds, _ = load_dataset_for(data_dir, params)
-        dev_split = params["data"]["dev_split"]
-        depth = _fusion_depth(Path(model_dir), params)
-        run, _ = first_stage(ds, reduced_dir, params, [dev_split])  # the served first stage's dev candidates
+        retrieved = _retrieved(retrieved_dir)
+        ds, _ = _split_dataset(data_dir, retrieved, params)
+        dev_split = section(params, "data").dev_split
+        depth = int(fusion.get("depth") or section(params, "retrieve").rerank_depth)
+        run, _ = retrieved.first_stage(ds, [dev_split])  # the served first stage's dev candidates
         max_queries = section(params, "export").parity_dev_queries
         dev_set = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth, max_queries=max_queries)
     res = export_from_params(
-        model_dir, out_dir, dict(params), dev_set, model_name=params["serve"]["model_name"], version=version
+        model_dir,
+        out_dir,
+        dict(params),
+        dev_set,
+        model_name=section(params, "serve").model_name,
+        version=version,
+        fusion_file=fusion_file,
     )
     return {"export_dir": str(res.out_dir), "parity": res.parity, "metadata": res.metadata}
 
 
-def _fusion_depth(model_dir: Path, params: Mapping[str, Any]) -> int:
-    """The rerank depth evaluation chose on dev (the model's fusion.json), else ``retrieve.rerank_depth``."""
-    from hardneg.artifacts import FUSION_FILE
-
-    f = model_dir / FUSION_FILE
-    depth = json.loads(f.read_text(encoding="utf-8")).get("depth") if f.exists() else None
-    return int(depth or params["retrieve"]["rerank_depth"])
-
-
 def served_evaluation_stage(
     data_dir: str | os.PathLike,
-    reduced_dir: str | os.PathLike,
+    retrieved_dir: str | os.PathLike,
     export_dir: str | os.PathLike,
     params: Mapping[str, Any],
     out_dir: str | os.PathLike,
@@ -634,7 +631,6 @@ def served_evaluation_stage(
     """Evaluate what is served on the test split: the export's ``served_variant`` through
     hardneg.rerank, fused with the first stage by the export's recorded fusion (weight, per-query gate, depth: not
     re-tuned, so the dev split is not rescored)."""
-    from hardneg.data import load_dataset_for
     from hardneg.evaluate import (
         combine,
         doc_texts_of,
@@ -649,11 +645,12 @@ def served_evaluation_stage(
 
     scorer = OnnxScorer(export_dir)  # verified export; its served_variant and recorded fusion weight
     variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight
-    ds, _ = load_dataset_for(data_dir, params)
-    test_qrels = ds.split_qrels(params["data"]["test_split"])
+    retrieved = _retrieved(retrieved_dir)
+    ds, _ = _split_dataset(data_dir, retrieved, params)
+    test_qrels = ds.split_qrels(section(params, "data").test_split)
     fusion = scorer.reranker.metadata.get("fusion") or {}
-    depth = int(fusion.get("depth") or params["retrieve"]["rerank_depth"])  # what evaluation chose on dev
-    run, info = first_stage(ds, reduced_dir, params, [params["data"]["test_split"]])
+    depth = int(fusion.get("depth") or section(params, "retrieve").rerank_depth)  # what evaluation chose on dev
+    run, info = retrieved.first_stage(ds, [section(params, "data").test_split])
     fs = restrict(run, test_qrels)
     scores = rerank_scores(
         scorer,
@@ -672,10 +669,10 @@ def served_evaluation_stage(
                 )
         systems["fusion"] = combine(fs, scores, depth, per_q)
     results = {name: evaluate_run(run, test_qrels) for name, run in systems.items()}
-    train_split = params["data"]["train_split"]
+    train_split = section(params, "data").train_split
     ids = split_ids(test_qrels, training_positives(ds, train_split) if train_split in ds.qrels else set())
     metrics: dict[str, Any] = {
-        "split": params["data"]["test_split"],
+        "split": section(params, "data").test_split,
         "rerank_depth": depth,
         "fusion_weight": weight,
         "first_stage_name": info["name"],
@@ -712,10 +709,12 @@ def register_stage(
 ) -> dict[str, Any]:
     """Render the canary rollout of ``version`` (kustomize overlay + lineage annotations) into ``out_dir``; the
     release history lives under the pipeline root (``<pipeline_root>/releases``)."""
+    import dataclasses
+
     from hardneg.release import ReleaseSettings, release
 
-    settings = ReleaseSettings.from_params(dict(params))
-    settings.releases_dir = Path(params["pipeline"]["pipeline_root"]).resolve() / "releases"
+    releases = Path(section(params, "pipeline").pipeline_root).resolve() / "releases"
+    settings = dataclasses.replace(ReleaseSettings.from_params(dict(params)), releases_dir=releases)
     res = release(version=version, model_dir=export_dir, out=out_dir, params=dict(params), settings=settings)
     return {
         "release_dir": str(res.out_dir),

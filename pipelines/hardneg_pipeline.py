@@ -1,5 +1,5 @@
-"""One pipeline: fetch (DVC) -> validate -> embed (ParallelFor over models x corpus shards) -> reduce -> mine -> train
--> evaluate -> If(quality gate) -> export (parity gates) -> register; an ExitHandler writes a run summary either way.
+"""One pipeline: fetch (DVC) -> validate -> embed (ParallelFor over models x corpus shards) -> reduce -> retrieve
+-> mine -> train -> evaluate -> If(quality gate) -> export (parity gates) -> register; an ExitHandler writes a run summary either way.
 
 Parameters come from params.yaml (``pipeline_arguments``). Resources per stage and the GPU option are read from
 params ``pipeline`` at definition time (``build_pipeline(params)``); kfp-kubernetes settings (cache PVC, DVC remote
@@ -17,6 +17,7 @@ from components.fetch import fetch_data
 from components.mine import mine
 from components.reduce import reduce
 from components.register import register
+from components.retrieve import retrieve
 from components.summary import run_summary
 from components.train import train
 from components.validate import validate_data
@@ -94,10 +95,21 @@ def build_pipeline(params: dict[str, Any]):
                 ),
                 res.get("reduce"),
             )
+            rt = _resources(
+                retrieve(
+                    data=data,
+                    reduced=red.outputs["reduced"],
+                    params_json=params_json,
+                    lineage_json=lineage_json,
+                ),
+                res.get("retrieve"),
+            )
+            retrieved = rt.outputs["retrieved"]
             mn = _resources(
                 mine(
                     data=data,
                     reduced=red.outputs["reduced"],
+                    retrieved=retrieved,
                     params_json=params_json,
                     lineage_json=lineage_json,
                 ),
@@ -106,7 +118,7 @@ def build_pipeline(params: dict[str, Any]):
             tr = _resources(
                 train(
                     data=data,
-                    reduced=red.outputs["reduced"],
+                    retrieved=retrieved,
                     negatives=mn.outputs["negatives"],
                     params_json=params_json,
                     lineage_json=lineage_json,
@@ -117,7 +129,7 @@ def build_pipeline(params: dict[str, Any]):
             ev = _resources(
                 evaluate(
                     data=data,
-                    reduced=red.outputs["reduced"],
+                    retrieved=retrieved,
                     model=tr.outputs["model"],
                     params_json=params_json,
                     lineage_json=lineage_json,
@@ -128,8 +140,9 @@ def build_pipeline(params: dict[str, Any]):
                 ex = _resources(
                     export_onnx(
                         data=data,
-                        reduced=red.outputs["reduced"],
+                        retrieved=retrieved,
                         model=tr.outputs["model"],
+                        evaluation=ev.outputs["evaluation"],
                         params_json=params_json,
                         lineage_json=lineage_json,
                         version=model_version,

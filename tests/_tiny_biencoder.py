@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from _tiny_reranker import LINEAGE, METRICS, TINY_INT8_MAX_MRR_DROP, tiny_dev_set
+from _tiny_reranker import LINEAGE, TINY_INT8_MAX_MRR_DROP, fusion_of, tiny_dev_set, write_evaluation_of
 
 BI_FUSION_WEIGHT = 0.6
 BI_MAX_LENGTH = 64
@@ -79,8 +79,7 @@ def trained_tiny_bi(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int
     save_bi_encoder(st, tmp)
     (tmp / "lineage.json").write_text(json.dumps(LINEAGE), encoding="utf-8")
     fusion = {"weight": BI_FUSION_WEIGHT, "first_stage": "bm25", "depth": 10, "score": "cosine"}
-    (tmp / "fusion.json").write_text(json.dumps(fusion), encoding="utf-8")
-    (tmp / "metrics.json").write_text(json.dumps(METRICS), encoding="utf-8")
+    write_evaluation_of(out, fusion)
     tmp.rename(out)
     return out
 
@@ -93,12 +92,14 @@ def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
         return out
     from hardneg.export import export_model
 
+    model_dir = trained_tiny_bi(base, tiny_model_dir, data_dir)
     export_model(
-        trained_tiny_bi(base, tiny_model_dir, data_dir),
+        model_dir,
         out,
         tiny_dev_set(data_dir),
         model_name="tiny-bi",
         version="b1",
         parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
+        fusion_file=fusion_of(model_dir),
     )
     return out

@@ -30,6 +30,19 @@ LINEAGE = {
 METRICS = {"test": {"mrr@10": 0.5}}
 
 
+def fusion_of(model_dir: Path) -> Path:
+    """The ``fusion.json`` of the tiny model's evaluation: a sibling folder, as `hardneg evaluate` writes it (the
+    model folder itself is never written after training)."""
+    return model_dir.parent / f"{model_dir.name}-eval" / "fusion.json"
+
+
+def write_evaluation_of(model_dir: Path, fusion: dict) -> None:
+    ev = fusion_of(model_dir).parent
+    ev.mkdir(parents=True, exist_ok=True)
+    (ev / "fusion.json").write_text(json.dumps(fusion), encoding="utf-8")
+    (ev / "metrics.json").write_text(json.dumps(METRICS), encoding="utf-8")
+
+
 def trained_tiny_ce(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int = 150) -> Path:
     out = base / "hardneg-tiny-ce"
     if (out / "config.json").exists():
@@ -78,10 +91,7 @@ def trained_tiny_ce(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int
     shutil.rmtree(tmp, ignore_errors=True)
     ce.save_pretrained(str(tmp))
     (tmp / "lineage.json").write_text(json.dumps(LINEAGE), encoding="utf-8")
-    (tmp / "fusion.json").write_text(
-        json.dumps({"weight": FUSION_WEIGHT, "first_stage": "dense"}), encoding="utf-8"
-    )
-    (tmp / "metrics.json").write_text(json.dumps(METRICS), encoding="utf-8")
+    write_evaluation_of(out, {"weight": FUSION_WEIGHT, "first_stage": "dense"})
     tmp.rename(out)
     return out
 
@@ -113,5 +123,6 @@ def tiny_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
         model_name="tiny-reranker",
         version="t1",
         parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
+        fusion_file=fusion_of(model_dir),
     )
     return out

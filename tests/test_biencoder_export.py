@@ -20,7 +20,7 @@ from _tiny_biencoder import (
     tiny_bi_export,
     trained_tiny_bi,
 )
-from _tiny_reranker import LINEAGE, TINY_INT8_MAX_MRR_DROP, tiny_dev_set
+from _tiny_reranker import LINEAGE, TINY_INT8_MAX_MRR_DROP, fusion_of, tiny_dev_set
 from typer.testing import CliRunner
 
 from hardneg.errors import GateFailedError, HardnegError
@@ -162,7 +162,7 @@ def test_the_int8_gate_ranks_fused_cosines_as_served(bi_dir, tiny_data_dir, tmp_
     first_stage = {q: list(rng.normal(size=len(c))) for q, c in base.candidates.items()}
     dev = DevSet(base.queries, base.docs, base.candidates, base.qrels, "fused", first_stage)
     out = tmp_path / "exp"
-    res = export_model(bi_dir, out, dev, parity_int8_max_mrr_drop=1.0)
+    res = export_model(bi_dir, out, dev, parity_int8_max_mrr_drop=1.0, fusion_file=fusion_of(bi_dir))
     i8 = res.parity["int8"]
     assert i8["ranking"] == f"served fusion (w={BI_FUSION_WEIGHT})"
     for variant, key in (("int8", "mrr@10_int8"), ("fp32", "mrr@10_fp32")):
@@ -173,7 +173,14 @@ def test_the_int8_gate_ranks_fused_cosines_as_served(bi_dir, tiny_data_dir, tmp_
         }
         assert i8[key] == pytest.approx(mrr_at_k(fused, dev))  # exactly what the server ranks
     with pytest.raises(GateFailedError, match="int8 MRR@10 drop"):
-        export_model(bi_dir, tmp_path / "x", dev, parity_int8_max_mrr_drop=-1.0, serve_variant="int8")
+        export_model(
+            bi_dir,
+            tmp_path / "x",
+            dev,
+            parity_int8_max_mrr_drop=-1.0,
+            serve_variant="int8",
+            fusion_file=fusion_of(bi_dir),
+        )
     assert not (tmp_path / "x" / "metadata.json").exists()
 
 
@@ -207,9 +214,11 @@ def test_bad_model_info_and_fusion_are_refused(bi_dir, tmp_path):
     with pytest.raises(HardnegError, match=r"max_length 1000 must be in \[4, 128\]"):
         export_model(bad, tmp_path / "out", None)
     (bad / "hardneg_model.json").write_text('{"kind": "bi-encoder", "max_length": 64}')
-    (bad / "fusion.json").write_text('{"weight": 0.5, "score": "sigmoid"}')
+    (tmp_path / "fusion.json").write_text('{"weight": 0.5, "score": "sigmoid"}')
     with pytest.raises(HardnegError, match="tuned on 'sigmoid' scores"):
-        export_model(bad, tmp_path / "out", None)
+        export_model(bad, tmp_path / "out", None, fusion_file=tmp_path / "fusion.json")
+    with pytest.raises(HardnegError, match="no fusion.json .* run `hardneg evaluate`"):
+        export_model(bad, tmp_path / "out", None, fusion_file=tmp_path / "missing")
     with pytest.raises(HardnegError, match="not a SentenceTransformer"):
         empty = tmp_path / "empty"
         empty.mkdir()
@@ -232,10 +241,20 @@ def test_cli_export_of_a_bi_encoder(bi_dir, tmp_path):
     from hardneg.cli import app
 
     out = tmp_path / "cli-export"
-    res = CliRunner().invoke(app, ["export", "--model-dir", str(bi_dir), "--out", str(out), "--no-dev"])
+    args = ["export", "--model-dir", str(bi_dir), "--out", str(out), "--no-dev"]
+    res = CliRunner().invoke(app, [*args, "--evaluation", str(tmp_path / "no-eval")])
+    text = " ".join(res.output.split())
+    assert (
+        res.exit_code == 1 and "no fusion.json" in text and "hardneg evaluate" in text
+    )  # never silently unfused
+    res = CliRunner().invoke(app, [*args, "--evaluation", str(fusion_of(bi_dir).parent)])
     assert res.exit_code == 0, res.output
     assert "bi-encoder (score: cosine)" in " ".join(res.output.split())
-    assert json.loads((out / "metadata.json").read_text())["kind"] == "bi-encoder"
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["kind"] == "bi-encoder" and meta["fusion"]["weight"] == BI_FUSION_WEIGHT
+    res = CliRunner().invoke(app, [*args, "--no-fusion"])  # explicitly unfused
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "metadata.json").read_text())["fusion"] is None
 
 
 # ------------------------------------------------------------------------------------------------ OnnxReranker
@@ -365,7 +384,6 @@ def test_the_seen_gate_travels_from_fusion_json_to_the_server(bi_dir, tiny_data_
     """evaluate's gate (fusion.json: gate + the training positives' text hashes) is exported into a checksummed
     seen_documents.txt and applied per request: the reranker's best document is a training positive -> weight_high,
     otherwise weight_low."""
-    from hardneg.artifacts import write_checksums
     from hardneg.export import SEEN_FILE, _read_fusion
     from hardneg.fusion import text_sha256
 
@@ -374,26 +392,28 @@ def test_the_seen_gate_travels_from_fusion_json_to_the_server(bi_dir, tiny_data_
     plain = OnnxReranker  # scores to find the reranker's best document
     gate = {"signal": "seen", "threshold": None, "weight_high": 1.0, "weight_low": 0.0}
     fusion = {"weight": 0.5, "first_stage": "bm25", "score": "cosine", "gate": gate}
-    (src / "fusion.json").write_text(json.dumps(fusion))
+    ev = tmp_path / "gated-eval"
+    ev.mkdir()
+    (ev / "fusion.json").write_text(json.dumps(fusion))
     with pytest.raises(HardnegError, match="seen_documents_sha256"):
-        _read_fusion(src, "bi-encoder")
-    (src / "fusion.json").write_text(json.dumps({**fusion, "gate": {**gate, "weight_high": 3}}))
+        _read_fusion(ev, "bi-encoder")
+    (ev / "fusion.json").write_text(json.dumps({**fusion, "gate": {**gate, "weight_high": 3}}))
     with pytest.raises(HardnegError, match="gate must be"):
-        _read_fusion(src, "bi-encoder")
+        _read_fusion(ev, "bi-encoder")
     # the seen set: one document text (which we make the best-scoring one below)
     probe = export_model(bi_dir, tmp_path / "probe", None, model_name="probe")
     cos = plain(probe.out_dir, "fp32", doc_cache_size=0).score(QUERY, DOCS)
     best = int(np.argmax(cos))
-    (src / "fusion.json").write_text(
+    (ev / "fusion.json").write_text(
         json.dumps({**fusion, "seen_documents_sha256": [text_sha256(DOCS[best])]})
     )
-    write_checksums(src)  # a deliberate edit of a trained folder: re-sign it
     res = export_model(
         src,
         tmp_path / "exp",
         tiny_dev_set(tiny_data_dir),
         model_name="gated",
         parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
+        fusion_file=ev / "fusion.json",
     )
     meta = res.metadata
     assert meta["fusion"]["gate"] == gate and meta["fusion"]["seen_documents"] == {

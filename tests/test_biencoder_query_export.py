@@ -307,7 +307,8 @@ def test_cli_export_names_the_document_encoder(query_dir, base_dir, tmp_path):
     from hardneg.cli import app
 
     out = tmp_path / "cli-export"
-    res = CliRunner().invoke(app, ["export", "--model-dir", str(query_dir), "--out", str(out), "--no-dev"])
+    args = ["export", "--model-dir", str(query_dir), "--out", str(out), "--no-dev", "--no-fusion"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "document encoder" in text and "doc_model.int8.onnx" in text

@@ -108,13 +108,34 @@ def test_reduce(record, tmp_path):
     assert json.loads(Path(metrics.path).read_text()) == meta  # written: KFP's local cache needs the file
 
 
+def test_retrieve(record, tmp_path):
+    from components.retrieve import retrieve
+
+    summary = {
+        "name": "hybrid",
+        "bm25_weight": 0.3,
+        "top_k": 100,
+        "queries": {"dev": 20, "test": 30},
+        "splits": {},
+    }
+    calls = record("retrieve_stage", summary)
+    data, reduced, ret, metrics = (Art(tmp_path / n) for n in ("d", "r", "t", "m"))
+    assert (
+        retrieve.python_func(data, reduced, json.dumps(PARAMS), json.dumps(LINEAGE), ret, metrics) == "hybrid"
+    )
+    assert calls[0][0] == (data.path, reduced.path, PARAMS, ret.path)
+    _lineage_was_pinned(calls[0])
+    assert ret.metadata["first_stage"] == "hybrid" and ret.metadata["queries/test"] == 30
+    assert metrics.logged == {"bm25_weight": 0.3, "top_k": 100, "queries/dev": 20, "queries/test": 30}
+
+
 def test_mine(record, tmp_path):
     from components.mine import mine
 
     calls = record("mine_stage", {"policy": "hybrid", "pairs": 7, "negatives_per_pair_mean": 2.5})
-    data, reduced, neg, metrics = (Art(tmp_path / n) for n in ("d", "r", "n", "m"))
-    assert mine.python_func(data, reduced, json.dumps(PARAMS), json.dumps(LINEAGE), neg, metrics) == 7
-    assert calls[0][0] == (data.path, reduced.path, PARAMS, neg.path)
+    data, reduced, ret, neg, metrics = (Art(tmp_path / n) for n in ("d", "r", "t", "n", "m"))
+    assert mine.python_func(data, reduced, ret, json.dumps(PARAMS), json.dumps(LINEAGE), neg, metrics) == 7
+    assert calls[0][0] == (data.path, reduced.path, ret.path, PARAMS, neg.path)
     _lineage_was_pinned(calls[0])
     assert neg.metadata["policy"] == "hybrid" and neg.metadata["git_commit"] == "feedface"
     assert metrics.logged == {"pairs": 7, "negatives_per_pair_mean": 2.5}
@@ -124,11 +145,9 @@ def test_train(record, tmp_path):
     from components.train import train
 
     calls = record("train_stage", {"steps": 10, "best_dev_mrr@10": 0.5, "best_step": 6})
-    data, reduced, neg, model, metrics = (Art(tmp_path / n) for n in ("d", "r", "n", "mo", "me"))
-    assert (
-        train.python_func(data, reduced, neg, json.dumps(PARAMS), json.dumps(LINEAGE), model, metrics) == 0.5
-    )
-    assert calls[0][0] == (data.path, reduced.path, neg.path, PARAMS, model.path)
+    data, ret, neg, model, metrics = (Art(tmp_path / n) for n in ("d", "t", "n", "mo", "me"))
+    assert train.python_func(data, ret, neg, json.dumps(PARAMS), json.dumps(LINEAGE), model, metrics) == 0.5
+    assert calls[0][0] == (data.path, ret.path, neg.path, PARAMS, model.path)
     _lineage_was_pinned(calls[0])
     assert model.metadata["best_step"] == 6 and model.metadata["data_version"] == "abc123.dir"
 
@@ -139,14 +158,12 @@ def test_evaluate_returns_the_gate(record, tmp_path, gate):
 
     summary = {"gate_passed": gate, "served_mrr@10": 0.6, "first_stage_mrr@10": 0.59}
     calls = record("evaluate_stage", summary)
-    data, reduced, model, metrics, report = (Art(tmp_path / n) for n in ("d", "r", "mo", "me", "rep"))
-    assert (
-        evaluate.python_func(data, reduced, model, json.dumps(PARAMS), json.dumps(LINEAGE), metrics, report)
-        is gate
-    )
+    names = ("d", "t", "mo", "ev", "me", "rep")
+    data, ret, model, evaluation, metrics, report = (Art(tmp_path / n) for n in names)
+    pj, lj = json.dumps(PARAMS), json.dumps(LINEAGE)
+    assert evaluate.python_func(data, ret, model, pj, lj, evaluation, metrics, report) is gate
     args = calls[0][0]
-    assert args[:4] == (data.path, reduced.path, model.path, PARAMS)
-    assert args[4] == str(tmp_path / "evaluation")  # next to the metrics file
+    assert args == (data.path, ret.path, model.path, PARAMS, evaluation.path)  # its own output artifact
     _lineage_was_pinned(calls[0])
     assert "gate_passed" not in metrics.logged and metrics.logged["served_mrr@10"] == 0.6
     assert "0.6" in Path(report.path).read_text()
@@ -158,14 +175,14 @@ def test_export_then_evaluates_what_it_exported(record, tmp_path):
     parity = {"passed": True, "served_variant": {"policy": "auto", "served": "int8"}}
     exp_calls = record("export_stage", {"export_dir": str(tmp_path / "o"), "parity": parity})
     served_calls = record("served_evaluation_stage", {"variant": "int8", "fusion/mrr@10": 0.64})
-    data, reduced, model, onnx, served = (Art(tmp_path / n) for n in ("d", "r", "mo", "o", "s"))
-    out = export_onnx.python_func(
-        data, reduced, model, json.dumps(PARAMS), json.dumps(LINEAGE), "v7", onnx, served
-    )
+    names = ("d", "t", "mo", "ev", "o", "se", "s")
+    data, ret, model, evaluation, onnx, served_eval, served = (Art(tmp_path / n) for n in names)
+    pj, lj = json.dumps(PARAMS), json.dumps(LINEAGE)
+    out = export_onnx.python_func(data, ret, model, evaluation, pj, lj, "v7", onnx, served_eval, served)
     assert out == str(tmp_path / "o")
-    assert exp_calls[0][0] == (data.path, reduced.path, model.path, PARAMS, onnx.path)
+    assert exp_calls[0][0] == (data.path, ret.path, model.path, evaluation.path, PARAMS, onnx.path)
     assert exp_calls[0][1] == {"version": "v7"}
-    assert served_calls[0][0][:4] == (data.path, reduced.path, onnx.path, PARAMS)
+    assert served_calls[0][0] == (data.path, ret.path, onnx.path, PARAMS, served_eval.path)
     _lineage_was_pinned(exp_calls[0])
     assert onnx.metadata == {**LINEAGE, "version": "v7", "parity": parity}
     assert served.logged == {"fusion/mrr@10": 0.64}

@@ -59,6 +59,13 @@ RESULTS = {
         "n_queries": 1,
         "seconds": 0.1,
     },
+    "retrieve_stage": {
+        "name": "hybrid",
+        "bm25_weight": 0.3,
+        "top_k": 100,
+        "queries": {"dev": 2, "test": 2},
+        "splits": {"carved": False},
+    },
     "mine_stage": {"policy": "paper", "split": "train", "pairs": 3, "pairs_without_negative": 0},
     "train_stage": {"kind": "bi-encoder", "steps": 2, "best_dev_mrr@10": 0.5},
     "evaluate_stage": {"gate_passed": True, "first_stage": "hybrid"},
@@ -105,8 +112,8 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
     pfile.write_text(yaml.safe_dump({"train": {"max_steps": 3}, "mine": {"policy": "paper"}}))
     params = load_params(pfile)
     pj, lj = json.dumps(params), json.dumps(LINEAGE)
-    data, red, emb, neg, model, ev, exp = (
-        tmp_path / n for n in ("data", "red", "emb", "neg", "model", "eval", "export")
+    data, red, emb, ret, neg, model, ev, exp = (
+        tmp_path / n for n in ("data", "red", "emb", "ret", "neg", "model", "eval", "export")
     )
     (data / "qrels").mkdir(parents=True)
     (model / "config.json").parent.mkdir()
@@ -115,13 +122,25 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
         ["validate", str(data)],
         ["embed", "--data-dir", str(data), "--out", str(emb), "--no-progress"],
         ["reduce", "--emb-dir", str(emb), "--out", str(red)],
-        ["mine", "--data-dir", str(data), "--reduced-dir", str(red), "--out", str(neg), "--no-progress"],
+        ["retrieve", "--data-dir", str(data), "--reduced-dir", str(red), "--out", str(ret)],
         [
-            "train",
+            "mine",
             "--data-dir",
             str(data),
             "--reduced-dir",
             str(red),
+            "--retrieved-dir",
+            str(ret),
+            "--out",
+            str(neg),
+            "--no-progress",
+        ],
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            "--retrieved-dir",
+            str(ret),
             "--negatives",
             str(neg),
             "--out",
@@ -131,8 +150,8 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
             "evaluate",
             "--data-dir",
             str(data),
-            "--reduced-dir",
-            str(red),
+            "--retrieved-dir",
+            str(ret),
             "--model-dir",
             str(model),
             "--out",
@@ -142,10 +161,12 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
             "export",
             "--data-dir",
             str(data),
-            "--reduced-dir",
-            str(red),
+            "--retrieved-dir",
+            str(ret),
             "--model-dir",
             str(model),
+            "--evaluation",
+            str(ev),
             "--out",
             str(exp),
         ],
@@ -161,6 +182,7 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
     from components.export import export_onnx
     from components.mine import mine
     from components.reduce import reduce
+    from components.retrieve import retrieve
     from components.train import train
     from components.validate import validate_data
 
@@ -168,23 +190,24 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
     validate_data.python_func(A(data), pj, lj, A(tmp_path / "report.md"))
     embed.python_func(A(data), pj, lj, {"model": {"name": "m"}, "shard": 0, "num_shards": 1}, A(emb))
     reduce.python_func([A(emb)], pj, lj, A(red), A(tmp_path / "m1"))
-    mine.python_func(A(data), A(red), pj, lj, A(neg), A(tmp_path / "m2"))
-    train.python_func(A(data), A(red), A(neg), pj, lj, A(model), A(tmp_path / "m3"))
-    (tmp_path / "m4").mkdir()
-    evaluate.python_func(
-        A(data), A(red), A(model), pj, lj, A(tmp_path / "m4" / "metrics"), A(tmp_path / "r4")
-    )
+    retrieve.python_func(A(data), A(red), pj, lj, A(ret), A(tmp_path / "m1b"))
+    mine.python_func(A(data), A(red), A(ret), pj, lj, A(neg), A(tmp_path / "m2"))
+    train.python_func(A(data), A(ret), A(neg), pj, lj, A(model), A(tmp_path / "m3"))
+    evaluate.python_func(A(data), A(ret), A(model), pj, lj, A(ev), A(tmp_path / "m4"), A(tmp_path / "r4"))
     monkeypatch.setattr(stages, "served_evaluation_stage", lambda *a, **k: {})
-    export_onnx.python_func(A(data), A(red), A(model), pj, lj, "v1", A(exp), A(tmp_path / "m5"))
+    export_onnx.python_func(
+        A(data), A(ret), A(model), A(ev), pj, lj, "v1", A(exp), A(tmp_path / "s5"), A(tmp_path / "m5")
+    )
 
     compared = {
         "validate_stage": ("data_dir", "params"),
         "embed_stage": ("data_dir", "params", "out_dir"),
         "reduce_stage": ("emb_dirs", "params", "out_dir"),
-        "mine_stage": ("data_dir", "reduced_dir", "params", "out_dir"),
-        "train_stage": ("data_dir", "reduced_dir", "mined_dir", "params", "out_dir"),
-        "evaluate_stage": ("data_dir", "reduced_dir", "model_dir", "params"),
-        "export_stage": ("data_dir", "reduced_dir", "model_dir", "params", "out_dir"),
+        "retrieve_stage": ("data_dir", "reduced_dir", "params", "out_dir"),
+        "mine_stage": ("data_dir", "reduced_dir", "retrieved_dir", "params", "out_dir"),
+        "train_stage": ("data_dir", "retrieved_dir", "mined_dir", "params", "out_dir"),
+        "evaluate_stage": ("data_dir", "retrieved_dir", "model_dir", "params", "out_dir"),
+        "export_stage": ("data_dir", "retrieved_dir", "model_dir", "evaluation_dir", "params", "out_dir"),
     }
     for name, names in compared.items():
         assert len(recorders[name]) == 2, name  # once by the CLI, once by the component

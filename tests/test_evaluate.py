@@ -179,10 +179,9 @@ def test_evaluate_reranker_end_to_end_with_an_oracle(tiny_data_dir, tmp_path):
     assert sysm["rerank"]["mrr@10"] >= sysm["first_stage"]["mrr@10"]
     assert ev.metrics["fusion_weight"] > 0.0
     assert set(ev.per_query) == {"first_stage", "bm25_again", "rerank", "fusion"}
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    write_evaluation(ev, tmp_path / "eval", model_dir=model_dir)
-    fusion = json.loads((model_dir / "fusion.json").read_text())
+    write_evaluation(ev, tmp_path / "eval")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # nothing written beside its own folder
+    fusion = json.loads((tmp_path / "eval" / "fusion.json").read_text())
     assert fusion["weight"] == ev.metrics["fusion_weight"] and fusion["score"] == "sigmoid"
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["systems"]["fusion"] == sysm["fusion"]
     pq = json.loads((tmp_path / "eval" / "per_query.json").read_text())

@@ -14,6 +14,7 @@ from _tiny_reranker import (
     LINEAGE,
     METRICS,
     TINY_INT8_MAX_MRR_DROP,
+    fusion_of,
     tiny_dev_set,
     tiny_export,
     trained_tiny_ce,
@@ -288,10 +289,10 @@ def test_export_refuses_bad_inputs_fast(tmp_path, trained_dir):
         export_model(trained_dir, busy)
     assert (busy / "notes.txt").read_text() == "mine"
     bad = tmp_path / "bad-fusion"
-    shutil.copytree(trained_dir, bad)
+    bad.mkdir()
     (bad / "fusion.json").write_text('{"weight": 3}')
     with pytest.raises(HardnegError, match="fusion.json"):
-        export_model(bad, tmp_path / "out2")
+        export_model(trained_dir, tmp_path / "out2", fusion_file=bad)
 
 
 def test_dev_set_from_a_run_takes_the_top_depth_candidates(tiny_data_dir, tmp_path):
@@ -340,14 +341,16 @@ def test_cli_export(trained_dir, tiny_data_dir, tiny_model_dir, tmp_path):
         )
     )
     base = ["--config", str(cfg)]
-    emb, red = tmp_path / "emb", tmp_path / "red"
+    emb, red, ret = tmp_path / "emb", tmp_path / "red", tmp_path / "ret"
     for args in (
         ["embed", "--data-dir", str(tiny_data_dir), "--out", str(emb), "--no-progress"],
         ["reduce", "--emb-dir", str(emb), "--out", str(red)],
+        ["retrieve", "--data-dir", str(tiny_data_dir), "--reduced-dir", str(red), "--out", str(ret)],
     ):
         res = CliRunner().invoke(app, [*base, *args])
         assert res.exit_code == 0, res.output
-    args = ["export", "--model-dir", str(trained_dir), "--out", str(out), "--reduced-dir", str(red)]
+    args = ["export", "--model-dir", str(trained_dir), "--out", str(out), "--retrieved-dir", str(ret)]
+    args += ["--evaluation", str(fusion_of(trained_dir).parent)]
     res = CliRunner().invoke(app, [*base, *args, "--data-dir", str(tiny_data_dir), "--version", "cli1"])
     assert res.exit_code == 0, res.output
     assert "int8 MRR@10 drop" in res.output
@@ -359,7 +362,7 @@ def test_cli_export(trained_dir, tiny_data_dir, tiny_model_dir, tmp_path):
         and parity["int8"]["dev"]["pairs"] <= 10 * parity["int8"]["dev"]["queries"]
     )
     res = CliRunner().invoke(
-        app, ["export", "--model-dir", str(tmp_path / "nope"), "--out", str(out), "--no-dev"]
+        app, ["export", "--model-dir", str(tmp_path / "nope"), "--out", str(out), "--no-dev", "--no-fusion"]
     )
     text = " ".join(res.output.split())  # rich wraps long lines
     assert res.exit_code == 1 and "not a CrossEncoder folder" in text and "Traceback" not in text

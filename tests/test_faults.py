@@ -15,12 +15,12 @@ from hardneg.errors import ArtifactError, DataFormatError
 
 pytestmark = pytest.mark.e2e
 
-FAST_STAGES = ("embed", "reduce", "mine")
+FAST_STAGES = ("embed", "reduce", "retrieve", "mine")
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir):
-    """A tiny project with two uninterrupted (identical) runs of embed, reduce and mine."""
+    """A tiny project with two uninterrupted (identical) runs of embed, reduce, retrieve and mine."""
     work = tmp_path_factory.mktemp("faults")
     root = F.make_project(work / "reference", tiny_model_dir)
     return work, root, F.reference(root, list(FAST_STAGES), repeats=1)  # determinism: the benchmark's 2 runs

@@ -453,6 +453,12 @@ def test_cli_embed_reduce_mine_on_fixture(tmp_path, tiny_data_dir, tiny_model_di
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*base, "reduce", "--emb-dir", str(emb), "--out", str(red)])
     assert r.exit_code == 0, r.output
+    ret = tmp_path / "retrieved"
+    r = runner.invoke(
+        app,
+        [*base, "retrieve", "--data-dir", str(tiny_data_dir), "--reduced-dir", str(red), "--out", str(ret)],
+    )
+    assert r.exit_code == 0, r.output
     red_stats = json.loads((red / "reduce.json").read_text())
     assert red_stats["input_dim"] == 64 and red_stats["explained_variance_kept"] >= 0.9
     assert red_stats["n_components"] < 64
@@ -465,6 +471,8 @@ def test_cli_embed_reduce_mine_on_fixture(tmp_path, tiny_data_dir, tiny_model_di
                 "mine",
                 "--reduced-dir",
                 str(red),
+                "--retrieved-dir",
+                str(ret),
                 "--out",
                 str(out),
                 "--policy",
@@ -496,6 +504,8 @@ def test_cli_embed_reduce_mine_on_fixture(tmp_path, tiny_data_dir, tiny_model_di
             "mine",
             "--reduced-dir",
             str(red),
+            "--retrieved-dir",
+            str(ret),
             "--out",
             str(mined / "x"),
             "--policy",

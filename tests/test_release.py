@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -298,7 +299,7 @@ def test_a_patch_that_no_longer_applies_fails_the_release(tmp_path, settings):
     env = doc["spec"]["predictor"]["containers"][0]["env"]
     env.insert(0, env.pop(1))  # STORAGE_URI no longer first: the JSON-patch test op must stop the build
     base.write_text(yaml.safe_dump(doc))
-    settings.k8s_dir = k8s
+    settings = dataclasses.replace(settings, k8s_dir=k8s)
     with pytest.raises(HardnegError, match="kustomize"):
         release(version="1.0.0", model_dir=_export(tmp_path, "m1", _lineage(1)), settings=settings)
     assert load_history(settings.releases_dir) == []
