@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hardneg.model_card import CARD_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = ("sigkill-early", "sigkill-late", "disk-full", "concurrent-twin")
 FSIZE_LIMIT = 64  # bytes: any bigger file write fails with EFBIG (a full disk, as the stage sees it)
@@ -111,7 +113,7 @@ STAGES: dict[str, Stage] = {
                 "model",
             ],
             "model",
-            ("*.safetensors", "hardneg_model.json"),
+            ("*.safetensors", CARD_FILE),
             ("ret", "mined", "cache"),
         ),
         Stage(

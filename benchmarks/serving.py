@@ -144,16 +144,14 @@ def find_export(args: argparse.Namespace) -> Path | None:
 
 def export_base_model(work: Path) -> Path:
     """all-MiniLM-L6-v2 (offline weights) exported as a bi-encoder (``tune: both``), when no export is around."""
-    from hardneg.export import MODEL_INFO_FILE, export_model
+    from hardneg.export import export_model
+    from hardneg.model_card import ModelCard, write_card
     from hardneg.models import resolve_model
 
     src = work / "minilm-bi"
     if not src.exists():
         shutil.copytree(resolve_model(MODEL).path, src)
-        (src / MODEL_INFO_FILE).write_text(
-            json.dumps({"kind": "bi-encoder", "base_model": MODEL, "tune": "both", "max_length": 256}),
-            encoding="utf-8",
-        )
+        write_card(src, ModelCard.bi_encoder(256, MODEL, "both"))
     out = work / "export-base"
     export_model(src, out, None, model_name=SERVED_NAME)
     return out

@@ -33,12 +33,11 @@ log = logging.getLogger(__name__)
 CHECKSUMS_FILE = "checksums.sha256"
 # the on-disk names every module shares (one definition each)
 NEGATIVES_FILE = "negatives.jsonl"  # hardneg mine: one row per (query, positive)
-KIND_FILE = (
-    "hardneg_model.json"  # hardneg train: the reranker kind (bi-encoder | cross-encoder) and how to load it
-)
 TRAIN_METRICS_FILE = "train_metrics.json"  # hardneg train: steps, curves, config
 METRICS_FILE = "metrics.json"  # hardneg evaluate
 FUSION_FILE = "fusion.json"  # hardneg evaluate -> the model folder: the served fusion weight (chosen on dev)
+METADATA_FILE = "metadata.json"  # hardneg export: what the server needs, lineage, sha256 of every other file
+# (the model card, hardneg_model.json, is hardneg.model_card.CARD_FILE: that module owns the folder's contract)
 
 Run = dict[str, dict[str, float]]  # a ranking: {query_id: {doc_id: score}}
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}

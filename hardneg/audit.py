@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from hardneg.artifacts import NEGATIVES_FILE
+from hardneg.artifacts import METADATA_FILE, NEGATIVES_FILE
 from hardneg.errors import HardnegError
 from hardneg.k8s_validate import ISVC_KIND
 from hardneg.lineage import LINEAGE_FILE, Lineage, data_version, find_repo_root, read_lineage, sha256_file
@@ -24,7 +24,6 @@ from hardneg.release import (
     LABEL_MODEL_VERSION,
     LINEAGE_ANNOTATIONS,
     MANIFESTS_FILE,
-    METADATA_FILE,
     _with_metrics,
     compact_json,
 )

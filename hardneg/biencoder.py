@@ -17,8 +17,8 @@ is only a safety net and is recorded as ``stopped_by: time_cap`` when it binds).
 
 Only the ``train_split`` qrels are read (and the ``dev`` split for checkpoint selection when ``eval_every`` is set).
 
-Output: a SentenceTransformer folder + ``hardneg_model.json`` (``{"kind": "bi-encoder", ...}``) + ``lineage.json`` +
-``train_metrics.json``.
+Output: a SentenceTransformer folder + its model card (``hardneg_model.json``, :mod:`hardneg.model_card`) +
+``lineage.json`` + ``train_metrics.json``.
 """
 
 from __future__ import annotations
@@ -36,14 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.artifacts import KIND_FILE, TRAIN_METRICS_FILE
+from hardneg.artifacts import TRAIN_METRICS_FILE
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import use_bf16
+from hardneg.model_card import TUNE_MODES, ModelCard, write_card
 
 log = logging.getLogger(__name__)
-
-KINDS = ("bi-encoder", "cross-encoder")
-TUNE_MODES = ("query", "both")
 
 
 @dataclass(frozen=True)
@@ -118,17 +116,6 @@ class BiEncoderConfig:
                 f"negatives_per_query >= 0 (got {cfg.max_steps}, {cfg.queries_per_step}, {cfg.negatives_per_query})"
             )
         return cfg
-
-
-def model_kind(model_dir: str | os.PathLike) -> str:
-    """``bi-encoder`` or ``cross-encoder`` (a folder without ``hardneg_model.json`` is a cross-encoder)."""
-    p = Path(model_dir) / KIND_FILE
-    if not p.exists():
-        return "cross-encoder"
-    kind = str(json.loads(p.read_text(encoding="utf-8")).get("kind", "cross-encoder"))
-    if kind not in KINDS:
-        raise HardnegError(f"{p}: unknown model kind '{kind}' (use one of {list(KINDS)})")
-    return kind
 
 
 # -------------------------------------------------------------------------------------------------- encoding
@@ -613,21 +600,8 @@ def train_biencoder(
 
     with staged_output(out_dir, "hardneg train") as out:  # published (with checksums) when complete
         model.save(str(out))
-        (out / KIND_FILE).write_text(
-            json.dumps(
-                {
-                    "kind": "bi-encoder",
-                    "max_length": cfg.max_length,
-                    "base_model": cfg.base_model,
-                    "tune": cfg.tune,
-                    # tune: query -> documents are embedded by the base model (the export ships it as a second graph)
-                    "document_encoder": cfg.base_model if cfg.tune == "query" else "self",
-                },
-                indent=2,
-            )
-            + "\n",
-            encoding="utf-8",
-        )
+        # tune: query -> documents are embedded by the base model (the export ships it as a second graph)
+        write_card(out, ModelCard.bi_encoder(cfg.max_length, cfg.base_model, cfg.tune))
         lin = current_lineage(None)
         if params_for_hash is not None:
             lin.params_hash = params_hash(dict(params_for_hash), ["train"])

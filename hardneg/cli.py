@@ -582,7 +582,7 @@ def export_cmd(
     """ONNX fp32 + int8 export with parity gates (fp32 vs PyTorch scores or cosines; int8 MRR@10 on the served first
     stage's dev candidates, as the pipeline does), serving the fusion `hardneg evaluate` chose (--evaluation);
     writes metadata.json: the `export` stage (hardneg.stages.export_stage). The kind (cross-encoder | bi-encoder)
-    comes from the folder's hardneg_model.json."""
+    comes from the folder's model card (hardneg_model.json, hardneg.model_card.read_card)."""
     from hardneg.stages import export_stage
 
     params = get_params()

@@ -1,8 +1,7 @@
 """ONNX export of a trained reranker folder (cross-encoder or bi-encoder), with an int8 variant and parity gates.
 
-The folder's kind comes from ``hardneg_model.json`` (``{"kind": "bi-encoder" | "cross-encoder", "max_length": n,
-"base_model": ..., "tune": "query" | "both", "document_encoder": "self" | <base model>}``; a folder without it is a
-cross-encoder). ``export_model(model_dir, out_dir, dev_set=...)`` writes::
+The folder's kind comes from its model card (``hardneg_model.json``, read by :func:`hardneg.model_card.read_card`;
+a folder without one is refused). ``export_model(model_dir, out_dir, dev_set=...)`` writes::
 
     out_dir/model.onnx          fp32, opset 17, dynamic [batch, sequence] inputs (input_ids, attention_mask
                                 [, token_type_ids]); outputs: cross-encoder score (sigmoid) + logits; bi-encoder
@@ -16,6 +15,9 @@ cross-encoder). ``export_model(model_dir, out_dir, dev_set=...)`` writes::
     out_dir/metadata.json       kind, score (sigmoid | cosine), model name, version, lineage, fusion weight, metrics,
                                 max_length, sha256 of every other file; written only when every gate passes (no
                                 metadata.json = not servable)
+
+Nothing shipped names a path of the machine that built it: models are recorded by the name params gave them (a
+folder given by its absolute path: by the folder's name) and their fingerprint (:func:`hardneg.lineage.sha256_dir`).
 
 Gates (params ``export``): fp32 max |ONNX score - PyTorch score| over a sample of real pairs <=
 ``parity_fp32_max_abs`` (cross-encoder: CrossEncoder.predict; bi-encoder: the cosine of SentenceTransformer.encode
@@ -45,23 +47,26 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.artifacts import FUSION_FILE, METRICS_FILE
+from hardneg.artifacts import FUSION_FILE, METADATA_FILE, METRICS_FILE
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.lineage import LINEAGE_FILE, Lineage, current_lineage, read_lineage, sha256_dir, sha256_file
-from hardneg.rerank import (
+from hardneg.model_card import (
     BI_ENCODER,
+    CARD_FILE,
     CROSS_ENCODER,
+    KIND_SCORES,
+    SELF_ENCODER,
+    ModelCard,
+    read_card,
+)
+from hardneg.rerank import (
     DOC_TOKENIZER_CONFIG_FILE,
     DOC_TOKENIZER_FILE,
     DOC_VARIANT_FILES,
     EMBEDDING_OUTPUT,
-    KIND_SCORES,
-    KINDS,
-    METADATA_FILE,
     ONNXRUNTIME,
     OPENVINO,
     PARITY_FILE,
-    SELF_ENCODER,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     VARIANT_FILES,
@@ -73,8 +78,6 @@ from hardneg.rerank import (
 
 log = logging.getLogger(__name__)
 
-MODEL_INFO_FILE = "hardneg_model.json"  # {"kind", "max_length", "base_model", "tune", "document_encoder"}
-TUNE_MODES = ("query", "both")  # bi-encoder: query tower only (documents keep the base model) | both towers
 ONNX_OUTPUTS = ("score", "logits")
 METADATA_FORMAT = 1
 
@@ -191,7 +194,7 @@ class DevSet:
             candidates=candidates,
             qrels={q: dict(qrels[q]) for q in candidates},
             first_stage=first_stage,
-            source=f"{root}:{split}:{'run' if run is not None else 'positives+random'}:depth{depth}",
+            source=f"{portable_name(root)}:{split}:{'run' if run is not None else 'positives+random'}:depth{depth}",
         )
 
 
@@ -322,46 +325,16 @@ def _ship_seen_documents(fusion: dict[str, Any] | None, staging: Path) -> dict[s
     return fusion
 
 
-def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """``hardneg_model.json`` of a trained model folder, with ``kind`` always set: a folder without the file is a
-    cross-encoder (folders trained before kinds existed)."""
-    p = Path(model_dir) / MODEL_INFO_FILE
-    info = _read_json(p) if p.exists() else {}
-    if not isinstance(info, dict):
-        raise HardnegError(f'{p}: expected an object {{"kind": ..., "max_length": ...}}, got {info!r}')
-    kind = info.get("kind", CROSS_ENCODER)
-    if kind not in KINDS:
-        raise HardnegError(f"{p}: unknown model kind {kind!r}; expected one of {list(KINDS)}")
-    ml = info.get("max_length")
-    if ml is not None and (not isinstance(ml, int) or isinstance(ml, bool) or ml < 4):
-        raise HardnegError(f"{p}: max_length must be an integer >= 4, got {ml!r}")
-    tune, doc = info.get("tune"), info.get("document_encoder")
-    if tune is not None and tune not in TUNE_MODES:
-        raise HardnegError(f"{p}: tune must be one of {list(TUNE_MODES)}, got {tune!r}")
-    if doc is not None and (not isinstance(doc, str) or not doc.strip()):
-        raise HardnegError(f'{p}: document_encoder must be "self" or a model name/folder, got {doc!r}')
-    if tune == "query" and doc == SELF_ENCODER:
-        raise HardnegError(
-            f'{p}: tune "query" keeps the documents\' base-model vectors: document_encoder cannot be "self"'
-        )
-    return info | {"kind": kind}
-
-
-def document_encoder_of(info: dict[str, Any]) -> str:
-    """The bi-encoder's document encoder as ``hardneg_model.json`` records it: ``"self"`` (absent: self), or the base
-    model of a ``tune: query`` bi-encoder (``document_encoder``, else ``base_model``)."""
-    doc = info.get("document_encoder")
-    if doc is None and info.get("tune") == "query":
-        doc = info.get("base_model")
-        if not doc:
-            raise HardnegError(
-                'tune "query" without a document_encoder or base_model: nothing embeds the documents'
-            )
-    return str(doc) if doc is not None else SELF_ENCODER
+def portable_name(name: str | os.PathLike) -> str:
+    """A model or data name as shipped artifacts record it: registry names, HF ids and relative folders as given,
+    an absolute folder (a path of the machine that built it) by its last component (the fingerprint beside it says
+    which model it was)."""
+    p = Path(name).expanduser()
+    return p.name if p.is_absolute() else str(name)
 
 
 def _document_encoder_dir(src: Path, name: str) -> Path:
-    """The local folder of a document encoder named in ``hardneg_model.json``: a folder (absolute, relative to the
+    """The local folder of a document encoder named in the model card: a folder (absolute, relative to the
     working directory, or to the model folder), a registry name (:func:`hardneg.models.resolve_model`), or a Hugging
     Face id already in the local cache."""
     from hardneg.errors import ModelNotFoundError
@@ -373,7 +346,7 @@ def _document_encoder_dir(src: Path, name: str) -> Path:
     try:
         resolved = resolve_model(name)
     except ModelNotFoundError as e:
-        raise HardnegError(f"{src / MODEL_INFO_FILE}: document_encoder {name!r}: {e}") from None
+        raise HardnegError(f"{src / CARD_FILE}: document_encoder {name!r}: {e}") from None
     if resolved.backend == "torch" and Path(resolved.path).is_dir():
         return Path(resolved.path)
     if resolved.backend == "torch":  # an HF id: only if it is in the local cache (exports run offline)
@@ -384,7 +357,7 @@ def _document_encoder_dir(src: Path, name: str) -> Path:
         except Exception:  # noqa: BLE001 - not cached / no hub library: reported below
             pass
     raise HardnegError(
-        f"{src / MODEL_INFO_FILE}: document_encoder {name!r} is not a local SentenceTransformer folder "
+        f"{src / CARD_FILE}: document_encoder {name!r} is not a local SentenceTransformer folder "
         f"(resolved to {resolved.path}, backend {resolved.backend}): the export ships it as the document graph"
     )
 
@@ -516,7 +489,7 @@ def _export_bi_encoder_fp32(st: Any, path: Path, opset: int) -> list[str]:
     return names
 
 
-def _load_bi_encoder(src: Path, info: dict[str, Any]) -> tuple[Any, int]:
+def _load_bi_encoder(src: Path, max_length: int | None) -> tuple[Any, int]:
     """The SentenceTransformer in ``src`` and the served max_length; refuses what the graph cannot reproduce."""
     from sentence_transformers import SentenceTransformer
 
@@ -538,7 +511,7 @@ def _load_bi_encoder(src: Path, info: dict[str, Any]) -> tuple[Any, int]:
     prompts = {k: v for k, v in (st.prompts or {}).items() if v}
     if prompts or st.default_prompt_name:
         raise HardnegError(f"{src}: prompts {prompts} are not supported: the server embeds the raw texts")
-    max_length = int(info.get("max_length") or st.max_seq_length or 0)
+    max_length = int(max_length or st.max_seq_length or 0)
     limit = int(getattr(st[0].auto_model.config, "max_position_embeddings", max_length) or max_length)
     if not 4 <= max_length <= limit:
         raise HardnegError(f"{src}: max_length {max_length} must be in [4, {limit}] (the model's positions)")
@@ -564,7 +537,7 @@ class _Graph:
     embedding_check: Callable[[Path, Sequence[tuple[str, str]]], dict[str, Any]] | None = None
 
 
-def _cross_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, Any]) -> _Graph:
+def _cross_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -> _Graph:
     from sentence_transformers import CrossEncoder
 
     ce = CrossEncoder(str(src), device="cpu")
@@ -622,7 +595,7 @@ def _document_graph(
     loaded SentenceTransformer and the ``document_graph`` metadata."""
     doc_dir = _document_encoder_dir(src, doc_name)
     _check_source(doc_dir, BI_ENCODER)
-    doc_st, _ = _load_bi_encoder(doc_dir, {"max_length": max_length})
+    doc_st, _ = _load_bi_encoder(doc_dir, max_length)
     if _st_dim(doc_st) != dim:
         raise HardnegError(
             f"{src}: the document encoder {doc_name!r} ({doc_dir}) embeds in {_st_dim(doc_st)} dimensions, "
@@ -645,19 +618,19 @@ def _document_graph(
         "variants": dict(DOC_VARIANT_FILES),
         "tokenizer": doc_tok,
         "tokenizer_config": doc_cfg,
-        "model_dir": str(doc_dir.resolve()),
+        "model": portable_name(doc_name),  # as the card names it (not the folder it resolved to here)
         "model_fingerprint": sha256_dir(doc_dir),
     }
 
 
-def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, Any]) -> _Graph:
+def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -> _Graph:
     """The query model's embedding graph, plus, for a ``tune: query`` bi-encoder, its document encoder's (the base
     model, whose vectors training kept fixed) as a second graph with the same code and max_length."""
     root = fp32_path.parent
-    st, max_length = _load_bi_encoder(src, info)
+    st, max_length = _load_bi_encoder(src, card.max_length)
     inputs = _export_bi_encoder_fp32(st, fp32_path, opset)
     dim = _st_dim(st)
-    doc_name = document_encoder_of(info)
+    doc_name = str(card.document_encoder)
     copies = _tokenizer_copies(src, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)
     graphs = {"model": dict(VARIANT_FILES)}
     doc_st: Any = None
@@ -712,9 +685,9 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, info: dict[str, An
             "pooling": "mean",
             "normalize": "l2 (in the graph)",
             "embedding_dim": dim,
-            "base_model": info.get("base_model"),
-            "tune": info.get("tune") or ("both" if doc_meta is None else "query"),
-            "document_encoder": doc_name,
+            "base_model": None if card.base_model is None else portable_name(card.base_model),
+            "tune": card.tune,
+            "document_encoder": portable_name(doc_name),
         }
         | ({"document_graph": doc_meta} if doc_meta is not None else {}),
         copies,
@@ -971,7 +944,7 @@ def _metadata(
             "method": "torch.onnx.export(dynamo=False)",
             "int8": {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8", **INT8_OPTIONS},
         },
-        "source": {"model_dir": source["model_dir"], "model_fingerprint": source["fingerprint"]},
+        "source": {"model": source["model"], "model_fingerprint": source["fingerprint"]},
         "lineage": source["lineage"],
         "fusion": source["fusion"],
         "metrics": source["metrics"],
@@ -1044,10 +1017,13 @@ def _source_info(
         lineage = current_lineage(params)
         lineage.extra["note"] = f"source model had no {LINEAGE_FILE}"
     fingerprint = sha256_dir(src)
+    lineage = lineage.derive(model_fingerprint=fingerprint)
+    # the trainer records base_model as params named it: a folder's absolute path stays on the machine that built it
+    lineage.inputs = {k: portable_name(v) if isinstance(v, str) else v for k, v in lineage.inputs.items()}
     return {
-        "model_dir": str(src.resolve()),
+        "model": src.resolve().name,  # the trained folder's name; its fingerprint says which model it was
         "fingerprint": fingerprint,
-        "lineage": lineage.derive(model_fingerprint=fingerprint).to_dict(),
+        "lineage": lineage.to_dict(),
         "fusion": _read_fusion(fusion_file, kind) if fusion_file is not None else None,
         "metrics": _evaluation_metrics(fusion_file),
     }
@@ -1123,7 +1099,7 @@ def export_model(
     fusion_file: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export ``model_dir`` (a trained model folder: a CrossEncoder, or a bi-encoder SentenceTransformer with
-    ``hardneg_model.json`` ``{"kind": "bi-encoder"}``) to ``out_dir``; see the module docstring.
+    a model card of kind ``bi-encoder``) to ``out_dir``; see the module docstring.
 
     ``fusion_file``: the evaluate stage's ``fusion.json`` or its folder (weight, gate, depth chosen on dev), shipped
     in the metadata and applied by the server; it must exist when given. None: no fusion (reranker scores only).
@@ -1140,8 +1116,8 @@ def export_model(
     from hardneg.artifacts import verify_checksums
 
     verify_checksums(src, "hardneg train")  # a half-written or modified model folder is refused
-    info = read_model_info(src)
-    kind = info["kind"]
+    card = read_card(src)
+    kind = card.kind
     _check_source(src, kind)
     t0 = time.perf_counter()
     source = _source_info(src, kind, params, Path(fusion_file) if fusion_file is not None else None)
@@ -1149,12 +1125,12 @@ def export_model(
     source["model_name"] = model_name or src.name
     with _export_staging(out) as staging:
         build = _bi_encoder_graph if kind == BI_ENCODER else _cross_encoder_graph
-        graph = build(src, staging / VARIANT_FILES["fp32"], opset, info)
+        graph = build(src, staging / VARIANT_FILES["fp32"], opset, card)
         doc_graph = graph.metadata.get("document_graph")
         if doc_graph is not None:  # the served scores depend on the document encoder too
             source["lineage"]["inputs"]["document_model_fingerprint"] = doc_graph["model_fingerprint"]
         pre_status = _write_variants(graph, staging, _onnx_props(source, kind, graph.max_length))
-        parity = {"model_dir": str(src), "kind": kind} | _run_gates(
+        parity = {"model": source["model"], "kind": kind} | _run_gates(
             graph,
             staging,
             dev_set,

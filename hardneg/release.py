@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from hardneg.artifacts import METADATA_FILE
 from hardneg.errors import HardnegError
 from hardneg.k8s_validate import ISVC_API_VERSION, ISVC_KIND
 from hardneg.lineage import LINEAGE_FILE, Lineage, read_lineage
@@ -50,7 +51,6 @@ ANN_GIT_COMMIT = "hardneg.io/git-commit"
 ANN_PARAMS_HASH = "hardneg.io/params-hash"
 ANN_METRICS = "hardneg.io/metrics"
 LINEAGE_ANNOTATIONS = (ANN_DATA_VERSION, ANN_GIT_COMMIT, ANN_PARAMS_HASH, ANN_METRICS)
-METADATA_FILE = "metadata.json"
 HISTORY_FILE = "history.json"
 RELEASE_FILE = "release.json"
 MANIFESTS_FILE = "manifests.yaml"

@@ -37,14 +37,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hardneg.artifacts import METADATA_FILE
 from hardneg.errors import HardnegError
 from hardneg.fusion import fuse
 from hardneg.hw import cpu_limit
 from hardneg.lineage import sha256_file
+from hardneg.model_card import BI_ENCODER, CROSS_ENCODER, KIND_SCORES, KINDS, SELF_ENCODER
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -53,15 +54,8 @@ VARIANT_FILES: dict[str, str] = {"fp32": "model.onnx", "int8": "model.int8.onnx"
 DOC_VARIANT_FILES: dict[str, str] = {"fp32": "doc_model.onnx", "int8": "doc_model.int8.onnx"}
 DOC_TOKENIZER_FILE = "doc_tokenizer.json"
 DOC_TOKENIZER_CONFIG_FILE = "doc_tokenizer_config.json"
-SELF_ENCODER = (
-    "self"  # hardneg_model.json / metadata.json document_encoder of a bi-encoder that embeds both sides
-)
 Variant = Literal["fp32", "int8"]
-CROSS_ENCODER, BI_ENCODER = "cross-encoder", "bi-encoder"
-KINDS = (CROSS_ENCODER, BI_ENCODER)
 EMBEDDING_OUTPUT = "embedding"
-# what each kind's served score is (metadata.json "score")
-KIND_SCORES = {CROSS_ENCODER: "sigmoid", BI_ENCODER: "cosine"}
 
 
 class ExportIntegrityError(HardnegError):

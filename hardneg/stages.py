@@ -490,17 +490,18 @@ def _train_biencoder(ds, rows, fs_dev, params, out_dir, negatives_file: Path) ->
 
 
 def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset: Any) -> Any:
-    """The torch scorer of a trained model folder, by its kind: cosine for a bi-encoder (documents through the base
-    model's cached vectors when it was trained with ``tune: query``), sigmoid for a cross-encoder."""
-    from hardneg.biencoder import BiEncoderConfig, BiEncoderScorer, document_vectors, model_kind
+    """The torch scorer of a trained model folder, by its model card: cosine for a bi-encoder (documents through the
+    base model's cached vectors when it was trained with ``tune: query``), sigmoid for a cross-encoder; both truncate
+    at the card's max_length (what the model was trained with)."""
+    from hardneg.model_card import BI_ENCODER, TUNE_QUERY, read_card
 
-    if model_kind(model_dir) == "bi-encoder":
-        info = json.loads((Path(model_dir) / "hardneg_model.json").read_text(encoding="utf-8"))
-        cfg = BiEncoderConfig.from_params(
-            params, base_model=info.get("base_model"), max_length=info["max_length"]
-        )
-        scorer = BiEncoderScorer(model_dir, max_length=int(info["max_length"]), bf16=cfg.bf16)
-        if info.get("tune") == "query":
+    card = read_card(model_dir)
+    if card.kind == BI_ENCODER:
+        from hardneg.biencoder import BiEncoderConfig, BiEncoderScorer, document_vectors
+
+        cfg = BiEncoderConfig.from_params(params, base_model=card.base_model, max_length=card.max_length)
+        scorer = BiEncoderScorer(model_dir, max_length=card.max_length, bf16=cfg.bf16)
+        if card.tune == TUNE_QUERY:
             D, ids = document_vectors(dataset, cfg, section(params, "embed").cache_dir)
             scorer.preload([dataset.corpus[d].full_text for d in ids], D)
         return scorer
@@ -508,7 +509,7 @@ def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset
     from hardneg.train import CrossEncoderConfig
 
     cfg = CrossEncoderConfig.from_params(params)
-    return CrossEncoderScorer(model_dir, max_length=cfg.max_length, bf16=cfg.bf16)
+    return CrossEncoderScorer(model_dir, max_length=card.max_length, bf16=cfg.bf16)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
@@ -534,9 +535,9 @@ def evaluate_stage(
     ev = evaluate_reranker(
         ds, make_scorer(model_dir, params, ds), run, params, extra_first_stages=info["runs"]
     )
-    from hardneg.biencoder import model_kind
+    from hardneg.model_card import read_card
 
-    ev.metrics["score"] = "cosine" if model_kind(model_dir) == "bi-encoder" else "sigmoid"
+    ev.metrics["score"] = read_card(model_dir).score
     ev.metrics["first_stage_name"] = info["name"]
     ev.metrics["first_stage_bm25_weight"] = info["bm25_weight"]
     ev.metrics["splits"] = split_record
@@ -649,7 +650,9 @@ def served_evaluation_stage(
     ds, _ = _split_dataset(data_dir, retrieved, params)
     test_qrels = ds.split_qrels(section(params, "data").test_split)
     fusion = scorer.reranker.metadata.get("fusion") or {}
-    depth = int(fusion.get("depth") or section(params, "retrieve").rerank_depth)  # what evaluation chose on dev
+    depth = int(
+        fusion.get("depth") or section(params, "retrieve").rerank_depth
+    )  # what evaluation chose on dev
     run, info = retrieved.first_stage(ds, [section(params, "data").test_split])
     fs = restrict(run, test_qrels)
     scores = rerank_scores(

@@ -11,8 +11,8 @@ Each training example is a *query group*: the query with [positive, negative_1, 
 AdamW with linear warmup and linear decay over ``max_steps`` (the training length: same commit + data + params = same
 model on any machine); ``time_cap_min`` is only a safety net that stops early and is recorded (``stopped_by``).
 With a dev run, MRR@10 of reranking its top ``eval_depth`` is measured every ``eval_every`` steps and at the end
-(also at step 0 with ``eval_at_start``); the best checkpoint is kept in memory and saved. Output: the CrossEncoder folder + ``lineage.json`` +
-``train_metrics.json``.
+(also at step 0 with ``eval_at_start``); the best checkpoint is kept in memory and saved. Output: the CrossEncoder folder +
+its model card (``hardneg_model.json``, :mod:`hardneg.model_card`) + ``lineage.json`` + ``train_metrics.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from hardneg.artifacts import TRAIN_METRICS_FILE
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import apply_torch_threads, use_bf16
+from hardneg.model_card import ModelCard, write_card
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,7 @@ def train_reranker(
 
     with staged_output(out_dir, "hardneg train") as out:  # published (with checksums) when complete
         ce.save_pretrained(str(out))
+        write_card(out, ModelCard.cross_encoder(cfg.max_length, cfg.base_model))
         _write_training_record(out, cfg, params, run, checkpoints, gstats, negatives_rows, negatives_file)
     return Path(out_dir)
 

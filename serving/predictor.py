@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import METADATA_FILE
+from hardneg.model_card import BI_ENCODER, CROSS_ENCODER
 from hardneg.rerank import (
-    BI_ENCODER,
-    CROSS_ENCODER,
-    METADATA_FILE,
     ExportIntegrityError,
     OnnxReranker,
     verify_export_dir,

@@ -1,5 +1,5 @@
 """Shared by the bi-encoder tests: a briefly trained tiny bi-encoder (SentenceTransformer: the conftest BERT + mean
-Pooling + Normalize, saved with ``model.save`` + ``hardneg_model.json``) and its ONNX export, built once per pytest
+Pooling + Normalize, saved with ``model.save`` + its model card) and its ONNX export, built once per pytest
 session under the session's base temp folder (read-only: copy before modifying).
 
 Trained for a few dozen in-batch-negative steps on the fixture qrels so that cosines rank positives first (an untrained
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from _tiny_reranker import LINEAGE, TINY_INT8_MAX_MRR_DROP, fusion_of, tiny_dev_set, write_evaluation_of
+
+from hardneg.model_card import CARD_FILE
 
 BI_FUSION_WEIGHT = 0.6
 BI_MAX_LENGTH = 64
@@ -32,16 +34,17 @@ def build_bi_encoder(tiny_model_dir: Path, out: Path, pooling: str = "mean", nor
 
 
 def save_bi_encoder(st: Any, out: Path, max_length: int = BI_MAX_LENGTH) -> Path:
-    """``st.save(out)`` + the train stage's ``hardneg_model.json``."""
+    """``st.save(out)`` + the model card the bi-encoder trainer writes (``tune: both``)."""
+    from hardneg.model_card import ModelCard, write_card
+
     st.save(str(out))
-    info = {"kind": "bi-encoder", "max_length": max_length, "base_model": "tiny-bert"}
-    (out / "hardneg_model.json").write_text(json.dumps(info), encoding="utf-8")
+    write_card(out, ModelCard.bi_encoder(max_length, "tiny-bert", "both"))
     return out
 
 
 def trained_tiny_bi(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int = 120) -> Path:
     out = base / "hardneg-tiny-bi"
-    if (out / "hardneg_model.json").exists():
+    if (out / CARD_FILE).exists():
         return out
     import torch
 
@@ -103,3 +106,31 @@ def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
         fusion_file=fusion_of(model_dir),
     )
     return out
+
+
+def build_paths_in(export_dir: Path, build_dirs: list[Path]) -> list[str]:
+    """Every string in an export's metadata.json, parity.json and ONNX metadata_props that is an absolute path or
+    names one of ``build_dirs`` (where the export was built: the test's temp folder, the checkout, the venv), as
+    ``"<file>:<key path>=<value>"``. A shipped artifact should have none."""
+    import onnx
+
+    needles = [str(d) for d in build_dirs] + [str(d.resolve()) for d in build_dirs]
+    found: list[str] = []
+
+    def walk(where: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{where}.{k}", v)
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(f"{where}[{i}]", v)
+        elif isinstance(obj, str):
+            if obj.startswith("/") or any(n in obj for n in needles):
+                found.append(f"{where}={obj}")
+
+    for name in ("metadata.json", "parity.json"):
+        walk(name, json.loads((export_dir / name).read_text(encoding="utf-8")))
+    for f in sorted(export_dir.glob("*.onnx")):
+        props = {p.key: p.value for p in onnx.load(str(f), load_external_data=False).metadata_props}
+        walk(f.name, {k: json.loads(v) if k == "hardneg.lineage" else v for k, v in props.items()})
+    return found

@@ -90,6 +90,11 @@ def trained_tiny_ce(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int
     tmp = base / "hardneg-tiny-ce.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     ce.save_pretrained(str(tmp))
+    from hardneg.model_card import ModelCard, write_card
+
+    write_card(
+        tmp, ModelCard.cross_encoder(48, "tiny-bert")
+    )  # as the cross-encoder trainer does (trained at 48)
     (tmp / "lineage.json").write_text(json.dumps(LINEAGE), encoding="utf-8")
     write_evaluation_of(out, {"weight": FUSION_WEIGHT, "first_stage": "dense"})
     tmp.rename(out)

@@ -19,13 +19,13 @@ from hardneg.biencoder import (
     contrastive_loss,
     encode,
     load_biencoder,
-    model_kind,
     train_biencoder,
     training_set,
 )
 from hardneg.config import default_params
 from hardneg.data import load_dataset
 from hardneg.errors import ConfigError, HardnegError
+from hardneg.model_card import ModelCard, read_card
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -132,8 +132,9 @@ def test_training_is_deterministic_learns_and_writes_a_bi_encoder_folder(ds, tin
     mb = json.loads((b / "train_metrics.json").read_text())
     assert ma["steps"] == 30 and ma["stopped_by"] == "max_steps"
     assert ma["loss_curve"] == mb["loss_curve"]  # same data + params + seed = same model
-    assert model_kind(a) == "bi-encoder" and model_kind(tiny_model_dir) == "cross-encoder"
-    assert json.loads((a / "hardneg_model.json").read_text())["max_length"] == 64
+    assert read_card(a) == ModelCard("bi-encoder", 64, str(tiny_model_dir), "both", "self")
+    with pytest.raises(HardnegError, match="has no model card"):  # a bare folder is no longer a cross-encoder
+        read_card(tiny_model_dir)
     tuned = load_biencoder(a)
     after = _train_mrr(tuned, ds)
     assert after > before + 0.05, (before, after)
@@ -195,8 +196,8 @@ def test_query_tuning_keeps_the_document_vectors_and_learns(ds, tiny_model_dir, 
     with pytest.raises(HardnegError, match="doc_vectors"):
         train_biencoder(ds, hand_rows(ds), tmp_path / "x", c)
     out = train_biencoder(ds, hand_rows(ds), tmp_path / "q", c, doc_vectors=(D, ids))
-    kind = json.loads((out / "hardneg_model.json").read_text())
-    assert kind["tune"] == "query" and kind["document_encoder"] == str(tiny_model_dir)
+    card = read_card(out)
+    assert card.tune == "query" and card.document_encoder == str(tiny_model_dir)
     tuned = load_biencoder(out)
     qrels = ds.split_qrels("train")
     qids = sorted(qrels)

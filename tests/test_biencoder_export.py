@@ -5,8 +5,11 @@ scoring with its LRU document-embedding cache."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,17 +19,19 @@ from _tiny_biencoder import (
     BI_FUSION_WEIGHT,
     BI_MAX_LENGTH,
     build_bi_encoder,
+    build_paths_in,
     save_bi_encoder,
     tiny_bi_export,
     trained_tiny_bi,
 )
-from _tiny_reranker import LINEAGE, TINY_INT8_MAX_MRR_DROP, fusion_of, tiny_dev_set
+from _tiny_reranker import LINEAGE, REPO, TINY_INT8_MAX_MRR_DROP, fusion_of, tiny_dev_set
 from typer.testing import CliRunner
 
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.export import DevSet, export_model, mrr_at_k
 from hardneg.fusion import fuse
-from hardneg.lineage import sha256_file
+from hardneg.lineage import sha256_dir, sha256_file
+from hardneg.model_card import CARD_FILE, ModelCard, write_card
 from hardneg.rerank import OnnxReranker, verify_export_dir
 
 pytestmark = pytest.mark.unit
@@ -195,6 +200,22 @@ def test_a_failing_cosine_parity_gate_raises(bi_dir, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "exp" / "parity.json").read_text())["fp32"]["passed"] is False
 
 
+def test_the_export_names_no_path_of_the_machine_that_built_it(bi_export, bi_dir, tmp_path_factory, tmp_path):
+    """metadata.json, parity.json and the graphs' lineage record the trained folder by its name and fingerprint:
+    no absolute path, nothing under the temp folder it was built in, the checkout or the venv."""
+    build_dirs = [tmp_path_factory.getbasetemp(), REPO, Path(sys.prefix)]
+    assert build_paths_in(bi_export, build_dirs) == []
+    meta = json.loads((bi_export / "metadata.json").read_text())
+    assert meta["source"] == {"model": bi_dir.name, "model_fingerprint": sha256_dir(bi_dir)}
+    assert json.loads((bi_export / "parity.json").read_text())["model"] == bi_dir.name
+    # the check finds what it looks for: the absolute folder the export used to record
+    planted = tmp_path / "planted"
+    shutil.copytree(bi_export, planted)
+    meta["source"]["model_dir"] = str(bi_dir)
+    (planted / "metadata.json").write_text(json.dumps(meta))
+    assert build_paths_in(planted, build_dirs) == [f"metadata.json.source.model_dir={bi_dir}"]
+
+
 @pytest.mark.parametrize("mode", ["cls", "max"])
 def test_pooling_other_than_mean_is_refused_naming_the_folder(tiny_model_dir, tmp_path, mode):
     src = tmp_path / f"bi-{mode}"
@@ -204,16 +225,16 @@ def test_pooling_other_than_mean_is_refused_naming_the_folder(tiny_model_dir, tm
     assert not (tmp_path / "exp").exists() and not list(tmp_path.glob(".exp.partial-*"))
 
 
-def test_bad_model_info_and_fusion_are_refused(bi_dir, tmp_path):
+def test_bad_model_card_and_fusion_are_refused(bi_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(bi_dir, bad)
-    (bad / "hardneg_model.json").write_text('{"kind": "colbert"}')
-    with pytest.raises(HardnegError, match="unknown model kind 'colbert'"):
+    (bad / CARD_FILE).write_text('{"kind": "colbert", "max_length": 64}')  # a hand-edited card
+    with pytest.raises(HardnegError, match=re.escape(f"{bad / CARD_FILE}: unknown model kind 'colbert'")):
         export_model(bad, tmp_path / "out", None)
-    (bad / "hardneg_model.json").write_text('{"kind": "bi-encoder", "max_length": 1000}')
+    write_card(bad, ModelCard.bi_encoder(1000, "tiny-bert", "both"))
     with pytest.raises(HardnegError, match=r"max_length 1000 must be in \[4, 128\]"):
         export_model(bad, tmp_path / "out", None)
-    (bad / "hardneg_model.json").write_text('{"kind": "bi-encoder", "max_length": 64}')
+    write_card(bad, ModelCard.bi_encoder(64, "tiny-bert", "both"))
     (tmp_path / "fusion.json").write_text('{"weight": 0.5, "score": "sigmoid"}')
     with pytest.raises(HardnegError, match="tuned on 'sigmoid' scores"):
         export_model(bad, tmp_path / "out", None, fusion_file=tmp_path / "fusion.json")
@@ -222,7 +243,7 @@ def test_bad_model_info_and_fusion_are_refused(bi_dir, tmp_path):
     with pytest.raises(HardnegError, match="not a SentenceTransformer"):
         empty = tmp_path / "empty"
         empty.mkdir()
-        (empty / "hardneg_model.json").write_text('{"kind": "bi-encoder"}')
+        write_card(empty, ModelCard.bi_encoder(64, "tiny-bert", "both"))
         export_model(empty, tmp_path / "out", None)
 
 

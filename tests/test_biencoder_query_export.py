@@ -8,17 +8,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from _tiny_biencoder import BI_MAX_LENGTH, trained_tiny_bi
-from _tiny_reranker import TINY_INT8_MAX_MRR_DROP, tiny_dev_set
+from _tiny_biencoder import BI_MAX_LENGTH, build_paths_in, trained_tiny_bi
+from _tiny_reranker import REPO, TINY_INT8_MAX_MRR_DROP, tiny_dev_set
 
 from hardneg.artifacts import write_checksums
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.export import _score_dev, export_model, mrr_at_k
 from hardneg.lineage import sha256_dir, sha256_file
+from hardneg.model_card import CARD_FILE, read_card, write_card
 from hardneg.rerank import ExportIntegrityError, OnnxReranker, verify_export_dir
 
 pytestmark = pytest.mark.unit
@@ -111,8 +114,9 @@ def torch_cosines(q_model, d_model, query, docs):
 
 
 def test_the_trainer_records_the_base_model_as_document_encoder(query_dir, base_dir):
-    info = json.loads((query_dir / "hardneg_model.json").read_text())
-    assert info["tune"] == "query" and info["document_encoder"] == info["base_model"] == str(base_dir)
+    card = read_card(query_dir)
+    assert card.tune == "query" and card.document_encoder == card.base_model == str(base_dir)
+    assert card.separate_document_encoder
 
 
 def test_export_ships_both_graphs_checksummed_and_passes_parity(q_export, base_dir, query_dir):
@@ -121,10 +125,12 @@ def test_export_ships_both_graphs_checksummed_and_passes_parity(q_export, base_d
     assert "doc_tokenizer.json" not in names  # the query tower kept the base model's tokenizer: reused
     meta = json.loads((q_export / "metadata.json").read_text())
     assert meta["kind"] == "bi-encoder" and meta["tune"] == "query"
-    assert meta["document_encoder"] == str(base_dir)
+    # the card names the base model by its absolute folder: shipped, it is the folder's name + its fingerprint
+    assert meta["document_encoder"] == meta["base_model"] == base_dir.name
     doc = meta["document_graph"]
     assert doc["variants"] == {"fp32": "doc_model.onnx", "int8": "doc_model.int8.onnx"}
     assert doc["tokenizer"] == "tokenizer.json" and doc["model_fingerprint"] == sha256_dir(base_dir)
+    assert doc["model"] == base_dir.name and "model_dir" not in doc
     assert meta["lineage"]["inputs"]["document_model_fingerprint"] == sha256_dir(base_dir)
     assert meta["lineage"]["inputs"]["model_fingerprint"] == sha256_dir(query_dir)
     assert sorted(meta["files"]) == sorted(n for n in names if n not in ("metadata.json", "checksums.sha256"))
@@ -148,6 +154,14 @@ def test_export_ships_both_graphs_checksummed_and_passes_parity(q_export, base_d
     assert all(0 < e["texts"] and e["max_abs_diff"] <= 1e-4 for e in fp32["embeddings"].values())
     assert set(parity["int8"]["quant_pre_process"]) == {"query", "document"}
     assert parity["int8"]["passed"] is True and parity["int8"]["mrr@10_fp32"] > 0.5
+
+
+def test_the_two_graph_export_names_no_path_of_the_machine_that_built_it(q_export, tmp_path_factory):
+    """The document graph's model, the base model and the lineage's base_model were absolute folders of this run's
+    temp folder; none of it (nor the checkout, nor the venv) is in metadata.json, parity.json or the graphs."""
+    assert build_paths_in(q_export, [tmp_path_factory.getbasetemp(), REPO, Path(sys.prefix)]) == []
+    meta = json.loads((q_export / "metadata.json").read_text())
+    assert meta["lineage"]["inputs"]["base_model"] == meta["base_model"]
 
 
 def test_scores_are_query_model_vs_base_model_cosines(q_export, towers):
@@ -230,8 +244,7 @@ def test_a_document_encoder_with_another_tokenizer_ships_its_own(query_dir, base
     )  # what HF reads
     src = tmp_path / "q"
     shutil.copytree(query_dir, src)
-    info = json.loads((src / "hardneg_model.json").read_text()) | {"document_encoder": str(doc_enc)}
-    (src / "hardneg_model.json").write_text(json.dumps(info))
+    write_card(src, dataclasses.replace(read_card(src), document_encoder=str(doc_enc)))
     write_checksums(src)  # a deliberate edit of a trained folder: re-sign it
     res = export_model(src, tmp_path / "exp", None)
     assert res.metadata["document_graph"]["tokenizer"] == "doc_tokenizer.json"
@@ -249,7 +262,7 @@ def test_a_document_encoder_with_another_tokenizer_ships_its_own(query_dir, base
 def test_bad_tune_and_document_encoder_are_refused(query_dir, tmp_path):
     src = tmp_path / "q"
     shutil.copytree(query_dir, src)
-    info = json.loads((src / "hardneg_model.json").read_text())
+    info = read_card(src).to_dict()
     for bad, match in (
         ({"tune": "docs"}, "tune must be one of"),
         ({"tune": "query", "document_encoder": "self"}, 'document_encoder cannot be "self"'),
@@ -257,7 +270,7 @@ def test_bad_tune_and_document_encoder_are_refused(query_dir, tmp_path):
         ({"document_encoder": "no-such-model"}, "document_encoder 'no-such-model'"),
         ({"document_encoder": str(tmp_path / "missing")}, "document_encoder"),
     ):
-        (src / "hardneg_model.json").write_text(json.dumps(info | bad))
+        (src / CARD_FILE).write_text(json.dumps(info | bad))  # a hand-edited card: write_card refuses these
         write_checksums(src)
         with pytest.raises(HardnegError, match=match):
             export_model(src, tmp_path / "exp", None)
@@ -312,4 +325,4 @@ def test_cli_export_names_the_document_encoder(query_dir, base_dir, tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "document encoder" in text and "doc_model.int8.onnx" in text
-    assert json.loads((out / "metadata.json").read_text())["document_encoder"] == str(base_dir)
+    assert json.loads((out / "metadata.json").read_text())["document_encoder"] == base_dir.name

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.export import DevSet, export_model, mrr_at_k, read_export_lineage
 from hardneg.lineage import Lineage, sha256_file
+from hardneg.model_card import ModelCard, write_card
 from hardneg.rerank import ExportIntegrityError, verify_export_dir
 
 pytestmark = pytest.mark.unit
@@ -138,6 +139,23 @@ def test_onnx_metadata_props_carry_the_lineage(export_dir, variant):
     assert m.opset_import[0].version == 17 or any(
         o.domain in ("", "ai.onnx") and o.version == 17 for o in m.opset_import
     )
+
+
+def test_a_cross_encoder_export_names_no_path_of_the_machine_that_built_it(
+    export_dir, trained_dir, tmp_path_factory
+):
+    """Trained folder and dev set (the fixture corpus, inside the checkout) are recorded by name, not by path."""
+    import sys
+    from pathlib import Path
+
+    from _tiny_biencoder import build_paths_in
+    from _tiny_reranker import REPO
+
+    assert build_paths_in(export_dir, [tmp_path_factory.getbasetemp(), REPO, Path(sys.prefix)]) == []
+    meta = json.loads((export_dir / "metadata.json").read_text())
+    assert meta["source"]["model"] == trained_dir.name and meta["kind"] == "cross-encoder"
+    parity = json.loads((export_dir / "parity.json").read_text())
+    assert parity["int8"]["dev"]["source"].startswith("tiny:dev:")
 
 
 def test_graph_has_dynamic_batch_and_sequence_axes_and_sigmoid_scores(export_dir):
@@ -280,6 +298,9 @@ def test_auto_serves_int8_when_it_passes_and_unknown_policies_are_refused(
 
 
 def test_export_refuses_bad_inputs_fast(tmp_path, trained_dir):
+    with pytest.raises(HardnegError, match="has no model card, so its kind is unknown"):
+        export_model(tmp_path, tmp_path / "out")  # no card: no longer taken for a cross-encoder
+    write_card(tmp_path, ModelCard.cross_encoder(64, "tiny-bert"))
     with pytest.raises(HardnegError, match="not a CrossEncoder folder"):
         export_model(tmp_path, tmp_path / "out")
     busy = tmp_path / "busy"
@@ -365,4 +386,4 @@ def test_cli_export(trained_dir, tiny_data_dir, tiny_model_dir, tmp_path):
         app, ["export", "--model-dir", str(tmp_path / "nope"), "--out", str(out), "--no-dev", "--no-fusion"]
     )
     text = " ".join(res.output.split())  # rich wraps long lines
-    assert res.exit_code == 1 and "not a CrossEncoder folder" in text and "Traceback" not in text
+    assert res.exit_code == 1 and "no such model folder" in text and "Traceback" not in text

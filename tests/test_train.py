@@ -12,6 +12,7 @@ from hardneg.config import default_params
 from hardneg.data import load_dataset
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.evaluate import combine, evaluate_run, rerank_scores
+from hardneg.model_card import ModelCard, read_card
 from hardneg.scoring import score_pairs
 from hardneg.train import (
     build_groups,
@@ -166,6 +167,12 @@ def test_training_lowers_loss_and_improves_train_mrr(ds, tiny_model_dir, tmp_pat
         assert (out / f).exists(), f
     lin = json.loads((out / "lineage.json").read_text())
     assert len(lin["inputs"]["negatives_sha256"]) == 64 and lin["params_hash"] != "none"
+    # the cross-encoder trainer writes its model card too (a folder without one is refused downstream)
+    card = read_card(out)
+    assert card == ModelCard(
+        "cross-encoder", params["train"]["cross_encoder"]["max_length"], str(tiny_model_dir)
+    )
+    assert card.score == "sigmoid" and card.tune is None and card.document_encoder is None
 
 
 def test_training_is_deterministic_with_a_seed(ds, tiny_model_dir, tmp_path):
