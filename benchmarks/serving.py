@@ -7,26 +7,37 @@ One command (writes benchmarks/results/serving.json after every step; the README
 1. the export: ``--export-dir`` (a ``hardneg export`` folder: metadata.json + graphs), else the newest one under
    local_outputs/*/export-onnx/ , else all-MiniLM-L6-v2 (offline weights, hardneg.models) exported as a
    bi-encoder. It is COPIED into --work-dir first (never modified) and its checksums verified.
-2. matmul peaks, measured now with the served thread count: fp32 (numpy/OpenBLAS and torch when present, the best
-   of the two) and int8 (onnxruntime MatMulInteger, u8 x s8, the op the int8 graphs use).
-3. in-process, the same 1 query x 20 SciFact documents at the served max_length, for onnxruntime fp32, onnxruntime
+2. matmul peaks (``peaks``, GOP/s), measured now with the served thread count, one per precision: fp32
+   (numpy/OpenBLAS and torch when present, the best of the two), int8 (onnxruntime MatMulInteger, u8 x s8, the op
+   the int8 graphs use) and bf16 (OpenVINO MatMul under the bf16 hint and torch bf16, the best of the two) where the
+   CPU has native bf16; a precision without a peak is absent, with the reason in ``peaks_absent``.
+3. ``selection``: what the server does at load under params ``serve.runtime`` (``auto``: the export's gated
+   candidates timed on this machine, :func:`hardneg.runtime_choice.load_reranker`, the fastest chosen).
+4. in-process, the same 1 query x 20 SciFact documents at the served max_length, for onnxruntime fp32, onnxruntime
    int8, OpenVINO f32, OpenVINO int8 (OpenVINO bf16 only where the CPU has native bf16): the miss path (document
    embeddings computed: doc cache off) and the hit path (every document cached: only the query is embedded).
    GOP/s = 2 x non-embedding parameters of the graph (ONNX initializers, minus the embedding tables) x real
-   (unpadded) tokens per second (attention-score FLOPs ignored); fraction_of_peak = that / the peak of its precision.
-   Also a probe of batching concurrent requests (8 queries in one graph call vs 8 calls).
-4. the real server (``python -m serving``, loopback, the served runtime) with 1, 8 and 32 concurrent clients
+   (unpadded) tokens per second (attention-score FLOPs ignored); fraction_of_peak = that / the peak of its own
+   precision (bf16 by the bf16 peak). Also a probe of batching concurrent requests (8 queries in one graph call vs
+   8 calls).
+5. the real server (``python -m serving``, loopback, ``--runtime`` = params serve.runtime) with 1, 8 and 32 concurrent clients
    (httpx, V1, 1 x 20 documents): ``clients`` = hit path (documents drawn from a pool warmed into the cache),
    ``clients_miss`` = miss path (every request brings 20 documents never seen); latency percentiles, throughput,
    errors; server RSS at every step (growth on the hit path = leak check; the miss path grows the cache by design).
 
-``served`` is what params ``serve.runtime`` + the export's served variant give; ``runtimes`` lets one choose it.
+Report contract (``--out``, default benchmarks/results/serving.json): ``peaks.{fp32,bf16,int8}`` (GOP/s; absent
+where unsupported, reason in ``peaks_absent``), ``served.{runtime,precision,variant,fraction_of_peak (of its own
+precision),inproc_miss_p50_ms}``, ``selection`` (``{"candidates": {key: {"p50_ms", ...} | {"skipped"}}, "chosen",
+"seconds", ...}``), ``clients`` / ``clients_miss`` ``."1"|"8"|"32".throughput_pairs_s`` (and latencies), ``cpu``
+(:func:`hardneg.hw.cpu_info`: model name and the matrix flags that matter); ``runtimes`` has every runtime x
+precision side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -77,20 +88,19 @@ def pct(lat_s: list[float]) -> dict[str, float]:
 
 class Results:
     def __init__(self, path: Path, settings: dict[str, Any]):
-        from hardneg.hw import cpu_limit, native_bf16
+        from hardneg.hw import cpu_info, cpu_limit
+        from hardneg.runtime_choice import native_bf16
 
         self.path = path
+        cpu = cpu_info()
         self.data: dict[str, Any] = {
             "benchmark": "serving",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
             "settings": settings,
+            "cpu": {**cpu, "native_bf16": native_bf16(cpu)},
             "machine": {
-                "cpus": os.cpu_count(),
                 "cpu_limit": cpu_limit(),
-                "cpu_model": _cpu_model(),
-                "native_bf16": native_bf16(),
-                "avx512_or_amx_flags": _cpu_flags(("avx512", "amx", "vnni")),
                 "platform": platform.platform(),
                 "python": platform.python_version(),
                 "loadavg_at_start": loadavg(),
@@ -107,27 +117,6 @@ class Results:
     def __setitem__(self, key: str, value: Any) -> None:
         self.data[key] = value
         self.save()
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _cpu_model() -> str:
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[-1].strip()
-    return platform.processor()
-
-
-def _cpu_flags(prefixes: tuple[str, ...]) -> list[str]:
-    for line in _cpuinfo().splitlines():
-        if line.startswith("flags"):
-            return sorted({f for f in line.split(":", 1)[-1].split() if f.startswith(prefixes)})
-    return []
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -186,10 +175,18 @@ def _timed(fn, seconds: float) -> tuple[int, float]:
 
 
 def matmul_peaks(threads: int, seconds: float = 3.0, n: int = 1024) -> dict[str, Any]:
-    out: dict[str, Any] = {"n": n, "threads": threads}
+    """``{"peaks": {precision: GOP/s}, "peaks_absent": {precision: why}, "peaks_detail": {...}}``: an n x n matmul
+    per precision, in the op its graphs run: fp32 (numpy and torch, the best), int8 (onnxruntime MatMulInteger) and,
+    only where the CPU has native bf16, bf16 (OpenVINO MatMul under the bf16 hint and torch bf16, the best)."""
+    from hardneg.hw import cpu_info
+    from hardneg.runtime_choice import cpu_skip_reason, native_bf16
+
+    detail: dict[str, Any] = {"n": n, "threads": threads}
     a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
     it, dt = _timed(lambda: a @ b, seconds)
     fp32 = {"numpy_gflops": round(2 * n**3 * it / dt / 1e9, 2)}
+    bf16: dict[str, float] = {}
+    cpu = cpu_info()
     try:
         import torch
 
@@ -197,13 +194,62 @@ def matmul_peaks(threads: int, seconds: float = 3.0, n: int = 1024) -> dict[str,
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         it, dt = _timed(lambda: ta @ tb, seconds)
         fp32["torch_gflops"] = round(2 * n**3 * it / dt / 1e9, 2)
+        if native_bf16(cpu):
+            ha, hb = ta.bfloat16(), tb.bfloat16()
+            it, dt = _timed(lambda: ha @ hb, seconds)
+            bf16["torch_gops"] = round(2 * n**3 * it / dt / 1e9, 2)
     except ImportError:
         pass
-    fp32["gops"] = max(fp32.values())
-    out["fp32"] = fp32
-    out["int8"] = {"onnxruntime_matmulinteger_gops": _int8_peak(threads, seconds, n)}
-    out["int8"]["gops"] = out["int8"]["onnxruntime_matmulinteger_gops"]
-    return out
+    peaks = {"fp32": max(fp32.values())}
+    detail["fp32"] = fp32
+    detail["int8"] = {"onnxruntime_matmulinteger_gops": _int8_peak(threads, seconds, n)}
+    peaks["int8"] = detail["int8"]["onnxruntime_matmulinteger_gops"]
+    absent: dict[str, str] = {}
+    if native_bf16(cpu):
+        ov = _bf16_peak_openvino(threads, seconds, n)
+        if isinstance(ov, str):
+            detail["openvino_bf16"] = ov
+        else:
+            bf16["openvino_gops"] = ov
+    if bf16:
+        detail["bf16"] = bf16
+        peaks["bf16"] = max(bf16.values())
+    else:
+        from hardneg.runtime_choice import Candidate
+
+        absent["bf16"] = (
+            cpu_skip_reason(Candidate("openvino", "fp32", "bf16"), cpu)
+            or f"no bf16 matmul ran here ({detail.get('openvino_bf16', 'no torch, no OpenVINO')})"
+        )
+    return {"peaks": peaks, "peaks_absent": absent, "peaks_detail": detail}
+
+
+def _bf16_peak_openvino(threads: int, seconds: float, n: int) -> float | str:
+    """GOP/s of an n x n MatMul compiled by OpenVINO with INFERENCE_PRECISION_HINT bf16, or why it did not run bf16."""
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError as e:
+        return f"openvino unavailable: {e}"
+    from hardneg.rerank import ov_type_name
+
+    x = ops.parameter([n, n], ov.Type.f32, name="A")
+    w = ops.constant(np.random.rand(n, n).astype(np.float32))
+    model = ov.Model([ops.matmul(x, w, False, False)], [x], "matmul")
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16",
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    ran = ov_type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    if ran != "bf16":
+        return f"OpenVINO ran the bf16 hint in {ran}"
+    req = compiled.create_infer_request()
+    feed = {0: np.random.rand(n, n).astype(np.float32)}
+    it, dt = _timed(lambda: req.infer(feed), seconds)
+    return round(2 * n**3 * it / dt / 1e9, 2)
 
 
 def _int8_peak(threads: int, seconds: float, n: int) -> float:
@@ -300,7 +346,8 @@ def bench(fn, reqs, min_seconds: float, min_reps: int, max_reps: int) -> dict[st
 def in_process(
     args, res: Results, export_dir: Path, queries, docs, peaks, n_params, threads
 ) -> dict[str, Any]:
-    from hardneg.rerank import openvino_native_bf16
+    from hardneg.hw import cpu_info
+    from hardneg.runtime_choice import Candidate, cpu_skip_reason
 
     configs = [
         ("onnxruntime_fp32", "fp32", "onnxruntime", None),
@@ -309,13 +356,11 @@ def in_process(
         ("openvino_int8", "int8", "openvino", None),
     ]
     out: dict[str, Any] = {"threads": threads}
-    if openvino_native_bf16():
+    no_bf16 = cpu_skip_reason(Candidate("openvino", "fp32", "bf16"), cpu_info())
+    if no_bf16 is None:
         configs.append(("openvino_bf16", "fp32", "openvino", "bf16"))
     else:
-        out["openvino_bf16"] = {
-            "skipped": "not sensible here: no native bf16 (OpenVINO CPU OPTIMIZATION_CAPABILITIES lacks BF16; "
-            "the bf16 hint silently runs f32: measured max |cosine diff| vs f32 ~1e-7)"
-        }
+        out["openvino_bf16"] = {"skipped": f"not sensible here: {no_bf16}"}
     res["runtimes"] = out
     rng = random.Random(args.seed)
     reqs = [(rng.choice(queries), rng.sample(docs, N_DOCS)) for _ in range(40)]
@@ -328,19 +373,19 @@ def in_process(
         out["tokens_per_request_mean"] = {"query": round(q_tok, 1), "query_plus_20_docs": round(all_tok, 1)}
         s = miss.score(*reqs[0])
         ref = s if ref is None else ref
-        peak = peaks["int8" if variant == "int8" else "fp32"]["gops"]
         r: dict[str, Any] = {"variant": variant, "runtime": runtime, "precision": precision or variant}
+        peak = peaks.get(r["precision"])  # each precision by its own peak (absent: no fraction)
         r["max_abs_cosine_diff_vs_onnxruntime_fp32"] = float(np.abs(s - ref).max())
         m = bench(miss.score, reqs, args.inproc_seconds, 3, 40)
         m["gops"] = round(2 * n_params * all_tok * m["requests"] / m["seconds"] / 1e9, 2)
-        m["fraction_of_peak"] = round(m["gops"] / peak, 3)
+        m["fraction_of_peak"] = round(m["gops"] / peak, 3) if peak else None
         r["miss"] = m
         hit = make_scorer(export_dir, variant, runtime, precision, 100_000, threads)
         for q, d in pool_reqs:
             hit.score(q, d)
         h = bench(hit.score, pool_reqs, args.inproc_seconds / 2, 20, 2000)
         h["gops"] = round(2 * n_params * q_tok * h["requests"] / h["seconds"] / 1e9, 2)
-        h["fraction_of_peak"] = round(h["gops"] / peak, 3)
+        h["fraction_of_peak"] = round(h["gops"] / peak, 3) if peak else None
         r["hit"] = h
         if name == "openvino_fp32" or name == "onnxruntime_fp32":
             r["batching_probe"] = batching_probe(hit.encoder, [q for q, _ in reqs[:8]])
@@ -372,6 +417,13 @@ def batching_probe(encoder, queries: list[str], reps: int = 30) -> dict[str, Any
 
 
 # ------------------------------------------------------------------------------------------------------- HTTP
+
+
+def unseen_documents(docs: list[str]):
+    """The documents, then (a small corpus runs out) numbered copies of them: every one new to the cache."""
+    yield from docs
+    for k in itertools.count(1):
+        yield from (f"{d} [{k}]" for d in docs)
 
 
 def free_port() -> int:
@@ -495,7 +547,7 @@ def http_bench(
         out["rss_hit_end_mb"] = rss()
         out["rss_growth_hit"] = round(out["rss_hit_end_mb"] / out["rss_hit_start_mb"] - 1, 4)
         # miss path: every request brings 20 documents never sent before (the rest of the corpus)
-        fresh = iter(docs[len(pool) :])
+        fresh = unseen_documents(docs[len(pool) :])
         miss: dict[str, Any] = {}
         out["rss_miss_start_mb"] = rss()
         for c in LEVELS:
@@ -522,7 +574,7 @@ def http_bench(
         out["rss_growth_run"] = round(out["rss_end_mb"] / out["rss_hit_start_mb"] - 1, 4)
         meta = httpx.get(f"{base}/v2/models/{SERVED_NAME}", timeout=30).json()["parameters"]
         out["server_reports"] = {
-            k: meta.get(k) for k in ("runtime", "precision", "threads", "variant", "doc_cache")
+            k: meta.get(k) for k in ("runtime", "precision", "threads", "variant", "doc_cache", "selection")
         }
         res.save()
     finally:
@@ -566,6 +618,15 @@ def targets(data: dict[str, Any]) -> dict[str, Any]:
 README_START, README_END = "<!-- serving-numbers:start -->", "<!-- serving-numbers:end -->"
 
 
+RUNTIME_NAMES = {
+    "onnxruntime_fp32": "onnxruntime fp32",
+    "onnxruntime_int8": "onnxruntime int8",
+    "openvino_fp32": "OpenVINO f32",
+    "openvino_int8": "OpenVINO int8",
+    "openvino_bf16": "OpenVINO bf16",
+}
+
+
 def write_readme(d: dict[str, Any], readme_path: Path) -> str:
     """The README's serving block from the results (every number printed next to its JSON key; a test checks them)."""
     import re
@@ -579,52 +640,74 @@ def write_readme(d: dict[str, Any], readme_path: Path) -> str:
     def n(key: str) -> str:
         return f"`{key}` = {v(key)}"
 
-    rt = d["served"]["runtime"]
-    t = d["targets"]
+    served, sel, t, cpu = d["served"], d["selection"], d["targets"], d["cpu"]
+    measured = [k for k in RUNTIME_NAMES if "miss" in d["runtimes"].get(k, {})]
+    timed = [k for k, c in sel["candidates"].items() if c.get("p50_ms") is not None]
+    skipped = [f"{k} ({c['skipped']})" for k, c in sel["candidates"].items() if "skipped" in c]
+    peaks = ", ".join(f"{p} {n(f'peaks.{p}')}" for p in ("fp32", "bf16", "int8") if p in d["peaks"])
+    absent = "; ".join(f"no {p} peak: {why}" for p, why in d.get("peaks_absent", {}).items())
+
+    def fraction(k: str, path: str) -> str:
+        f = d["runtimes"][k][path]["fraction_of_peak"]
+        return (
+            f" ({n(f'runtimes.{k}.{path}.fraction_of_peak')} of its precision's peak)"
+            if f is not None
+            else ""
+        )
+
+    miss = ",\n      ".join(
+        f"{RUNTIME_NAMES[k]} {n(f'runtimes.{k}.miss.p50_ms')} ms{fraction(k, 'miss')}" for k in measured
+    )
+    hit = ", ".join(f"{RUNTIME_NAMES[k]} {n(f'runtimes.{k}.hit.p50_ms')} ms" for k in measured)
+    cand_key = 'selection.candidates."{}".p50_ms'.format  # a quoted key (no nested quotes in 3.11 f-strings)
+    timings = ", ".join(f"{k} {n(cand_key(k))} ms" for k in timed) or "nothing timed"
+    probes = " / ".join(
+        f"{n(f'runtimes.{k}.batching_probe.speedup')} ({RUNTIME_NAMES[k]})"
+        for k in measured
+        if "batching_probe" in d["runtimes"][k]
+    )
+    frac = (
+        f"{n('served.fraction_of_peak')} of the {served['precision']} matmul peak"
+        if served["fraction_of_peak"] is not None
+        else f"no {served['precision']} peak measured"
+    )
+    met = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     block = f"""<!-- serving-numbers:start -->
-    **Runtime.** `serve.runtime` (params.yaml) picks **onnxruntime** or **OpenVINO**; both read the same `.onnx` files.
-    `hardneg export` runs the parity gate of the runtime it will serve (OpenVINO fp32 against PyTorch with the fp32
-    threshold; OpenVINO int8 with the int8 MRR@10 gate) and records it in `metadata.json` `serving` (`runtime`,
-    `variant`, `precision`, `max_abs_diff`, `passed`); the server serves that runtime unless `--runtime` overrides it.
-    OpenVINO's inference precision is pinned to f32 (its CPU plugin would silently switch to bf16 on AMX CPUs).
-    Threads follow the container's CPU limit (cgroup `cpu.max`, else the affinity mask); `--intra_op_threads` overrides.
-    The default, **{rt}**, was chosen from the numbers below, measured on this machine
-    ({d["machine"]["cpu_model"]}, AVX2 only: no AVX512/VNNI/AMX, so no native bf16 and OpenVINO bf16 is skipped).
+    **Runtime.** `serve.runtime: auto` (the default, params.yaml): `hardneg export` gates every runtime x precision
+    the server may choose (onnxruntime fp32 / int8, OpenVINO f32 / int8, and OpenVINO bf16 where the exporting CPU has
+    native bf16; elsewhere it is recorded as skipped, with the reason) and records them in `metadata.json`
+    `serving.candidates`. At load the server times those that passed and that its own CPU runs natively
+    (`hardneg.runtime_choice`: 1 query + 20 documents, the cache-miss path, within `serve.select_seconds`) and serves
+    the fastest; the choice, the timings and the CPU flags are logged in one line, shown in `GET /v2/models/<name>`
+    (`parameters.selection`) and exported on `/metrics` (`hardneg_runtime_info`, `hardneg_runtime_candidate_p50_seconds`,
+    `hardneg_cpu_info`). An explicit `--runtime` / `--precision` (or `serve.runtime: onnxruntime | openvino` at export)
+    wins. OpenVINO's precision hint is always set (f32 unless bf16 was chosen). Threads follow the container's CPU
+    limit (cgroup `cpu.max`, else the affinity mask); `--intra_op_threads` overrides.
 
     Numbers (`benchmarks/results/serving.json`, one run of `nice python benchmarks/serving.py --export-dir <export>`,
-    the trained bi-encoder export (`tune: query`), 1 query x 20 SciFact documents at max_length 256, {d["machine"]["cpu_limit"]} threads, on a
-    shared 2-core machine: load average {d["machine"]["loadavg_at_start"][0]} at start, so absolute numbers are noisy):
+    the {d["model"].get("kind")} export, 1 query x 20 SciFact documents at max_length {d["model"].get("max_length")},
+    {d["machine"]["cpu_limit"]} threads, on {cpu["model"]} (flags: {" ".join(cpu["flags"]) or "none of note"}); load
+    average {d["machine"]["loadavg_at_start"][0]} at start):
 
-    * warm document cache (only the query is embedded), in-process p50: onnxruntime fp32 {n("runtimes.onnxruntime_fp32.hit.p50_ms")} ms,
-      OpenVINO f32 {n("runtimes.openvino_fp32.hit.p50_ms")} ms, onnxruntime int8 {n("runtimes.onnxruntime_int8.hit.p50_ms")} ms;
-    * cache miss (query + 20 documents embedded), in-process p50: onnxruntime fp32 {n("runtimes.onnxruntime_fp32.miss.p50_ms")} ms,
-      OpenVINO f32 {n("runtimes.openvino_fp32.miss.p50_ms")} ms, onnxruntime int8 {n("runtimes.onnxruntime_int8.miss.p50_ms")} ms
-      (int8 failed its MRR@10 gate on this export: measured for reference, not served), OpenVINO int8 {n("runtimes.openvino_int8.miss.p50_ms")} ms;
-    * served ({rt}, {d["served"]["precision"]}): {n("served.fraction_of_peak")} of the fp32 matmul peak measured in the same run
-      ({n("matmul_peak.fp32.gops")} GFLOP/s; 2 x non-embedding parameters x tokens, miss path);
+    * selection at load, as the server makes it (p50 of 1 query + 20 documents): {timings}; served **{sel["chosen"]}**,
+      chosen in {n("selection.seconds")} s{"; not candidates here: " + "; ".join(skipped) if skipped else ""};
+    * matmul peaks of each precision in the same run (GOP/s): {peaks}{"; " + absent if absent else ""};
+    * cache miss (query + 20 documents embedded), in-process p50: {miss};
+    * warm document cache (only the query is embedded), in-process p50: {hit};
+    * served ({served["runtime"]}, {served["precision"]}): {n("served.inproc_miss_p50_ms")} ms on the miss path, {frac};
     * over HTTP (`python -m serving`, V1, loopback), warm cache: 1 client p50 {n('clients."1".p50_ms')} ms / p95 {n('clients."1".p95_ms')} ms,
-      {n('clients."1".throughput_pairs_s')} pairs/s; 8 clients {n('clients."8".throughput_pairs_s')} pairs/s; 32 clients {n('clients."32".throughput_pairs_s')} pairs/s
-      (p95 {n('clients."32".p95_ms')} ms); cache miss: 1 client p50 {n('clients_miss."1".p50_ms')} ms, 32 clients {n('clients_miss."32".throughput_pairs_s')} pairs/s;
-      errors {n("targets.zero_errors.value")} over all levels, server RSS growth on the warm-cache run {n("http.rss_growth_hit")} (the miss run
-      grows the document cache by design: {n("http.rss_growth_miss")}).
-    * batching concurrent requests: 8 warm-cache queries embedded in one graph call vs 8 calls, speedup
-      {n("runtimes.onnxruntime_fp32.batching_probe.speedup")} (onnxruntime) / {n("runtimes.openvino_fp32.batching_probe.speedup")} (OpenVINO). Not implemented: the
-      probe is not consistently above 1 across runs on these 2 shared cores (0.57 for onnxruntime in the previous run,
-      `benchmarks/results/serving_openvino_served.json`), and 8/32 clients already reach >= 90% of the 1-client throughput
-      without it. Requests are scored one at a time, length-bucketed batches within a request.
+      {n('clients."1".throughput_pairs_s')} pairs/s; 8 clients {n('clients."8".throughput_pairs_s')} pairs/s; 32 clients {n('clients."32".throughput_pairs_s')} pairs/s;
+      cache miss: 1 client {n('clients_miss."1".throughput_pairs_s')} pairs/s (p50 {n('clients_miss."1".p50_ms')} ms), 8 clients
+      {n('clients_miss."8".throughput_pairs_s')} pairs/s, 32 clients {n('clients_miss."32".throughput_pairs_s')} pairs/s; errors {n("targets.zero_errors.value")}
+      over all levels, server RSS growth on the warm-cache run {n("http.rss_growth_hit")};
+    * batching probe (8 warm-cache queries in one graph call vs 8 calls), speedup {probes or "not measured"}.
 
-    Why {rt}: a served bi-encoder with its document cache warm embeds only the query, and there onnxruntime was faster
-    than OpenVINO in both runs (in-process p50 above; OpenVINO's latency on these tiny dynamic-shape inputs stays
-    high on contended cores); OpenVINO f32 was faster on the cache-miss path (query + 20 documents) in both runs,
-    so a deployment whose documents rarely repeat should set `serve.runtime: openvino` and re-export. Both runtimes
-    score the same (max |cosine diff| {n("runtimes.openvino_fp32.max_abs_cosine_diff_vs_onnxruntime_fp32")}).
-    The previous run, served by OpenVINO, is kept as `benchmarks/results/serving_openvino_served.json`.
-
-    Targets (`targets` in the JSON): warm-cache p50 <= 20 ms over HTTP {"met" if t["biencoder_warm_cache_p50_<=20ms"]["met"] else "**missed**"};
-    served >= 50% of peak {"met" if t["served_>=50%_of_peak"]["met"] else "**missed**"}; 8/32 clients >= 90% of 1-client throughput
-    {"met" if all(t[k]["met"] for k in t if "clients_throughput" in k) else "**missed**"}; zero errors {"met" if t["zero_errors"]["met"] else "**missed**"};
-    RSS growth < 10% {"met" if t["rss_growth_<10%_(hit_path)"]["met"] else "**missed**"}. The peak is a 1024x1024 fp32 matmul on the same
-    contended cores, so "fraction of peak" is relative to what those cores gave during the run, not to the CPU's spec.
+    Targets (`targets` in the JSON): served >= 50% of its precision's peak {met(t["served_>=50%_of_peak"]["met"])};
+    warm-cache p50 <= 20 ms over HTTP {met(t["biencoder_warm_cache_p50_<=20ms"]["met"])}; 8/32 clients >= 90% of
+    1-client throughput {met(all(t[k]["met"] for k in t if "clients_throughput" in k))}; zero errors
+    {met(t["zero_errors"]["met"])}; RSS growth < 10% {met(t["rss_growth_<10%_(hit_path)"]["met"])}. Each peak is an n x n
+    matmul on the same (possibly shared) cores, so "fraction of peak" is relative to what those cores gave during
+    the run, not to the CPU's spec.
     <!-- serving-numbers:end -->"""
     block = "\n".join(ln[4:] if ln.startswith("    ") else ln for ln in block.splitlines())
     readme = readme_path.read_text()
@@ -640,7 +723,38 @@ def write_readme(d: dict[str, Any], readme_path: Path) -> str:
     return block
 
 
-def main() -> int:
+def served_summary(
+    selection: dict[str, Any], runtimes: dict[str, Any], peaks: dict[str, float], policy: str
+) -> dict[str, Any]:
+    """``served``: the candidate the server chose (``selection``), with its in-process numbers from ``runtimes``
+    (``<runtime>_<precision>``) and its miss-path GOP/s as a fraction of the peak of its own precision."""
+    rt, precision, variant = selection["runtime"], selection["precision"], selection["variant"]
+    s = runtimes[f"{rt}_{precision}"]
+    peak = peaks.get(precision)
+    why = {
+        "auto": "params serve.runtime auto: the fastest gated candidate timed at load on this machine (selection)",
+        "explicit": f"params serve.runtime {policy}, at the export's served variant",
+        "export": "the runtime the export recorded",
+    }[selection["mode"]]
+    return {
+        "runtime": rt,
+        "precision": precision,
+        "variant": variant,
+        "why": why,
+        "fraction_of_peak": s["miss"]["fraction_of_peak"],
+        "fraction_of_peak_basis": "in-process miss path (query + 20 documents embedded), "
+        + (
+            f"{s['miss']['gops']} GOP/s vs the {precision} matmul peak {peak}"
+            if peak
+            else f"no {precision} peak measured here"
+        ),
+        "fraction_of_peak_hit": s["hit"]["fraction_of_peak"],
+        "inproc_miss_p50_ms": s["miss"]["p50_ms"],
+        "inproc_hit_p50_ms": s["hit"]["p50_ms"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--export-dir", default=None, help="a hardneg export folder (default: the newest local one)"
@@ -648,27 +762,38 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=REPO / "data" / "scifact")
     ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "benchmarks" / "serving")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    ap.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="README whose serving block to rewrite (default: README.md when --out is the default)",
+    )
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per HTTP hit-path level")
     ap.add_argument(
         "--miss-requests", type=int, default=8, help="requests per HTTP miss-path level (>= clients)"
     )
     ap.add_argument("--hit-pool", type=int, default=10, help="hit path: requests whose documents are cached")
     ap.add_argument("--inproc-seconds", type=float, default=10.0)
+    ap.add_argument("--peak-seconds", type=float, default=3.0, help="seconds per matmul peak")
+    ap.add_argument("--peak-n", type=int, default=1024, help="matmul size of the peaks")
     ap.add_argument("--client-timeout", type=float, default=600.0)
     ap.add_argument("--skip-http", action="store_true")
     ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--readme-only", action="store_true", help="only rewrite README.md's block from --out")
-    args = ap.parse_args()
+    ap.add_argument("--readme-only", action="store_true", help="only rewrite the README's block from --out")
+    args = ap.parse_args(argv)
+    default_out = args.out == REPO / "benchmarks" / "results" / "serving.json"
+    readme = args.readme or (REPO / "README.md" if default_out else None)
     if args.readme_only:
-        write_readme(json.loads(args.out.read_text(encoding="utf-8")), REPO / "README.md")
+        write_readme(json.loads(args.out.read_text(encoding="utf-8")), readme or REPO / "README.md")
         return 0
 
     from hardneg.config import load_params
     from hardneg.hw import cpu_limit
     from hardneg.rerank import VARIANT_FILES, verify_export_dir
+    from hardneg.runtime_choice import load_reranker
 
     params = load_params(REPO / "params.yaml")
-    runtime = str(params["serve"].get("runtime") or "onnxruntime")
+    runtime = str(params["serve"]["runtime"])
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     res = Results(args.out, settings)
     work = args.work_dir
@@ -682,8 +807,7 @@ def main() -> int:
         shutil.rmtree(export_dir, ignore_errors=True)
         shutil.copytree(src, export_dir)
         meta = verify_export_dir(export_dir)
-        variant = meta["served_variant"]
-        n = graph_params(export_dir / VARIANT_FILES[variant])
+        n = graph_params(export_dir / VARIANT_FILES["fp32"])  # FLOPs do not depend on the precision
         res["model"] = {
             "export_source": str(src),
             "copied_to": str(export_dir),
@@ -691,33 +815,31 @@ def main() -> int:
             "tune": meta.get("tune"),
             "base_model": meta.get("base_model"),
             "max_length": meta.get("max_length"),
-            "served_variant": variant,
+            "served_variant": meta["served_variant"],
             "export_parity": meta.get("parity"),
             "export_serving": meta.get("serving"),
             "params": n,
         }
         threads = cpu_limit()
         log(f"matmul peaks ({threads} threads) ...")
-        res["matmul_peak"] = peaks = matmul_peaks(threads)
-        log(f"  {peaks}")
+        pk = matmul_peaks(threads, args.peak_seconds, args.peak_n)
+        res.data.update(pk)
+        peaks = pk["peaks"]
+        log(f"  {peaks} (absent: {pk['peaks_absent']})")
+        log(f"runtime selection as the server makes it (serve.runtime {runtime}) ...")
+        reranker, sel = load_reranker(
+            export_dir,
+            runtime=runtime,
+            budget_s=float(params["serve"]["select_seconds"]),
+            intra_op_threads=threads,
+            doc_cache_size=0,
+        )
+        del reranker
+        res["selection"] = selection = sel.to_dict()
+        log(f"  {sel.log_line()}")
         queries, docs = load_texts(args.data_dir, args.seed)
         rt = in_process(args, res, export_dir, queries, docs, peaks, n["non_embedding"], threads)
-        key = f"{runtime}_{variant}"
-        s = rt[key]
-        res["served"] = {
-            "runtime": runtime,
-            "precision": s["precision"],
-            "variant": variant,
-            "why": "params serve.runtime; the export's served_variant (int8 failed its MRR gate -> fp32)"
-            if variant == "fp32"
-            else "params serve.runtime; the export's served_variant",
-            "fraction_of_peak": s["miss"]["fraction_of_peak"],
-            "fraction_of_peak_basis": "in-process miss path (query + 20 documents embedded), "
-            f"{s['miss']['gops']} GOP/s vs the {s['precision']} matmul peak {peaks['int8' if variant == 'int8' else 'fp32']['gops']}",
-            "fraction_of_peak_hit": s["hit"]["fraction_of_peak"],
-            "inproc_miss_p50_ms": s["miss"]["p50_ms"],
-            "inproc_hit_p50_ms": s["hit"]["p50_ms"],
-        }
+        res["served"] = served_summary(selection, rt, peaks, runtime)
         if not args.skip_http:
             http = http_bench(args, res, export_dir, runtime, queries, docs, work)
             res.data["clients"] = http.get("clients", {})
@@ -728,8 +850,8 @@ def main() -> int:
         res.data["machine"]["loadavg_at_end"] = loadavg()
         res.save()
         log(f"targets: {json.dumps(res.data['targets'])}")
-        if args.out == REPO / "benchmarks" / "results" / "serving.json":
-            write_readme(res.data, REPO / "README.md")
+        if readme is not None and not args.skip_http:
+            write_readme(res.data, readme)
     except BaseException as e:
         res.data["status"] = f"failed: {type(e).__name__}: {e}"
         res.save()

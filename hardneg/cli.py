@@ -656,8 +656,13 @@ def serve_cmd(
     runtime: Annotated[
         str | None,
         typer.Option(
-            help="onnxruntime | openvino (default: the runtime the export gated, metadata.json serving)"
+            help="auto | onnxruntime | openvino (auto: time the export's gated candidates on this machine and serve "
+            "the fastest; default: the export's policy, metadata.json serving)"
         ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32 | bf16 | int8 (default: the chosen candidate's)"),
     ] = None,
     intra_op_threads: Annotated[
         int | None,
@@ -681,8 +686,10 @@ def serve_cmd(
         from serving.predictor import HardnegReranker, Limits
         from serving.server import serve
     params = get_params()
-    if runtime is not None and runtime not in ("onnxruntime", "openvino"):
-        raise HardnegError(f"--runtime must be onnxruntime or openvino, got {runtime!r}")
+    if runtime is not None and runtime not in ("auto", "onnxruntime", "openvino"):
+        raise HardnegError(f"--runtime must be auto, onnxruntime or openvino, got {runtime!r}")
+    if precision is not None and precision not in ("fp32", "bf16", "int8"):
+        raise HardnegError(f"--precision must be fp32, bf16 or int8, got {precision!r}")
     if variant is not None and variant not in ("int8", "fp32"):
         raise HardnegError(f"--variant must be int8 or fp32, got {variant}")
     model = HardnegReranker(
@@ -690,6 +697,8 @@ def serve_cmd(
         str(model_dir),
         variant=variant,
         runtime=runtime,
+        precision=precision,
+        select_seconds=float(params["serve"]["select_seconds"]),
         limits=Limits.from_params(params),
         intra_op_threads=intra_op_threads or params["serve"]["intra_op_threads"],
         doc_cache_size=params["serve"]["doc_cache_size"] if doc_cache_size is None else doc_cache_size,

@@ -24,8 +24,11 @@ Gates (params ``export``): fp32 max |ONNX score - PyTorch score| over a sample o
 embeddings, query model for the query, document encoder for the document; each graph's embeddings are checked against
 its torch model too); int8 MRR@10 drop vs fp32 on a dev set (candidates + qrels) <= ``parity_int8_max_mrr_drop`` (the int8 max
 |diff| is reported). Both ONNX variants are scored through :mod:`hardneg.rerank`, the code the server runs (fused
-with first-stage scores as served; a variant means both graphs of a two-graph bi-encoder). A failed gate raises :class:`GateFailedError`. torch is imported inside the
-functions that need it only.
+with first-stage scores as served; a variant means both graphs of a two-graph bi-encoder). Then every runtime x
+precision the server may choose (params ``serve.runtime``; ``auto``: onnxruntime fp32/int8, OpenVINO f32/int8 and,
+where the exporting CPU has native bf16, OpenVINO bf16) is gated the same way and recorded in ``metadata.json``
+``serving.candidates`` (:func:`_candidate_gate`; the server times those that passed, :mod:`hardneg.runtime_choice`).
+A failed gate raises :class:`GateFailedError`. torch is imported inside the functions that need it only.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg import hw
 from hardneg.artifacts import FUSION_FILE, METADATA_FILE, METRICS_FILE
 from hardneg.errors import GateFailedError, HardnegError
 from hardneg.lineage import LINEAGE_FILE, Lineage, current_lineage, read_lineage, sha256_dir, sha256_file
@@ -73,8 +77,8 @@ from hardneg.rerank import (
     CosineScorer,
     PairScorer,
     TextEncoder,
-    check_runtime,
 )
+from hardneg.runtime_choice import AUTO, POLICIES, Candidate, cpu_skip_reason, export_candidates
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +531,8 @@ class _Graph:
     inputs: list[str]
     outputs: list[str]
     reference: Callable[[Sequence[tuple[str, str]]], np.ndarray]  # PyTorch scores of (query, doc) pairs
-    # the served scoring code on the export folder's graphs of one variant: scorer(folder, "fp32" | "int8"[, runtime])
+    # the served scoring code on the export folder's graphs of one variant:
+    # scorer(folder, "fp32" | "int8"[, runtime[, precision]])
     scorer: Callable[..., PairScorer | CosineScorer]
     metadata: dict[str, Any]  # kind-specific metadata.json keys
     copies: dict[str, Path]  # file name in the export -> the source file (tokenizers)
@@ -553,8 +558,8 @@ def _cross_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard
         inputs,
         list(ONNX_OUTPUTS),
         lambda pairs: _torch_scores(ce, pairs),
-        lambda root, v, runtime=ONNXRUNTIME: PairScorer(
-            root / VARIANT_FILES[v], root / TOKENIZER_FILE, max_length, runtime=runtime
+        lambda root, v, runtime=ONNXRUNTIME, precision=None: PairScorer(
+            root / VARIANT_FILES[v], root / TOKENIZER_FILE, max_length, runtime=runtime, precision=precision
         ),
         {"kind": CROSS_ENCODER, "score": activation, "activation": activation, "truncation": "longest_first"},
         _tokenizer_copies(src, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE),
@@ -643,8 +648,11 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -
     # variant, not once per query it is a candidate of: 200 dev queries x 30 candidates took ~10 min uncached)
     gate_cache = 1_000_000
 
-    def scorer(root: Path, variant: str, runtime: str = ONNXRUNTIME) -> CosineScorer:
-        query = TextEncoder(root / VARIANT_FILES[variant], root / TOKENIZER_FILE, max_length, runtime=runtime)
+    def scorer(
+        root: Path, variant: str, runtime: str = ONNXRUNTIME, precision: str | None = None
+    ) -> CosineScorer:
+        kw = {"runtime": runtime, "precision": precision}
+        query = TextEncoder(root / VARIANT_FILES[variant], root / TOKENIZER_FILE, max_length, **kw)
         if doc_meta is None:
             return CosineScorer(query, doc_cache_size=gate_cache)
         # as OnnxReranker loads it (a missing config file reads as {})
@@ -653,7 +661,7 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -
             root / doc_meta["tokenizer"],
             max_length,
             tokenizer_config_path=root / (doc_meta["tokenizer_config"] or DOC_TOKENIZER_CONFIG_FILE),
-            runtime=runtime,
+            **kw,
         )
         return CosineScorer(query, doc_cache_size=gate_cache, doc_encoder=doc)
 
@@ -796,11 +804,11 @@ def _int8_gate(
     }
 
 
-def _served_runtime_gate(
+def _candidate_gate(
     graph: _Graph,
     staging: Path,
-    variant: str,
-    runtime: str,
+    c: Candidate,
+    parity: dict[str, Any],
     pairs: Sequence[tuple[str, str]],
     ref: np.ndarray,
     fp32_ort: Any,
@@ -809,20 +817,26 @@ def _served_runtime_gate(
     fp32_max_abs: float,
     int8_max_mrr_drop: float,
 ) -> dict[str, Any]:
-    """The parity gate of what is served (params ``serve.runtime`` x the served variant), through the served code:
-    onnxruntime is what the fp32/int8 gates above measured; another runtime (OpenVINO) is scored again on the same
-    pairs against PyTorch (fp32: max |diff| <= the fp32 threshold; int8: its MRR@10 drop vs onnxruntime fp32 on the
-    dev set <= the int8 threshold). Recorded in metadata.json ``serving``; a failure blocks the export."""
-    check_runtime(runtime)
-    precision = variant  # the graph's own precision; OpenVINO's hint is pinned to f32 for fp32 graphs
-    out: dict[str, Any] = {"runtime": runtime, "variant": variant, "precision": precision}
-    if runtime == ONNXRUNTIME:
-        return out | {"same_as": f"{variant} gate above", "passed": True}
-    scorer = graph.scorer(staging, variant, runtime)
+    """The parity gate of one runtime x precision the server may serve (:func:`hardneg.runtime_choice.
+    export_candidates`), through the served code. onnxruntime runs exactly what the fp32 / int8 gates above measured;
+    OpenVINO is scored again on the same pairs against PyTorch: f32 max |diff| <= the fp32 threshold; int8 and bf16
+    (8 mantissa bits: a ranking gate, as for int8) their MRR@10 drop vs onnxruntime fp32 on the dev set <= the int8
+    threshold. bf16 is gated only where the exporting CPU has native bf16 (elsewhere OpenVINO's bf16 hint runs f32,
+    so the gate would measure f32): skipped with the reason. The int8 graph is gated on OpenVINO only when it passed
+    its own gate (the server never loads a failed int8). Recorded in metadata.json ``serving.candidates``."""
+    out: dict[str, Any] = {"runtime": c.runtime, "variant": c.variant, "precision": c.precision}
+    if c.runtime == ONNXRUNTIME:
+        return out | {"same_as": f"{c.variant} gate above", "passed": bool(parity[c.variant]["passed"])}
+    if c.variant == "int8" and not parity["int8"]["passed"]:
+        return out | {"skipped": "the int8 graph failed its own gate (int8 above)", "passed": False}
+    why = cpu_skip_reason(c, hw.cpu_info())
+    if why is not None:
+        return out | {"skipped": f"exporting machine: {why}", "passed": False}
+    scorer = graph.scorer(staging, c.variant, c.runtime, c.precision)
     scores = scorer.score_pairs([p[0] for p in pairs], [p[1] for p in pairs])
     diff = np.abs(scores - ref) if len(ref) else np.zeros(1)
     out |= {"pairs": len(pairs), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
-    if variant == "fp32":
+    if c.precision == "fp32":
         return out | {"threshold": fp32_max_abs, "passed": bool(out["max_abs_diff"] <= fp32_max_abs)}
     if dev_set is None:
         return out | {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
@@ -832,6 +846,33 @@ def _served_runtime_gate(
         "threshold_mrr_drop": int8_max_mrr_drop,
         "passed": gate["passed"],
     }
+
+
+def _serving_gates(
+    graph: _Graph,
+    staging: Path,
+    parity: dict[str, Any],
+    serve_runtime: str,
+    serve_variant: str,
+    served: str,
+    *gate_args: Any,
+) -> dict[str, Any]:
+    """metadata.json ``serving``: the default candidate's gate at the top (``runtime``, ``variant``, ``precision``,
+    ``passed``: it blocks the export; under ``auto`` the default is onnxruntime at the served variant), ``policy``
+    (params ``serve.runtime``), ``candidates`` (every runtime x precision the server may choose, gated; under
+    ``auto`` both variants when ``serve.variant`` is auto) and the exporting machine's ``cpu``."""
+    variants = [served] if serve_runtime != AUTO or serve_variant != "auto" else list(VARIANT_FILES)
+    default = Candidate(ONNXRUNTIME if serve_runtime == AUTO else serve_runtime, served, served)
+    gates = {
+        c.key: _candidate_gate(graph, staging, c, parity, *gate_args)
+        for c in export_candidates(serve_runtime, variants)
+    }
+    for key, g in gates.items():
+        if not g["passed"] and key != default.key:
+            log.info(
+                "serving candidate %s not servable: %s", key, g.get("skipped") or "failed its parity gate"
+            )
+    return {**gates[default.key], "policy": serve_runtime, "candidates": gates, "cpu": hw.cpu_info()}
 
 
 def _run_gates(
@@ -844,9 +885,10 @@ def _run_gates(
     fp32_max_abs: float,
     int8_max_mrr_drop: float,
     serve_variant: str,
-    serve_runtime: str = ONNXRUNTIME,
+    serve_runtime: str = AUTO,
 ) -> dict[str, Any]:
-    """Both ONNX variants through hardneg.rerank (the served code path) vs the PyTorch reference; parity.json."""
+    """Both ONNX variants through hardneg.rerank (the served code path) vs the PyTorch reference, then every runtime x
+    precision the server may serve (:func:`_serving_gates`); parity.json."""
     fp32 = graph.scorer(staging, "fp32")
     int8 = graph.scorer(staging, "int8")
     pairs = _sample_pairs(dev_set, sample_pairs)
@@ -886,11 +928,13 @@ def _run_gates(
     parity["passed"] = bool(parity["fp32"]["passed"] and (parity["int8"]["passed"] or not require_int8))
     served = served_variant_for(serve_variant, bool(parity["int8"]["passed"]))
     parity["served_variant"] = {"policy": serve_variant, "served": served}
-    parity["serving"] = _served_runtime_gate(
+    parity["serving"] = _serving_gates(
         graph,
         staging,
-        served,
+        parity,
         serve_runtime,
+        serve_variant,
+        served,
         pairs,
         ref,
         fp32,
@@ -940,7 +984,11 @@ def _metadata(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
-            **({OPENVINO: _openvino_version()} if parity["serving"]["runtime"] == OPENVINO else {}),
+            **(
+                {OPENVINO: _openvino_version()}
+                if any(g["runtime"] == OPENVINO for g in parity["serving"]["candidates"].values())
+                else {}
+            ),
             "method": "torch.onnx.export(dynamo=False)",
             "int8": {"method": "onnxruntime quantize_dynamic", "weight_type": "QInt8", **INT8_OPTIONS},
         },
@@ -976,7 +1024,7 @@ def _gate_failure(parity: dict[str, Any], out: Path) -> GateFailedError:
                     f"fp32 {role} graph max |embedding diff| {e['max_abs_diff']:.3g} > {fp32['threshold']:g}"
                 )
     srv = parity.get("serving") or {}
-    if not srv.get("passed", True):
+    if not srv.get("passed", True) and "same_as" not in srv:  # same_as: the fp32 / int8 gate reported above
         failed.append(
             f"served runtime {srv['runtime']} ({srv['variant']}) failed its parity gate: "
             + (
@@ -1082,6 +1130,7 @@ def _export_staging(out: Path) -> Iterator[Path]:
         yield staging
 
 
+# long: the public entry point; a third of it is the docstring of the fusion, variant and runtime policies
 def export_model(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -1095,7 +1144,7 @@ def export_model(
     version: str | None = None,
     params: dict[str, Any] | None = None,
     serve_variant: str = "auto",
-    serve_runtime: str = ONNXRUNTIME,
+    serve_runtime: str = AUTO,
     fusion_file: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export ``model_dir`` (a trained model folder: a CrossEncoder, or a bi-encoder SentenceTransformer with
@@ -1108,10 +1157,14 @@ def export_model(
     ``"int8"`` (its MRR gate blocks the export), ``"fp32"`` (the int8 gate is recorded only) or ``"auto"`` (int8 if
     it passes its gate, else fp32 with a warning; the choice and the reason are recorded).
 
+    ``serve_runtime`` (params ``serve.runtime``) decides what else is gated for the server to choose from
+    (``metadata.json`` ``serving.candidates``): ``"auto"`` every runtime x precision of the servable variants (the
+    server times them on its node and serves the fastest), ``"onnxruntime"`` / ``"openvino"`` that runtime at the
+    served variant's precision (served as is).
+
     Raises :class:`GateFailedError` (after writing ``out_dir/parity.json``, without metadata.json) when a gate fails.
     """
-    if serve_variant not in SERVE_VARIANTS:
-        raise HardnegError(f"serve variant must be one of {list(SERVE_VARIANTS)}, got '{serve_variant}'")
+    _check_serve_policies(serve_variant, serve_runtime)
     src, out = Path(model_dir), Path(out_dir).absolute()  # absolute: int8 quantisation runs in a temp cwd
     from hardneg.artifacts import verify_checksums
 
@@ -1121,8 +1174,7 @@ def export_model(
     _check_source(src, kind)
     t0 = time.perf_counter()
     source = _source_info(src, kind, params, Path(fusion_file) if fusion_file is not None else None)
-    source["version"] = version or source["fingerprint"][:12]
-    source["model_name"] = model_name or src.name
+    source.update(version=version or source["fingerprint"][:12], model_name=model_name or src.name)
     with _export_staging(out) as staging:
         build = _bi_encoder_graph if kind == BI_ENCODER else _cross_encoder_graph
         graph = build(src, staging / VARIANT_FILES["fp32"], opset, card)
@@ -1165,6 +1217,13 @@ def export_model(
 
 
 SERVE_VARIANTS = ("auto", "int8", "fp32")
+
+
+def _check_serve_policies(serve_variant: str, serve_runtime: str) -> None:
+    if serve_variant not in SERVE_VARIANTS:
+        raise HardnegError(f"serve variant must be one of {list(SERVE_VARIANTS)}, got '{serve_variant}'")
+    if serve_runtime not in POLICIES:
+        raise HardnegError(f"serve runtime must be one of {list(POLICIES)}, got '{serve_runtime}'")
 
 
 def served_variant_for(policy: str, int8_passed: bool) -> str:

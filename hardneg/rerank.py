@@ -155,6 +155,11 @@ PRECISIONS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def check_runtime(runtime: str | None) -> str:
+    if runtime == "auto":
+        raise HardnegError(
+            "runtime 'auto' is a choice made at load (hardneg.runtime_choice.load_reranker), not a runtime: "
+            f"pass one of {list(RUNTIMES)} here"
+        )
     if runtime not in RUNTIMES:
         raise HardnegError(f"unknown runtime {runtime!r}: use one of {list(RUNTIMES)}")
     return str(runtime)
@@ -227,9 +232,11 @@ class _OpenVinoSession(_Session):
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         }
         self.compiled = _ov_core().compile_model(str(onnx_path), "CPU", config)
-        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if precision == "bf16" and "bf16" not in hint:
-            log.warning("OpenVINO runs %s in %s, not bf16: this CPU has no native bf16", onnx_path, hint)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if precision == "bf16" and ov_type_name(hint) != "bf16":
+            log.warning(
+                "OpenVINO runs %s in %s, not bf16: this CPU has no native bf16", onnx_path, ov_type_name(hint)
+            )
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
         self.output_names = [p.get_any_name() for p in self.compiled.outputs]
         self._local = threading.local()
@@ -248,6 +255,20 @@ class _OpenVinoSession(_Session):
             shape[shape.rank.get_length() - 1] if shape.rank.is_static and shape.rank.get_length() else None
         )
         return int(last.get_length()) if last is not None and last.is_static else None
+
+
+def ov_type_name(value: Any) -> str:
+    """OpenVINO's short name of an element type (``"bf16"``, ``"f32"``) from an ``openvino.Type`` or a string.
+
+    ``INFERENCE_PRECISION_HINT`` reads back as an ``openvino.Type`` whose ``str()`` is the long name
+    (``<Type: 'bfloat16'>``), so ``"bf16" in str(hint)`` is False exactly when bf16 is on."""
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    return {
+        "bfloat16": "bf16",
+        "float32": "f32",
+        "<Type: 'bfloat16'>": "bf16",
+        "<Type: 'float32'>": "f32",
+    }.get(name, name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -532,8 +553,9 @@ def served_runtime(
     metadata: dict[str, Any], runtime: str | None, precision: str | None, variant: str
 ) -> tuple[str, str]:
     """(runtime, precision) to serve: the arguments, else what the export's parity gate measured and recorded
-    (``metadata.json`` ``serving``: ``{"runtime", "precision", ...}``, from params ``serve.runtime``), else
-    onnxruntime (exports made before runtimes were recorded) at the variant's own precision."""
+    (``metadata.json`` ``serving``: ``{"runtime", "precision", ...}``, from params ``serve.runtime``; under
+    ``serve.runtime: auto`` that is the default candidate, onnxruntime at the served variant, served when nothing is
+    timed), else onnxruntime (exports made before runtimes were recorded) at the variant's own precision."""
     recorded = metadata.get("serving") if isinstance(metadata.get("serving"), dict) else {}
     rt = check_runtime(runtime or recorded.get("runtime") or ONNXRUNTIME)
     if precision is None and rt == recorded.get("runtime") and variant == recorded.get("variant"):
@@ -566,6 +588,10 @@ class OnnxReranker:
     (sigmoid), a bi-encoder scores cosine(query embedding, document embedding) and keeps the embeddings of the last
     ``doc_cache_size`` distinct documents (LRU keyed by the text's sha256; ``None``: params
     ``serve.doc_cache_size``; 0: off; ignored for a cross-encoder).
+
+    ``runtime`` / ``precision``: ``None`` serves what the export recorded (``metadata.json`` ``serving``); params
+    ``serve.runtime: auto`` is resolved by :func:`hardneg.runtime_choice.load_reranker` (the server's loader), which
+    times the gated candidates and builds this class with the fastest. ``quiet`` logs the load line at DEBUG.
     """
 
     def __init__(
@@ -582,6 +608,7 @@ class OnnxReranker:
         doc_cache_size: int | None = None,
         runtime: str | None = None,
         precision: str | None = None,
+        quiet: bool = False,
     ):
         if variant is not None and variant not in VARIANT_FILES:
             raise HardnegError(f"unknown variant '{variant}': use one of {sorted(VARIANT_FILES)}")
@@ -630,7 +657,8 @@ class OnnxReranker:
         else:
             self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
         self.seen_sha256 = self._seen_documents()
-        log.info(
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "loaded %s (%s, %s on %s, precision %s, %d threads, version %s, max_length %d, fusion weight %s)",
             self.export_dir,
             self.kind,

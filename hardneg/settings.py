@@ -196,7 +196,8 @@ class Export:
 class Serve:
     model_name: str
     variant: Literal["auto", "int8", "fp32"]
-    runtime: Literal["onnxruntime", "openvino"]
+    runtime: Literal["auto", "onnxruntime", "openvino"]
+    select_seconds: float
     intra_op_threads: int | None
     max_documents: int
     max_text_chars: int

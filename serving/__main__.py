@@ -3,8 +3,10 @@
 Takes KServe's own server flags (``--http_port``, ``--model_name``, ``--enable_grpc``...) plus ``--model_dir``,
 ``--host`` (default 0.0.0.0, KServe's behaviour; use 127.0.0.1 locally), ``--variant`` (int8|fp32; default: the
 export's ``served_variant``, chosen at export by params ``serve.variant``),
-``--runtime`` (openvino|onnxruntime; default: the export's, metadata.json ``serving.runtime``, gated at export by
-params ``serve.runtime``), ``--intra_op_threads`` (default: the container's CPU limit), ``--doc_cache_size`` (bi-encoder exports: document embeddings kept; default params
+``--runtime`` (auto|openvino|onnxruntime; default: the export's policy, params ``serve.runtime`` at export, recorded
+in metadata.json ``serving``: under ``auto`` the gated candidates are timed on this node for up to params
+``serve.select_seconds`` and the fastest is served), ``--precision`` (fp32|bf16|int8: only candidates of that
+precision; with an explicit runtime, served as asked), ``--intra_op_threads`` (default: the container's CPU limit), ``--doc_cache_size`` (bi-encoder exports: document embeddings kept; default params
 ``serve.doc_cache_size``) and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
 """
 
@@ -35,8 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runtime",
         default=None,
-        choices=["openvino", "onnxruntime"],
-        help="inference runtime (default: the one the export gated, metadata.json serving.runtime)",
+        choices=["auto", "openvino", "onnxruntime"],
+        help="inference runtime; auto: time the export's gated candidates here and serve the fastest "
+        "(default: the export's policy, metadata.json serving)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "int8"],
+        help="inference precision (bf16: OpenVINO on the fp32 graph; default: the chosen candidate's)",
     )
     parser.add_argument(
         "--intra_op_threads",
@@ -92,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             intra_op_threads=args.intra_op_threads or serve_params.get("intra_op_threads"),
             doc_cache_size=_doc_cache_size(args.doc_cache_size, serve_params),
             runtime=args.runtime,
+            precision=args.precision,
+            select_seconds=float(serve_params["select_seconds"]),
         )
         serve(model, http_port=args.http_port, host=args.host, enable_grpc=args.enable_grpc)
     except HardnegError as e:

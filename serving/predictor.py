@@ -38,6 +38,7 @@ from hardneg.rerank import (
     OnnxReranker,
     verify_export_dir,
 )
+from hardneg.runtime_choice import Selection, load_reranker
 from serving import clean_argv
 
 with clean_argv():
@@ -342,7 +343,9 @@ class ExportWatch:
 
 
 class HardnegReranker(Model):
-    """Serves one export folder. ``load()`` verifies its checksums and opens the ONNX session, then sets ``ready``."""
+    """Serves one export folder. ``load()`` verifies its checksums, chooses the runtime x precision
+    (:func:`hardneg.runtime_choice.load_reranker`: timed on this node under ``auto``, else as given or recorded;
+    ``selection``), opens the sessions, then sets ``ready``."""
 
     def __init__(
         self,
@@ -355,10 +358,17 @@ class HardnegReranker(Model):
         max_concurrency: int = 1,
         doc_cache_size: int | None = None,
         runtime: str | None = None,
+        precision: str | None = None,
+        select_seconds: float | None = None,
         watch_interval: float = 2.0,
     ):
         super().__init__(name)
-        self.runtime = runtime  # None: the export's (metadata.json serving.runtime)
+        # None: the export's (metadata.json serving: policy auto -> timed here, else its one runtime); "auto": timed
+        self.runtime = runtime
+        self.precision = precision  # None: the chosen candidate's / the variant's own
+        # runtime auto: budget for timing the candidates at load (None: params serve.select_seconds, packaged)
+        self.select_seconds = select_seconds
+        self.selection: Selection | None = None
         self.watch_interval = float(watch_interval)
         self.watch: ExportWatch | None = None
         self.model_dir, self.variant = model_dir, variant
@@ -377,15 +387,24 @@ class HardnegReranker(Model):
             self.ready = False
             raise ModelNotReady(self.name, problem)
         if self.reranker is None:
-            self.reranker = OnnxReranker(
+            budget = self.select_seconds
+            if budget is None:
+                from hardneg.config import default_params
+
+                budget = float(default_params()["serve"]["select_seconds"])
+            self.reranker, self.selection = load_reranker(
                 self.model_dir,
-                self.variant,
+                runtime=self.runtime,
+                precision=self.precision,
+                variant=self.variant,
+                budget_s=budget,
                 intra_op_threads=self.intra_op_threads,
                 doc_cache_size=self.doc_cache_size,
-                runtime=self.runtime,
             )
-            self.variant = self.reranker.variant  # None -> the export's served_variant
-            self.runtime = self.reranker.runtime  # None -> the export's serving.runtime
+            log.info("%s: %s", self.name, self.selection.log_line())
+            self.variant = self.reranker.variant  # None -> the chosen (or the export's served) variant
+            self.runtime = self.reranker.runtime
+            self.precision = self.reranker.precision
             # watched from the checksums just verified (a change between the two reads is caught at the first check)
             self.watch = ExportWatch(self.model_dir, self.watch_interval)
         self.ready = True
@@ -440,6 +459,8 @@ class HardnegReranker(Model):
                 "precision": r.precision if r else None,
                 "threads": r.threads if r else None,
                 "serving": meta.get("serving"),
+                # how runtime x precision was chosen on this node: mode, chosen, per-candidate timings, cpu flags
+                "selection": self.selection.to_dict() if self.selection else None,
                 "max_length": r.max_length if r else None,
                 "truncation": _TRUNCATION.get(r.kind if r else "", None),
                 "doc_cache": r.cache_stats() if r else None,

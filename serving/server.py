@@ -5,6 +5,8 @@ What KServe 0.21 lacks and this adds (docs/stack.md 2):
 * a host to bind (KServe hard-codes 0.0.0.0): ``HardnegRESTServer`` sets ``config.host``;
 * a request body limit (``serve.max_body_bytes`` -> 413) and Prometheus counters ``hardneg_requests_total{protocol,
   status}`` / ``hardneg_errors_total{reason}`` on the same ``/metrics`` (``GuardMiddleware``, pure ASGI);
+* the runtime x precision served and how it was chosen at load (``RuntimeCollector``: ``hardneg_runtime_info``,
+  the candidates' timings, ``hardneg_cpu_info`` with the CPU flags) on ``/metrics``;
 * for a bi-encoder export, its document-embedding cache on ``/metrics``: counters
   ``hardneg_doc_cache_hits_total{model}`` / ``hardneg_doc_cache_misses_total{model}`` and gauges
   ``hardneg_doc_cache_entries{model}`` / ``hardneg_doc_cache_capacity{model}`` (``DocCacheCollector``, read at scrape);
@@ -56,9 +58,9 @@ ERRORS = Counter("hardneg_errors_total", "Failed requests by reason", ["reason"]
 INTERNAL_ERROR = "internal server error (logged server-side)"
 
 
-class DocCacheCollector:
-    """Reads the document-embedding cache counters of the served bi-encoder(s) at scrape time (the counts live in
-    :class:`hardneg.rerank.EmbeddingCache`; nothing to keep in sync). Models are held weakly, latest per name."""
+class _TrackedModels:
+    """A custom Prometheus collector reading the served models at scrape time. Models are held weakly, latest per
+    name."""
 
     def __init__(self) -> None:
         self._models: dict[str, weakref.ref[HardnegReranker]] = {}
@@ -68,9 +70,17 @@ class DocCacheCollector:
         with self._lock:
             self._models[model.name] = weakref.ref(model)
 
-    def collect(self) -> Iterator[Metric]:
+    def _live(self) -> dict[str, HardnegReranker | None]:
         with self._lock:
-            models = {name: ref() for name, ref in self._models.items()}
+            return {name: ref() for name, ref in self._models.items()}
+
+
+class DocCacheCollector(_TrackedModels):
+    """Reads the document-embedding cache counters of the served bi-encoder(s) at scrape time (the counts live in
+    :class:`hardneg.rerank.EmbeddingCache`; nothing to keep in sync)."""
+
+    def collect(self) -> Iterator[Metric]:
+        models = self._live()
         stats = {
             name: m.reranker.cache_stats()
             for name, m in sorted(models.items())
@@ -101,8 +111,53 @@ class DocCacheCollector:
         yield from (hits, misses, entries, capacity)
 
 
+class RuntimeCollector(_TrackedModels):
+    """What each model serves and how it was chosen at load (:class:`hardneg.runtime_choice.Selection`): gauges
+    ``hardneg_runtime_info{model,runtime,precision,variant,mode}`` (1), ``hardneg_runtime_candidate_p50_seconds
+    {model,candidate}`` (each timed candidate, 1 query + 20 documents), ``hardneg_runtime_selection_seconds{model}``
+    and ``hardneg_cpu_info{model,cpu,flags}`` (1; the matrix flags that decide, comma-separated)."""
+
+    def collect(self) -> Iterator[Metric]:
+        sels = {n: m.selection for n, m in sorted(self._live().items()) if m is not None and m.selection}
+        if not sels:
+            return
+        info = GaugeMetricFamily(
+            "hardneg_runtime_info",
+            "Served runtime x precision (1); mode auto = the fastest candidate timed at load",
+            labels=["model", "runtime", "precision", "variant", "mode"],
+        )
+        cand = GaugeMetricFamily(
+            "hardneg_runtime_candidate_p50_seconds",
+            "Median seconds of one 1 query + 20 documents request per candidate timed at load (runtime auto)",
+            labels=["model", "candidate"],
+        )
+        secs = GaugeMetricFamily(
+            "hardneg_runtime_selection_seconds",
+            "Seconds spent choosing the runtime at load",
+            labels=["model"],
+        )
+        cpu = GaugeMetricFamily(
+            "hardneg_cpu_info",
+            "The serving CPU (1): model name and matrix flags",
+            labels=["model", "cpu", "flags"],
+        )
+        for name, sel in sels.items():
+            assert sel is not None
+            c = sel.chosen
+            info.add_metric([name, c.runtime, c.precision, c.variant, sel.mode], 1)
+            for key in sel.timings:
+                p50 = sel.p50_ms(key)
+                if p50 is not None:
+                    cand.add_metric([name, key], p50 / 1000.0)
+            secs.add_metric([name], sel.seconds)
+            cpu.add_metric([name, str(sel.cpu.get("model")), ",".join(sel.cpu.get("flags") or ())], 1)
+        yield from (info, cand, secs, cpu)
+
+
 DOC_CACHE = DocCacheCollector()
 REGISTRY.register(DOC_CACHE)  # a custom collector: collect() only
+RUNTIME = RuntimeCollector()
+REGISTRY.register(RUNTIME)
 
 
 def _protocol(path: str) -> str | None:
@@ -328,6 +383,7 @@ def create_app(model: HardnegReranker, *, load: bool = True) -> FastAPI:
     server.dataplane = SafeDataPlane(model_registry=server.registered_models)
     server.register_model(model)
     DOC_CACHE.track(model)
+    RUNTIME.track(model)
     cls = _server_class("127.0.0.1", model.limits.max_body_bytes)
     cls(
         "kserve.model_server:app", server.dataplane, server.model_repository_extension, http_port=0
@@ -349,6 +405,7 @@ def serve(
         raise NoModelReady([model])
     _fresh_app()
     DOC_CACHE.track(model)
+    RUNTIME.track(model)
     # ModelServer.start() looks the RESTServer name up in kserve.model_server
     ks_model_server.RESTServer = _server_class(host, model.limits.max_body_bytes)
     server = ModelServer(http_port=http_port, workers=workers, enable_grpc=enable_grpc)

@@ -104,6 +104,8 @@ def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
         version="b1",
         parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
         fusion_file=fusion_of(model_dir),
+        # one runtime: the serving tests compare the server with onnxruntime scores; runtime auto has its own tests
+        serve_runtime="onnxruntime",
     )
     return out
 
@@ -134,3 +136,42 @@ def build_paths_in(export_dir: Path, build_dirs: list[Path]) -> list[str]:
         props = {p.key: p.value for p in onnx.load(str(f), load_external_data=False).metadata_props}
         walk(f.name, {k: json.loads(v) if k == "hardneg.lineage" else v for k, v in props.items()})
     return found
+
+
+# an AMX node (Sapphire Rapids): native bf16 and int8 matrix units
+AMX_CPU = {
+    "model": "Intel(R) Xeon(R) Platinum 8480+",
+    "cpus": 8,
+    "flags": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"],
+}
+# an AVX2-only node (the EPYC our serving default was first measured on)
+AVX2_CPU = {"model": "AMD EPYC 7B12", "cpus": 2, "flags": ["avx2"]}
+
+
+def tiny_bi_auto_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
+    """The tiny bi-encoder exported with params ``serve.runtime: auto`` (the default) as on an AMX machine: every
+    runtime x precision gated, OpenVINO bf16 included (``hw.cpu_info`` reads as :data:`AMX_CPU` during the export, so
+    this holds on any test machine; where the CPU has no bf16, OpenVINO runs the bf16 gate in f32)."""
+    import pytest
+
+    from hardneg import hw
+
+    out = base / "hardneg-tiny-bi-export-auto"
+    if (out / "metadata.json").exists():
+        return out
+    from hardneg.export import export_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hw, "cpu_info", lambda: dict(AMX_CPU))
+        model_dir = trained_tiny_bi(base, tiny_model_dir, data_dir)
+        export_model(
+            model_dir,
+            out,
+            tiny_dev_set(data_dir),
+            model_name="tiny-bi",
+            version="b1",
+            parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
+            serve_runtime="auto",
+            fusion_file=fusion_of(model_dir),
+        )
+    return out

@@ -129,5 +129,7 @@ def tiny_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
         version="t1",
         parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
         fusion_file=fusion_of(model_dir),
+        # one runtime: the serving tests compare the server with onnxruntime scores; runtime auto has its own tests
+        serve_runtime="onnxruntime",
     )
     return out

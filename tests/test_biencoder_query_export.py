@@ -284,8 +284,13 @@ def test_server_answers_v1_and_v2_with_both_graphs(q_export):
     from serving.server import create_app
 
     name = "tiny-q"
-    model = HardnegReranker(
-        name, str(q_export), limits=Limits(8, 500, 20_000), variant="fp32", doc_cache_size=4
+    model = HardnegReranker(  # onnxruntime, as the reference (runtime auto could choose OpenVINO bf16)
+        name,
+        str(q_export),
+        limits=Limits(8, 500, 20_000),
+        variant="fp32",
+        doc_cache_size=4,
+        runtime="onnxruntime",
     )
     model.load()
     ref = OnnxReranker(q_export, "fp32", doc_cache_size=0)
