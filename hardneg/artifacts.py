@@ -140,27 +140,17 @@ def read_json(path: str | os.PathLike, *, rerun: str | None = None) -> Any:
 def read_jsonl(
     path: str | os.PathLike, *, required: Sequence[str] = (), rerun: str | None = None
 ) -> list[dict[str, Any]]:
-    """Rows of a JSONL file (blank lines skipped); a bad line or a row without a ``required`` field raises
-    :class:`DataFormatError` with the file and line number."""
+    """Rows of a JSONL file (blank lines skipped; an empty file has none); a bad line or a row without a
+    ``required`` field raises :class:`DataFormatError` with the file and line number. The one JSONL parser is
+    :func:`hardneg.data.iter_jsonl` (strict UTF-8 per line, CRLF accepted)."""
+    from hardneg.data import iter_jsonl
+
     p = Path(path)
     if not p.exists():
         raise _missing(p, rerun)
-    rows = []
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(p, f"invalid JSON ({e.msg})", lineno) from None
-            if not isinstance(row, dict):
-                raise DataFormatError(p, "expected a JSON object", lineno)
-            for k in required:
-                if k not in row:
-                    raise DataFormatError(p, f"missing field '{k}'", lineno)
-            rows.append(row)
-    return rows
+    if p.stat().st_size == 0:
+        return []
+    return [row for _, row in iter_jsonl(p, tuple(required))]
 
 
 def read_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:

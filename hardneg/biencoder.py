@@ -149,22 +149,18 @@ def _dim(model: Any) -> int:
 
 def encode(model: Any, texts: Sequence[str], batch_size: int = 64, bf16: bool | None = None) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(texts), dim]`` (input order; batches of similar length)."""
-    import torch
 
     bf16 = use_bf16("auto") if bf16 is None else bf16
     if not texts:
         return np.zeros((0, _dim(model)), np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), _dim(model)), np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                out[idx] = _forward(model, [texts[i] for i in idx]).numpy()
-    finally:
-        model.train(was_training)
+    from hardneg.scoring import inference
+
+    with inference(model, bf16):
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            out[idx] = _forward(model, [texts[i] for i in idx]).numpy()
     return out
 
 

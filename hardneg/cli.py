@@ -137,23 +137,9 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     out.print(t)
 
 
-# --------------------------------------------------------------------------------------------------- data & lineage
-
-
-@app.command("data-version")
-@friendly_errors
-def data_version_cmd(
-    dvc_file: Annotated[Path, typer.Option(help="the DVC file to read")] = Path("data.dvc"),
-) -> None:
-    """Print the lineage later stages stamp into artifacts: data version (md5 in data.dvc), git commit, params hash."""
-    from hardneg.lineage import current_lineage
-
-    lin = current_lineage(get_params(), dvc_file)
-    out.print_json(json.dumps(lin.to_dict()))
-
-
 # ------------------------------------------------------------------------------------------------------- commands
-# Each stage adds its command below, in its own section, calling functions in hardneg.<module>.
+# The stage commands in pipeline order (validate, embed, reduce, retrieve, mine, train, evaluate, export), then
+# serving, deployment and lineage, the pipeline and the quality study. Each calls one hardneg.stages function.
 
 
 # ------------------------------------------------------------------------------------------------------- validate
@@ -211,7 +197,7 @@ def _print_validation(root: Path, summary: dict[str, Any], json_out: Path | None
         out.print(f"wrote {json_out}", highlight=False)
 
 
-# ------------------------------------------------------------------------------------------ embed / reduce / mine
+# ------------------------------------------------------------------------------- embed / reduce / retrieve / mine
 
 _EmbDataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
@@ -385,154 +371,71 @@ def mine_cmd(
     print_table(f"mined negatives -> {out_dir}", ["", ""], table)
 
 
-# --------------------------------------------------------------------------------------- deployment: release & lineage
+# ----------------------------------------------------------------------------------------------- train / evaluate
 
 
-@app.command("release")
+def _dataset_root(data_dir: Path | None) -> Path:
+    return data_dir if data_dir is not None else Path(get_params()["data"]["dir"])
+
+
+@app.command("train")
 @friendly_errors
-def release_cmd(
-    model_dir: Annotated[
+def train_cmd(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+    ] = None,
+    negatives: Annotated[
+        Path, typer.Option("--negatives", help="folder of negatives.jsonl from `hardneg mine`")
+    ] = Path("runs/mined"),
+    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
+    out_dir: Annotated[Path, typer.Option("--out", help="model folder to write")] = Path("runs/model"),
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="override params train.max_steps")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="override params train.seed")] = None,
+) -> None:
+    """Train the reranker of params train.kind (bi-encoder | cross-encoder) on mined negatives: the `train` stage."""
+    import copy
+
+    from hardneg.stages import train_stage
+
+    params = copy.deepcopy(get_params())
+    params["train"].update({k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None})
+    negatives = negatives.parent if negatives.is_file() else negatives
+    res = train_stage(_dataset_root(data_dir), retrieved_dir, negatives, params, out_dir)
+    print_table(f"reranker -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
+
+
+@app.command("evaluate")
+@friendly_errors
+def evaluate_cmd(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
+    ] = None,
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="trained model folder (read only)")] = Path(
+        "runs/model"
+    ),
+    onnx_dir: Annotated[
         Path | None,
-        typer.Option("--model-dir", help="exported model folder (metadata.json) or one with lineage.json"),
+        typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served, its variant)"),
     ] = None,
-    version: Annotated[
-        str | None,
-        typer.Option("--version", help="model version (default: the export's metadata.json version)"),
-    ] = None,
-    canary: Annotated[
-        int | None,
-        typer.Option("--canary", help="canaryTrafficPercent 1..99 (default params release.canary_percent)"),
-    ] = None,
-    promote: Annotated[
-        bool, typer.Option("--promote", help="100% to VERSION (canaryTrafficPercent removed)")
-    ] = False,
-    rollback: Annotated[
-        bool, typer.Option("--rollback", help="back to the previous version in the releases history")
-    ] = False,
-    overlay: Annotated[
-        str | None, typer.Option("--overlay", help="k8s/overlays/<name> (default params release.overlay)")
-    ] = None,
-    image_tag: Annotated[
-        str | None, typer.Option("--image-tag", help="serving image tag (default: the overlay's)")
-    ] = None,
-    storage_uri: Annotated[
-        str | None,
-        typer.Option("--storage-uri", help="model URI (default params release.storage_uri.<overlay>)"),
-    ] = None,
+    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="release folder (default k8s/releases/<version>/)")
-    ] = None,
-    releases_dir: Annotated[
-        Path | None, typer.Option("--releases-dir", help="history.json + default --out root")
-    ] = None,
-    k8s_dir: Annotated[
-        Path | None, typer.Option("--k8s-dir", help="folder holding base/ and overlays/")
-    ] = None,
+        Path, typer.Option("--out", help="folder for metrics.json, per_query.json and fusion.json")
+    ] = Path("runs/eval"),
 ) -> None:
-    """Render (kustomize), validate and record a canary / promote / rollback of the reranker InferenceService."""
-    import dataclasses
+    """Evaluate the first stage (params evaluate.first_stage: the no-training baseline), the reranker and the served
+    fusion (weight chosen on dev) on the test split: the `evaluate` stage (or the served evaluation of an export)."""
+    from hardneg.stages import evaluate_stage, served_evaluation_stage
 
-    from hardneg.release import ReleaseSettings, release
-
-    settings = ReleaseSettings.from_params(get_params())
-    overrides = {"releases_dir": releases_dir, "k8s_dir": k8s_dir}
-    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    res = release(
-        version=version,
-        model_dir=model_dir,
-        canary=canary,
-        promote=promote,
-        rollback=rollback,
-        overlay=overlay,
-        image_tag=image_tag,
-        storage_uri=storage_uri,
-        out=out_dir,
-        settings=settings,
-    )
-    rel = res.release
-    rows = [
-        ["action", rel.action + (f" (from {rel.previous})" if rel.previous else "")],
-        ["version", rel.version],
-        ["overlay", rel.overlay],
-        ["canaryTrafficPercent", "removed" if rel.canary is None else rel.canary],
-        ["traffic", rel.traffic],
-        ["image", rel.effective_image or f"{rel.image}:{rel.image_tag or '<overlay tag>'}"],
-        ["storage URI", rel.storage_uri],
-        *[[k, v] for k, v in rel.annotations.items()],
-        ["folder", str(res.out_dir)],
-        [
-            "validated",
-            f"{res.documents} documents"
-            if res.rendered
-            else "no (kubectl not found: kustomization written only)",
-        ],
-    ]
-    print_table(f"release {rel.version}", ["", ""], rows)
-    console.print(f"apply with: kubectl apply -k {res.out_dir}", highlight=False)
-
-
-@app.command("k8s-validate")
-@friendly_errors
-def k8s_validate_cmd(
-    path: Annotated[
-        Path,
-        typer.Argument(help="manifest file, kustomization folder (rendered first) or folder of manifests"),
-    ],
-    kube_version: Annotated[
-        str | None,
-        typer.Option(
-            "--kube-version", help="Kubernetes schema version (default params release.kubernetes_version)"
-        ),
-    ] = None,
-) -> None:
-    """Validate manifests offline: built-in kinds against Kubernetes schemas (strict), InferenceService by model walk."""
-    from hardneg.k8s_validate import validate_path
-    from hardneg.release import ReleaseSettings
-
-    version = kube_version or ReleaseSettings.from_params(get_params()).kubernetes_version
-    n, problems = validate_path(path, version)
-    for p in problems:
-        out.print(f"[red]FAIL[/] {p}", highlight=False)
-    if problems:
-        raise HardnegError(f"{len(problems)} problem(s) in {n} document(s) of {path}")
-    out.print(f"[green]ok[/] {n} document(s) in {path} valid (Kubernetes {version})", highlight=False)
-
-
-@app.command("lineage")
-@friendly_errors
-def lineage_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="model / export / run folder (searched 3 levels deep)")],
-    release_path: Annotated[
-        Path | None,
-        typer.Option("--release", help="a release folder or manifest (InferenceService annotations)"),
-    ] = None,
-    dvc_file: Annotated[
-        Path | None, typer.Option("--dvc-file", help="data.dvc (default: the repo's)")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-) -> None:
-    """The lineage chain data.dvc -> mining -> model -> ONNX metadata -> InferenceService; exit 1 on disagreement."""
-    from hardneg.audit import lineage_chain
-
-    chain = lineage_chain(model_dir, release_path, dvc_file)
-    if as_json:
-        out.print_json(json.dumps(chain.to_dict()))
+    params = get_params()
+    if onnx_dir is not None:
+        res = served_evaluation_stage(_dataset_root(data_dir), retrieved_dir, onnx_dir, params, out_dir)
     else:
-        rows = [
-            [s.name, s.source, s.data_version or "-", s.git_commit or "-", s.params_hash or "-", s.status]
-            for s in chain.stages
-        ]
-        print_table(
-            f"lineage of {model_dir}",
-            ["stage", "source", "data version", "git commit", "params hash", "status"],
-            rows,
-        )
-        for w in chain.warnings:
-            console.print(f"[yellow]note:[/] {w}", highlight=False)
-        for p in chain.problems:
-            console.print(f"[bold red]MISMATCH:[/] {p}", highlight=False)
-    if not chain.ok:
-        raise typer.Exit(1)
+        if not (model_dir / "config.json").exists():
+            raise HardnegError(f"no trained model in {model_dir} (run `hardneg train` first)")
+        res = evaluate_stage(_dataset_root(data_dir), retrieved_dir, model_dir, params, out_dir)
+    print_table(f"test split -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 
 # ------------------------------------------------------------------------------------------------ export & serve
@@ -704,6 +607,171 @@ def serve_cmd(
         doc_cache_size=params["serve"]["doc_cache_size"] if doc_cache_size is None else doc_cache_size,
     )
     serve(model, http_port=http_port, host=host)
+
+
+# --------------------------------------------------------------------------------------- deployment: release & lineage
+
+
+@app.command("release")
+@friendly_errors
+def release_cmd(
+    model_dir: Annotated[
+        Path | None,
+        typer.Option("--model-dir", help="exported model folder (metadata.json) or one with lineage.json"),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="model version (default: the export's metadata.json version)"),
+    ] = None,
+    canary: Annotated[
+        int | None,
+        typer.Option("--canary", help="canaryTrafficPercent 1..99 (default params release.canary_percent)"),
+    ] = None,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="100% to VERSION (canaryTrafficPercent removed)")
+    ] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="back to the previous version in the releases history")
+    ] = False,
+    overlay: Annotated[
+        str | None, typer.Option("--overlay", help="k8s/overlays/<name> (default params release.overlay)")
+    ] = None,
+    image_tag: Annotated[
+        str | None, typer.Option("--image-tag", help="serving image tag (default: the overlay's)")
+    ] = None,
+    storage_uri: Annotated[
+        str | None,
+        typer.Option("--storage-uri", help="model URI (default params release.storage_uri.<overlay>)"),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="release folder (default k8s/releases/<version>/)")
+    ] = None,
+    releases_dir: Annotated[
+        Path | None, typer.Option("--releases-dir", help="history.json + default --out root")
+    ] = None,
+    k8s_dir: Annotated[
+        Path | None, typer.Option("--k8s-dir", help="folder holding base/ and overlays/")
+    ] = None,
+) -> None:
+    """Render (kustomize), validate and record a canary / promote / rollback of the reranker InferenceService."""
+    import dataclasses
+
+    from hardneg.release import ReleaseSettings, release
+
+    settings = ReleaseSettings.from_params(get_params())
+    overrides = {"releases_dir": releases_dir, "k8s_dir": k8s_dir}
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    res = release(
+        version=version,
+        model_dir=model_dir,
+        canary=canary,
+        promote=promote,
+        rollback=rollback,
+        overlay=overlay,
+        image_tag=image_tag,
+        storage_uri=storage_uri,
+        out=out_dir,
+        settings=settings,
+    )
+    rel = res.release
+    rows = [
+        ["action", rel.action + (f" (from {rel.previous})" if rel.previous else "")],
+        ["version", rel.version],
+        ["overlay", rel.overlay],
+        ["canaryTrafficPercent", "removed" if rel.canary is None else rel.canary],
+        ["traffic", rel.traffic],
+        ["image", rel.effective_image or f"{rel.image}:{rel.image_tag or '<overlay tag>'}"],
+        ["storage URI", rel.storage_uri],
+        *[[k, v] for k, v in rel.annotations.items()],
+        ["folder", str(res.out_dir)],
+        [
+            "validated",
+            f"{res.documents} documents"
+            if res.rendered
+            else "no (kubectl not found: kustomization written only)",
+        ],
+    ]
+    print_table(f"release {rel.version}", ["", ""], rows)
+    console.print(f"apply with: kubectl apply -k {res.out_dir}", highlight=False)
+
+
+@app.command("k8s-validate")
+@friendly_errors
+def k8s_validate_cmd(
+    path: Annotated[
+        Path,
+        typer.Argument(help="manifest file, kustomization folder (rendered first) or folder of manifests"),
+    ],
+    kube_version: Annotated[
+        str | None,
+        typer.Option(
+            "--kube-version", help="Kubernetes schema version (default params release.kubernetes_version)"
+        ),
+    ] = None,
+) -> None:
+    """Validate manifests offline: built-in kinds against Kubernetes schemas (strict), InferenceService by model walk."""
+    from hardneg.k8s_validate import validate_path
+    from hardneg.release import ReleaseSettings
+
+    version = kube_version or ReleaseSettings.from_params(get_params()).kubernetes_version
+    n, problems = validate_path(path, version)
+    for p in problems:
+        out.print(f"[red]FAIL[/] {p}", highlight=False)
+    if problems:
+        raise HardnegError(f"{len(problems)} problem(s) in {n} document(s) of {path}")
+    out.print(f"[green]ok[/] {n} document(s) in {path} valid (Kubernetes {version})", highlight=False)
+
+
+@app.command("lineage")
+@friendly_errors
+def lineage_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="model / export / run folder (searched 3 levels deep)")],
+    release_path: Annotated[
+        Path | None,
+        typer.Option("--release", help="a release folder or manifest (InferenceService annotations)"),
+    ] = None,
+    dvc_file: Annotated[
+        Path | None, typer.Option("--dvc-file", help="data.dvc (default: the repo's)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The lineage chain data.dvc -> mining -> model -> ONNX metadata -> InferenceService; exit 1 on disagreement."""
+    from hardneg.audit import lineage_chain
+
+    chain = lineage_chain(model_dir, release_path, dvc_file)
+    if as_json:
+        out.print_json(json.dumps(chain.to_dict()))
+    else:
+        rows = [
+            [s.name, s.source, s.data_version or "-", s.git_commit or "-", s.params_hash or "-", s.status]
+            for s in chain.stages
+        ]
+        print_table(
+            f"lineage of {model_dir}",
+            ["stage", "source", "data version", "git commit", "params hash", "status"],
+            rows,
+        )
+        for w in chain.warnings:
+            console.print(f"[yellow]note:[/] {w}", highlight=False)
+        for p in chain.problems:
+            console.print(f"[bold red]MISMATCH:[/] {p}", highlight=False)
+    if not chain.ok:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------------- data & lineage
+
+
+@app.command("data-version")
+@friendly_errors
+def data_version_cmd(
+    dvc_file: Annotated[Path, typer.Option(help="the DVC file to read")] = Path("data.dvc"),
+) -> None:
+    """Print the lineage later stages stamp into artifacts: data version (md5 in data.dvc), git commit, params hash."""
+    from hardneg.lineage import current_lineage
+
+    lin = current_lineage(get_params(), dvc_file)
+    out.print_json(json.dumps(lin.to_dict()))
 
 
 # ------------------------------------------------------------------------------------------------------- pipeline
@@ -910,71 +978,7 @@ def pipeline_submit(
     out.print_json(json.dumps(res))
 
 
-# ------------------------------------------------------------------------------------- train / evaluate / compare
-
-
-def _dataset_root(data_dir: Path | None) -> Path:
-    return data_dir if data_dir is not None else Path(get_params()["data"]["dir"])
-
-
-@app.command("train")
-@friendly_errors
-def train_cmd(
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
-    ] = None,
-    negatives: Annotated[
-        Path, typer.Option("--negatives", help="folder of negatives.jsonl from `hardneg mine`")
-    ] = Path("runs/mined"),
-    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
-    out_dir: Annotated[Path, typer.Option("--out", help="model folder to write")] = Path("runs/model"),
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="override params train.max_steps")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="override params train.seed")] = None,
-) -> None:
-    """Train the reranker of params train.kind (bi-encoder | cross-encoder) on mined negatives: the `train` stage."""
-    import copy
-
-    from hardneg.stages import train_stage
-
-    params = copy.deepcopy(get_params())
-    params["train"].update({k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None})
-    negatives = negatives.parent if negatives.is_file() else negatives
-    res = train_stage(_dataset_root(data_dir), retrieved_dir, negatives, params, out_dir)
-    print_table(f"reranker -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
-
-
-@app.command("evaluate")
-@friendly_errors
-def evaluate_cmd(
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="BEIR folder (default: params data.dir)")
-    ] = None,
-    model_dir: Annotated[Path, typer.Option("--model-dir", help="trained model folder (read only)")] = Path(
-        "runs/model"
-    ),
-    onnx_dir: Annotated[
-        Path | None,
-        typer.Option("--onnx-dir", help="evaluate an export folder instead (what is served, its variant)"),
-    ] = None,
-    retrieved_dir: _RetrievedDir = Path("runs/retrieved"),
-    out_dir: Annotated[
-        Path, typer.Option("--out", help="folder for metrics.json, per_query.json and fusion.json")
-    ] = Path("runs/eval"),
-) -> None:
-    """Evaluate the first stage (params evaluate.first_stage: the no-training baseline), the reranker and the served
-    fusion (weight chosen on dev) on the test split: the `evaluate` stage (or the served evaluation of an export)."""
-    from hardneg.stages import evaluate_stage, served_evaluation_stage
-
-    params = get_params()
-    if onnx_dir is not None:
-        res = served_evaluation_stage(_dataset_root(data_dir), retrieved_dir, onnx_dir, params, out_dir)
-    else:
-        if not (model_dir / "config.json").exists():
-            raise HardnegError(f"no trained model in {model_dir} (run `hardneg train` first)")
-        res = evaluate_stage(_dataset_root(data_dir), retrieved_dir, model_dir, params, out_dir)
-    print_table(f"test split -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
+# -------------------------------------------------------------------------------------------- the quality study
 
 
 @app.command("compare")

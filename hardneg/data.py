@@ -121,9 +121,12 @@ def _iter_lines(path: Path, stats: ReadStats | None = None) -> Iterator[tuple[in
                 ) from None
 
 
-def _iter_jsonl(
+def iter_jsonl(
     path: Path, required: tuple[str, ...], stats: ReadStats | None = None
 ) -> Iterator[tuple[int, dict]]:
+    """``(lineno, object)`` of each non-blank line of a JSONL file: the one JSONL parser (corpus, queries, and the
+    stages' JSONL outputs through :func:`hardneg.artifacts.read_jsonl`). A BOM, bad UTF-8 or JSON, a non-object line
+    or a missing ``required`` field raises :class:`DataFormatError` naming the file and line."""
     for lineno, line in _iter_lines(path, stats):
         if lineno == 1 and line.startswith("\ufeff"):
             raise DataFormatError(
@@ -161,7 +164,7 @@ def _as_text(path: Path, lineno: int, obj: dict, key: str) -> str:
 def iter_corpus(path: str | os.PathLike, stats: ReadStats | None = None) -> Iterator[Document]:
     """Stream documents from a ``corpus.jsonl`` (one parsed document at a time)."""
     p = Path(path)
-    for lineno, obj in _iter_jsonl(p, ("_id", "text"), stats):
+    for lineno, obj in iter_jsonl(p, ("_id", "text"), stats):
         yield Document(
             id=_as_id(p, lineno, obj["_id"]),
             text=_as_text(p, lineno, obj, "text"),
@@ -172,7 +175,7 @@ def iter_corpus(path: str | os.PathLike, stats: ReadStats | None = None) -> Iter
 
 def iter_queries(path: str | os.PathLike, stats: ReadStats | None = None) -> Iterator[Query]:
     p = Path(path)
-    for lineno, obj in _iter_jsonl(p, ("_id", "text"), stats):
+    for lineno, obj in iter_jsonl(p, ("_id", "text"), stats):
         yield Query(
             id=_as_id(p, lineno, obj["_id"]),
             text=_as_text(p, lineno, obj, "text"),

@@ -5,8 +5,9 @@ setup is :func:`hardneg.hw.apply_torch_threads`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,7 +52,6 @@ def score_pairs(
     bf16: bool = True,
 ) -> np.ndarray:
     """Raw logits of a 1-logit sequence-classification model for each pair (input order)."""
-    import torch
 
     if not pairs:
         return np.zeros(0, dtype=np.float32)
@@ -59,18 +59,28 @@ def score_pairs(
     ids = enc["input_ids"]
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros(len(pairs), dtype=np.float32)
+    with inference(model, bf16):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            feats = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
+            logits = model(**feats).logits
+            out[idx] = logits.float().reshape(len(idx), -1)[:, 0].numpy()
+    return out
+
+
+@contextlib.contextmanager
+def inference(model: Any, bf16: bool) -> Iterator[None]:
+    """Batched torch inference: the model in eval mode (its training flag restored after), no autograd, bf16
+    autocast when ``bf16`` (the one inference context of the cross-encoder and bi-encoder scorers)."""
+    import torch
+
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                feats = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc.keys()}, return_tensors="pt")
-                logits = model(**feats).logits
-                out[idx] = logits.float().reshape(len(idx), -1)[:, 0].numpy()
+            yield
     finally:
         model.train(was_training)
-    return out
 
 
 class OnnxScorer:

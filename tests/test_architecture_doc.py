@@ -53,3 +53,13 @@ def test_the_parser_reads_the_table_for_real():
     assert by["evaluate"].writes["evaluation"].required >= {"fusion.json", "metrics.json"}
     assert "seen_documents.txt" in by["export"].writes["onnx_model"].optional
     assert by["train"].writes["model"].open and not by["retrieve"].writes["retrieved"].open
+
+
+def test_cli_lists_the_stage_commands_in_pipeline_order():
+    """`hardneg --help` (and cli.py) read in the order the pipeline runs."""
+    from hardneg.cli import app
+
+    names = [c.name for c in app.registered_commands]
+    stage_cmds = [n for n in names if n in PIPELINE_ORDER]
+    assert stage_cmds == PIPELINE_ORDER
+    assert names[: len(PIPELINE_ORDER)] == PIPELINE_ORDER  # the stages come first
