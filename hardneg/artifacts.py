@@ -35,7 +35,7 @@ CHECKSUMS_FILE = "checksums.sha256"
 NEGATIVES_FILE = "negatives.jsonl"  # hardneg mine: one row per (query, positive)
 TRAIN_METRICS_FILE = "train_metrics.json"  # hardneg train: steps, curves, config
 METRICS_FILE = "metrics.json"  # hardneg evaluate
-FUSION_FILE = "fusion.json"  # hardneg evaluate -> the model folder: the served fusion weight (chosen on dev)
+FUSION_FILE = "fusion.json"  # hardneg evaluate -> its own output: the served fusion (weight, gate, depth), read by export
 METADATA_FILE = "metadata.json"  # hardneg export: what the server needs, lineage, sha256 of every other file
 # (the model card, hardneg_model.json, is hardneg.model_card.CARD_FILE: that module owns the folder's contract)
 
