@@ -24,6 +24,11 @@ One command (writes benchmarks/results/serving.json after every step; the README
    (httpx, V1, 1 x 20 documents): ``clients`` = hit path (documents drawn from a pool warmed into the cache),
    ``clients_miss`` = miss path (every request brings 20 documents never seen); latency percentiles, throughput,
    errors; server RSS at every step (growth on the hit path = leak check; the miss path grows the cache by design).
+   The server batches concurrent requests (params ``serve.batch_window_ms``, ``serving/batcher.py``).
+6. ``--compare-batching``: the miss path again on two fresh servers, batching across requests off (window 0) and on
+   (params ``serve.batch_window_ms``), the same requests, side by side: ``batching.miss.off|on."1"|"8"|"32"``,
+   ``batching.miss_8_vs_1_off|on``, and the batches each server counted (``batching.server_batches``); off/on
+   alternate ``--compare-rounds`` times (default 3) and each level reports its median round.
 
 Report contract (``--out``, default benchmarks/results/serving.json): ``peaks.{fp32,bf16,int8}`` (GOP/s; absent
 where unsupported, reason in ``peaks_absent``), ``served.{runtime,precision,variant,fraction_of_peak (of its own
@@ -421,6 +426,10 @@ def batching_probe(encoder, queries: list[str], reps: int = 30) -> dict[str, Any
 
 def unseen_documents(docs: list[str]):
     """The documents, then (a small corpus runs out) numbered copies of them: every one new to the cache."""
+    if not docs:
+        raise ValueError(
+            "no documents left for the miss path: lower --hit-pool (it takes hit_pool x 20 documents)"
+        )
     yield from docs
     for k in itertools.count(1):
         yield from (f"{d} [{k}]" for d in docs)
@@ -432,9 +441,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(export_dir: Path, port: int, runtime: str, log_path: Path) -> subprocess.Popen:
+def start_server(
+    export_dir: Path, port: int, runtime: str, log_path: Path, batch_window_ms: float | None = None
+) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "serving", "--model_dir", str(export_dir), "--http_port", str(port)]
     cmd += ["--host", "127.0.0.1", "--model_name", SERVED_NAME, "--runtime", runtime]
+    if batch_window_ms is not None:
+        cmd += ["--batch_window_ms", str(batch_window_ms)]
     fh = open(log_path, "ab")  # noqa: SIM115 - the server outlives this function
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -547,28 +560,10 @@ def http_bench(
         out["rss_hit_end_mb"] = rss()
         out["rss_growth_hit"] = round(out["rss_hit_end_mb"] / out["rss_hit_start_mb"] - 1, 4)
         # miss path: every request brings 20 documents never sent before (the rest of the corpus)
-        fresh = unseen_documents(docs[len(pool) :])
-        miss: dict[str, Any] = {}
         out["rss_miss_start_mb"] = rss()
-        for c in LEVELS:
-            n = max(c, args.miss_requests) if c > 1 else args.miss_requests
-            bodies = [
-                json.dumps(
-                    {
-                        "instances": [
-                            {"query": rng.choice(queries), "documents": [next(fresh) for _ in range(N_DOCS)]}
-                        ]
-                    }
-                ).encode()
-                for _ in range(n)
-            ]
-            log(f"HTTP miss path, {c} client(s) x {n} requests ...")
-            lv = asyncio.run(load_level(url, bodies, c, None, n, args.client_timeout))
-            lv["server_rss_mb"] = rss()
-            miss[str(c)] = lv
-            out["clients_miss"] = miss
-            log(f"  p50 {lv.get('p50_ms')} ms, {lv['throughput_pairs_s']} pairs/s, errors {lv['errors']}")
-            res.save()
+        bodies = miss_bodies(args, rng, queries, unseen_documents(docs[len(pool) :]))
+        out["clients_miss"] = {}
+        miss_path(url, bodies, args, out["clients_miss"], rss, res.save)
         out["rss_end_mb"] = rss()
         out["rss_growth_miss"] = round(out["rss_end_mb"] / out["rss_miss_start_mb"] - 1, 4)
         out["rss_growth_run"] = round(out["rss_end_mb"] / out["rss_hit_start_mb"] - 1, 4)
@@ -578,13 +573,107 @@ def http_bench(
         }
         res.save()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
     return out
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def miss_bodies(args, rng: random.Random, queries: list[str], fresh) -> dict[int, list[bytes]]:
+    """Per client level, its miss-path requests: a query and 20 documents never sent before, each."""
+    out: dict[int, list[bytes]] = {}
+    for c in LEVELS:
+        n = max(c, args.miss_requests) if c > 1 else args.miss_requests
+        out[c] = [
+            json.dumps(
+                {
+                    "instances": [
+                        {"query": rng.choice(queries), "documents": [next(fresh) for _ in range(N_DOCS)]}
+                    ]
+                }
+            ).encode()
+            for _ in range(n)
+        ]
+    return out
+
+
+def miss_path(
+    url: str, bodies: dict[int, list[bytes]], args, out: dict[str, Any], rss=None, save=None
+) -> None:
+    """The miss path at 1, 8 and 32 clients into ``out`` (saved after each level)."""
+    for c in LEVELS:
+        n = len(bodies[c])
+        log(f"HTTP miss path, {c} client(s) x {n} requests ...")
+        lv = asyncio.run(load_level(url, bodies[c], c, None, n, args.client_timeout))
+        if rss is not None:
+            lv["server_rss_mb"] = rss()
+        out[str(c)] = lv
+        log(f"  p50 {lv.get('p50_ms')} ms, {lv['throughput_pairs_s']} pairs/s, errors {lv['errors']}")
+        if save is not None:
+            save()
+
+
+def batching_compare(
+    args, res: Results, export_dir: Path, runtime: str, queries, docs, work: Path, window_ms: float
+) -> dict[str, Any]:
+    """The HTTP miss path with batching across requests off (``--batch_window_ms 0``) and on (params
+    ``serve.batch_window_ms``), side by side in this run: fresh servers, the same requests (documents never seen by
+    either), off then on, ``--compare-rounds`` times (on shared cores one round is noisy). ``miss.off|on.<clients>``:
+    the round with the median throughput at that level; ``rounds``: every round's throughputs; ``server_batches``:
+    the batches each server counted in the last round (``parameters.batching``)."""
+    import httpx
+
+    rng = random.Random(args.seed + 11)
+    bodies = miss_bodies(args, rng, queries, unseen_documents(list(reversed(docs))))
+    out: dict[str, Any] = {"window_ms": window_ms, "payload_docs": N_DOCS, "rounds": [], "server_batches": {}}
+    res["batching"] = out
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for r in range(max(1, args.compare_rounds)):
+        for label, window in (("off", 0.0), ("on", window_ms)):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            url = f"{base}/v1/models/{SERVED_NAME}:predict"
+            log(f"batching {label} (--batch_window_ms {window}), round {r + 1} ...")
+            proc = start_server(export_dir, port, runtime, work / f"server-batching-{label}.log", window)
+            try:
+                wait_ready(base, proc)
+                warm = {"instances": [{"query": queries[0], "documents": docs[:N_DOCS]}]}
+                httpx.post(url, json=warm, timeout=300).raise_for_status()
+                levels: dict[str, Any] = {}
+                miss_path(url, bodies, args, levels)
+                runs[label].append(levels)
+                meta = httpx.get(f"{base}/v2/models/{SERVED_NAME}", timeout=30).json()["parameters"]
+                out["server_batches"][label] = meta.get("batching")
+            finally:
+                stop_server(proc)
+        out["rounds"].append(
+            {label: {c: lv["throughput_pairs_s"] for c, lv in runs[label][-1].items()} for label in runs}
+        )
+        res.save()
+    out["miss"] = {
+        label: {c: _median_level([lv[c] for lv in levels]) for c in levels[0]}
+        for label, levels in runs.items()
+    }
+    for label, lvls in out["miss"].items():
+        one = lvls["1"]["throughput_pairs_s"]
+        out[f"miss_8_vs_1_{label}"] = round(lvls["8"]["throughput_pairs_s"] / one, 3) if one else None
+    off8 = out["miss"]["off"]["8"]["throughput_pairs_s"]
+    out["miss_8_on_vs_off"] = round(out["miss"]["on"]["8"]["throughput_pairs_s"] / off8, 3) if off8 else None
+    res.save()
+    return out
+
+
+def _median_level(levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The level whose throughput is the median of ``levels`` (the lower middle one for an even count)."""
+    ranked = sorted(levels, key=lambda lv: lv["throughput_pairs_s"])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -606,6 +695,10 @@ def targets(data: dict[str, Any]) -> dict[str, Any]:
                 "ratio": ratio,
                 "met": ratio is not None and ratio >= 0.9,
             }
+    miss = data.get("clients_miss", {})
+    one, eight = (miss.get(c, {}).get("throughput_pairs_s") for c in ("1", "8"))
+    ratio = round(eight / one, 3) if one and eight else None
+    out["miss_8_clients_>=2x_of_1"] = {"ratio": ratio, "met": ratio is not None and ratio >= 2.0}
     errs = sum(lv.get("errors", 0) for lv in [*clients.values(), *data.get("clients_miss", {}).values()])
     out["zero_errors"] = {"value": errs, "met": errs == 0}
     g = data.get("http", {}).get("rss_growth_hit")
@@ -672,6 +765,18 @@ def write_readme(d: dict[str, Any], readme_path: Path) -> str:
         else f"no {served['precision']} peak measured"
     )
     met = lambda ok: "met" if ok else "**missed**"  # noqa: E731
+    batching = ""
+    if "batching" in d and set(d["batching"].get("miss", {})) == {"off", "on"}:
+        off, on = (
+            'batching.miss.off."{}".throughput_pairs_s'.format,
+            'batching.miss.on."{}".throughput_pairs_s'.format,
+        )
+        batching = (
+            f";\n* batching across requests, cache miss over HTTP, the same requests on two fresh servers: off (window 0) "
+            f"1 client {n(off(1))} / 8 clients {n(off(8))} pairs/s; on (params serve.batch_window_ms, "
+            f"{n('batching.window_ms')} ms) 1 client {n(on(1))} / 8 clients {n(on(8))} pairs/s (8 vs 1: "
+            f"{n('batching.miss_8_vs_1_off')} off, {n('batching.miss_8_vs_1_on')} on)"
+        )
     block = f"""<!-- serving-numbers:start -->
     **Runtime.** `serve.runtime: auto` (the default, params.yaml): `hardneg export` gates every runtime x precision
     the server may choose (onnxruntime fp32 / int8, OpenVINO f32 / int8, and OpenVINO bf16 where the exporting CPU has
@@ -700,11 +805,12 @@ def write_readme(d: dict[str, Any], readme_path: Path) -> str:
       cache miss: 1 client {n('clients_miss."1".throughput_pairs_s')} pairs/s (p50 {n('clients_miss."1".p50_ms')} ms), 8 clients
       {n('clients_miss."8".throughput_pairs_s')} pairs/s, 32 clients {n('clients_miss."32".throughput_pairs_s')} pairs/s; errors {n("targets.zero_errors.value")}
       over all levels, server RSS growth on the warm-cache run {n("http.rss_growth_hit")};
-    * batching probe (8 warm-cache queries in one graph call vs 8 calls), speedup {probes or "not measured"}.
+    * batching probe (8 warm-cache queries in one graph call vs 8 calls), speedup {probes or "not measured"}{batching}.
 
     Targets (`targets` in the JSON): served >= 50% of its precision's peak {met(t["served_>=50%_of_peak"]["met"])};
     warm-cache p50 <= 20 ms over HTTP {met(t["biencoder_warm_cache_p50_<=20ms"]["met"])}; 8/32 clients >= 90% of
-    1-client throughput {met(all(t[k]["met"] for k in t if "clients_throughput" in k))}; zero errors
+    1-client throughput {met(all(t[k]["met"] for k in t if "clients_throughput" in k))}; cache miss, 8 clients >= 2x
+    1 client {met(t["miss_8_clients_>=2x_of_1"]["met"])} (ratio {t["miss_8_clients_>=2x_of_1"]["ratio"]}); zero errors
     {met(t["zero_errors"]["met"])}; RSS growth < 10% {met(t["rss_growth_<10%_(hit_path)"]["met"])}. Each peak is an n x n
     matmul on the same (possibly shared) cores, so "fraction of peak" is relative to what those cores gave during
     the run, not to the CPU's spec.
@@ -778,6 +884,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-n", type=int, default=1024, help="matmul size of the peaks")
     ap.add_argument("--client-timeout", type=float, default=600.0)
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="also run the HTTP miss path with batching across requests off (window 0) and on (params "
+        "serve.batch_window_ms), side by side (`batching` in the JSON)",
+    )
+    ap.add_argument(
+        "--compare-rounds", type=int, default=3, help="--compare-batching: off/on rounds (medians reported)"
+    )
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--readme-only", action="store_true", help="only rewrite the README's block from --out")
     args = ap.parse_args(argv)
@@ -844,6 +959,9 @@ def main(argv: list[str] | None = None) -> int:
             http = http_bench(args, res, export_dir, runtime, queries, docs, work)
             res.data["clients"] = http.get("clients", {})
             res.data["clients_miss"] = http.get("clients_miss", {})
+            if args.compare_batching:
+                window = float(params["serve"]["batch_window_ms"])
+                batching_compare(args, res, export_dir, runtime, queries, docs, work, window)
         res["targets"] = targets(res.data)
         res.data["status"] = "finished"
         res.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

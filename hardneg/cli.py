@@ -579,6 +579,23 @@ def serve_cmd(
             help="bi-encoder exports: document embeddings kept in an LRU cache (0: off; default: params serve.doc_cache_size)",
         ),
     ] = None,
+    batch_window_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--batch-window-ms",
+            min=0,
+            help="batching across requests: the longest a batch waits for the rest of a round of concurrent "
+            "requests (0: off; default: params serve.batch_window_ms)",
+        ),
+    ] = None,
+    max_batch_texts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-batch-texts",
+            min=1,
+            help="queries + documents per batch at most (default: params serve.max_batch_texts)",
+        ),
+    ] = None,
 ) -> None:
     """Run the KServe reranker server (V1 + V2 REST, /metrics) on an export folder (cross-encoder or bi-encoder);
     no torch needed."""
@@ -605,6 +622,8 @@ def serve_cmd(
         limits=Limits.from_params(params),
         intra_op_threads=intra_op_threads or params["serve"]["intra_op_threads"],
         doc_cache_size=params["serve"]["doc_cache_size"] if doc_cache_size is None else doc_cache_size,
+        batch_window_ms=params["serve"]["batch_window_ms"] if batch_window_ms is None else batch_window_ms,
+        max_batch_texts=params["serve"]["max_batch_texts"] if max_batch_texts is None else max_batch_texts,
     )
     serve(model, http_port=http_port, host=host)
 

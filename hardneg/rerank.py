@@ -423,6 +423,17 @@ class PairScorer(_OnnxGraph):
     def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
         return self.score_pairs([query] * len(docs), docs)
 
+    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> tuple[list[np.ndarray], int]:
+        """Several (query, documents) requests in ONE pass over their distinct pairs (a pair repeated within or
+        across requests is scored once): float32 scores per request, and the number of pairs the graph scored. One
+        request without repeated pairs runs exactly the batches :meth:`score` runs."""
+        row: dict[tuple[str, str], int] = {}
+        for q, docs in items:
+            for d in docs:
+                row.setdefault((q, d), len(row))
+        flat = self.score_pairs([p[0] for p in row], [p[1] for p in row])
+        return [flat[[row[(q, d)] for d in docs]] for q, docs in items], len(row)
+
 
 class TextEncoder(_OnnxGraph):
     """A bi-encoder graph (output ``embedding``: mean pooling + L2 normalisation inside the graph).
@@ -519,6 +530,10 @@ class CosineScorer:
         self.cache = EmbeddingCache(doc_cache_size)
 
     def embed_documents(self, docs: Sequence[str]) -> np.ndarray:
+        return self._embed_documents(docs)[0]
+
+    def _embed_documents(self, docs: Sequence[str]) -> tuple[np.ndarray, int]:
+        """Embeddings of ``docs`` (one graph call for the distinct uncached ones) and how many were embedded."""
         keys = [EmbeddingCache.key(d) for d in docs]
         text_of = dict(zip(keys, docs, strict=True))  # distinct documents, first occurrence order
         found = self.cache.get_many(list(text_of))
@@ -529,8 +544,8 @@ class CosineScorer:
             self.cache.put_many(new)
             found.update(new)
         if not docs:
-            return np.empty((0, self.doc_encoder.dim or 0), dtype=np.float32)
-        return np.stack([found[k] for k in keys])
+            return np.empty((0, self.doc_encoder.dim or 0), dtype=np.float32), 0
+        return np.stack([found[k] for k in keys]), len(missing)
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         """Cosine of (queries[i], docs[i]), float32 [n]."""
@@ -547,6 +562,21 @@ class CosineScorer:
 
     def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
         return self.score_pairs([query] * len(docs), docs)
+
+    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> tuple[list[np.ndarray], int]:
+        """Several (query, documents) requests together: ONE query-graph call for their distinct queries and ONE
+        document-graph call for their distinct uncached documents (the calls :meth:`score_pairs` makes for one
+        request), then each request's cosines, float32. Also returns the number of texts embedded."""
+        queries = list(dict.fromkeys(q for q, _ in items))
+        q_emb = self.encoder.embed(queries)
+        row = {q: i for i, q in enumerate(queries)}
+        d_emb, embedded = self._embed_documents([d for _, docs in items for d in docs])
+        out, start = [], 0
+        for q, docs in items:
+            d = d_emb[start : start + len(docs)]
+            start += len(docs)
+            out.append(np.einsum("ij,ij->i", q_emb[[row[q]] * len(docs)], d).astype(np.float32))
+        return out, len(queries) + embedded
 
 
 def served_runtime(
@@ -792,7 +822,32 @@ class OnnxReranker:
         tuned (z-normalised per query); otherwise (no first-stage scores, or an export without a weight) they are
         the reranker's own scores (sigmoid, or cosine for a bi-encoder).
         """
-        scores = self.score(query, docs).astype(np.float64)
+        return self._ranked(self.score(query, docs), docs, first_stage_scores)
+
+    def rerank_many(
+        self, requests: Sequence[tuple[str, Sequence[str], Sequence[float] | np.ndarray | None]]
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """:meth:`rerank` for several ``(query, documents, first_stage_scores)`` requests at once (the server's
+        batching across requests, ``serving/batcher.py``): their texts go through the graph together, each distinct
+        text once (a cross-encoder: each distinct pair; a bi-encoder: one call for the distinct queries, one for the
+        distinct documents not in the cache), then each request gets its own scores and ranking. Also returns how
+        many texts (pairs) the graphs ran.
+
+        One request alone gets exactly what :meth:`rerank` gives it (a cross-encoder request that repeats a document
+        scores the pair once: with int8, its other pairs may then move as below). Together with others, its texts
+        share graph batches with theirs; the scores are the same up to how the runtime rounds a row in another batch
+        shape: not at all for a cross-encoder graph on onnxruntime fp32 (bit-identical, tested), a few float32 ulps
+        for a bi-encoder graph (its mean pooling sums over the padded batch width), ~1e-3 for int8 graphs
+        (activations quantised per batch) -- the same dependence a cached document embedding already has on the
+        request that computed it."""
+        scores, encoded = self.scorer.score_many([(q, docs) for q, docs, _ in requests])
+        ranked = [self._ranked(s, docs, fs) for s, (_, docs, fs) in zip(scores, requests, strict=True)]
+        return ranked, encoded
+
+    def _ranked(
+        self, raw: np.ndarray, docs: Sequence[str], first_stage_scores: Sequence[float] | np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = raw.astype(np.float64)
         if first_stage_scores is not None:
             fs = np.asarray(first_stage_scores, dtype=np.float64)
             if fs.shape != scores.shape:

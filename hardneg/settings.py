@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import functools
 import logging
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -203,6 +204,8 @@ class Serve:
     max_text_chars: int
     max_body_bytes: int
     doc_cache_size: int
+    batch_window_ms: float
+    max_batch_texts: int
 
 
 @dataclass(frozen=True)
@@ -369,6 +372,13 @@ def settings(params: Mapping[str, Any]) -> Settings:
         mine = MineConfig.from_params(full)
     if any(d < 1 for d in built["evaluate"].rerank_depths):
         raise ConfigError(f"evaluate.rerank_depths must be >= 1, got {built['evaluate'].rerank_depths}")
+    serve = built["serve"]
+    if serve.batch_window_ms < 0 or not math.isfinite(serve.batch_window_ms):
+        raise ConfigError(
+            f"serve.batch_window_ms must be >= 0 (0: batching off), got {serve.batch_window_ms}"
+        )
+    if serve.max_batch_texts < 1:
+        raise ConfigError(f"serve.max_batch_texts must be >= 1, got {serve.max_batch_texts}")
     return Settings(**built, mine=mine)
 
 

@@ -7,7 +7,9 @@ export's ``served_variant``, chosen at export by params ``serve.variant``),
 in metadata.json ``serving``: under ``auto`` the gated candidates are timed on this node for up to params
 ``serve.select_seconds`` and the fastest is served), ``--precision`` (fp32|bf16|int8: only candidates of that
 precision; with an explicit runtime, served as asked), ``--intra_op_threads`` (default: the container's CPU limit), ``--doc_cache_size`` (bi-encoder exports: document embeddings kept; default params
-``serve.doc_cache_size``) and ``--config`` (params.yaml: the ``serve`` limits). gRPC is off unless ``--enable_grpc true``.
+``serve.doc_cache_size``), ``--batch_window_ms`` / ``--max_batch_texts`` (batching across requests, default params
+``serve.batch_window_ms`` / ``serve.max_batch_texts``; window 0: off) and ``--config`` (params.yaml: the ``serve``
+limits). gRPC is off unless ``--enable_grpc true``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="bi-encoder exports: LRU cache of document embeddings, entries (0: off; default params serve.doc_cache_size)",
     )
     parser.add_argument(
+        "--batch_window_ms",
+        type=float,
+        default=None,
+        help="batching across requests: after a batch of several requests, wait up to this long for the rest of "
+        "the round (0: off, each request scored alone; default params serve.batch_window_ms)",
+    )
+    parser.add_argument(
+        "--max_batch_texts",
+        type=int,
+        default=None,
+        help="queries + documents per batch at most (default params serve.max_batch_texts)",
+    )
+    parser.add_argument(
         "--config", default=None, help="params.yaml with a `serve` section (default: packaged defaults)"
     )
     parser.set_defaults(enable_grpc=False, model_name=None)
@@ -73,6 +88,10 @@ def _doc_cache_size(flag: int | None, serve_params: dict) -> int:
     if size < 0:
         raise HardnegError(f"doc_cache_size must be >= 0 (0: off), got {size}")
     return size
+
+
+def _flag_or(flag: float | int | None, default: float | int) -> float | int:
+    return default if flag is None else flag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             runtime=args.runtime,
             precision=args.precision,
             select_seconds=float(serve_params["select_seconds"]),
+            batch_window_ms=_flag_or(args.batch_window_ms, serve_params["batch_window_ms"]),
+            max_batch_texts=_flag_or(args.max_batch_texts, serve_params["max_batch_texts"]),
         )
         serve(model, http_port=args.http_port, host=args.host, enable_grpc=args.enable_grpc)
     except HardnegError as e:

@@ -14,6 +14,10 @@ V2 ``POST /v2/models/<name>/infer``: BYTES ``query`` [1], BYTES ``documents`` [n
 sent, else the reranker's own scores (sigmoid, or cosine for a bi-encoder). Text beyond the model's ``max_length`` tokens is truncated (as in training);
 longer-than-``max_text_chars`` texts are refused (413). Every malformed request raises :class:`RequestError` (an
 ``InvalidInput``) with a message naming the field; the server maps it to a 4xx.
+
+Concurrent requests are scored together (:mod:`serving.batcher`, params ``serve.batch_window_ms`` /
+``serve.max_batch_texts``): validated requests join a queue and one worker thread scores each batch with
+:meth:`hardneg.rerank.OnnxReranker.rerank_many`; window 0 scores each request alone.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from hardneg.artifacts import METADATA_FILE
+from hardneg.errors import HardnegError
 from hardneg.model_card import BI_ENCODER, CROSS_ENCODER
 from hardneg.rerank import (
     ExportIntegrityError,
@@ -40,6 +45,7 @@ from hardneg.rerank import (
 )
 from hardneg.runtime_choice import Selection, load_reranker
 from serving import clean_argv
+from serving.batcher import BatchStats, RequestBatcher
 
 with clean_argv():
     from kserve import InferOutput, InferRequest, InferResponse, Model
@@ -65,6 +71,18 @@ class Limits:
     def from_params(cls, params: dict[str, Any]) -> Limits:
         s = params.get("serve", {})
         return cls(int(s["max_documents"]), int(s["max_text_chars"]), int(s["max_body_bytes"]))
+
+
+def check_batching(window_ms: Any, max_texts: Any) -> tuple[float, int]:
+    """(``serve.batch_window_ms``, ``serve.max_batch_texts``) checked: a window >= 0 ms (0: batching off) and at
+    least 1 text per batch."""
+    if isinstance(window_ms, bool) or not isinstance(window_ms, int | float) or not math.isfinite(window_ms):
+        raise HardnegError(f"batch_window_ms must be a number >= 0 (0: batching off), got {window_ms!r}")
+    if window_ms < 0:
+        raise HardnegError(f"batch_window_ms must be >= 0 (0: batching off), got {window_ms}")
+    if isinstance(max_texts, bool) or not isinstance(max_texts, int) or max_texts < 1:
+        raise HardnegError(f"max_batch_texts must be an integer >= 1, got {max_texts!r}")
+    return float(window_ms), int(max_texts)
 
 
 class RequestError(InvalidInput):
@@ -345,7 +363,9 @@ class ExportWatch:
 class HardnegReranker(Model):
     """Serves one export folder. ``load()`` verifies its checksums, chooses the runtime x precision
     (:func:`hardneg.runtime_choice.load_reranker`: timed on this node under ``auto``, else as given or recorded;
-    ``selection``), opens the sessions, then sets ``ready``."""
+    ``selection``), opens the sessions, then sets ``ready``. ``batch_window_ms`` / ``max_batch_texts`` (``None``:
+    the packaged params ``serve.*``): batching across requests (``batcher``; window 0: off); ``batch_stats`` counts
+    the scoring calls for ``/metrics``."""
 
     def __init__(
         self,
@@ -361,8 +381,20 @@ class HardnegReranker(Model):
         precision: str | None = None,
         select_seconds: float | None = None,
         watch_interval: float = 2.0,
+        batch_window_ms: float | None = None,
+        max_batch_texts: int | None = None,
     ):
         super().__init__(name)
+        # batching across requests (serving/batcher.py); None: params serve.batch_window_ms / max_batch_texts
+        if batch_window_ms is None or max_batch_texts is None:
+            from hardneg.config import default_params
+
+            serve = default_params()["serve"]
+            batch_window_ms = serve["batch_window_ms"] if batch_window_ms is None else batch_window_ms
+            max_batch_texts = serve["max_batch_texts"] if max_batch_texts is None else max_batch_texts
+        self.batch_window_ms, self.max_batch_texts = check_batching(batch_window_ms, max_batch_texts)
+        self.batch_stats = BatchStats()
+        self._batcher: RequestBatcher | None = None
         # None: the export's (metadata.json serving: policy auto -> timed here, else its one runtime); "auto": timed
         self.runtime = runtime
         self.precision = precision  # None: the chosen candidate's / the variant's own
@@ -464,6 +496,7 @@ class HardnegReranker(Model):
                 "max_length": r.max_length if r else None,
                 "truncation": _TRUNCATION.get(r.kind if r else "", None),
                 "doc_cache": r.cache_stats() if r else None,
+                "batching": self.batching_info(),
                 "fusion": meta.get("fusion"),
                 "lineage": meta.get("lineage"),
                 "metrics": meta.get("metrics"),
@@ -477,24 +510,84 @@ class HardnegReranker(Model):
             },
         }
 
+    def batching_info(self) -> dict[str, Any]:
+        """The batching settings and counts (``GET /v2/models/<name>`` ``parameters.batching``)."""
+        st = self.batch_stats.snapshot()
+        return {
+            "window_ms": self.batch_window_ms,
+            "max_texts": self.max_batch_texts,
+            "enabled": self.batch_window_ms > 0,
+            "batches": st["batches"],
+            "requests": int(st["requests"]["sum"]),
+            "texts": int(st["texts"]["sum"]),
+            "texts_encoded": st["encoded"],
+        }
+
     # -- inference
     def validate(self, payload: Any) -> Any:
         return payload  # KServe's own check trips over non-dict JSON (e.g. a bare number -> 500); predict validates
 
-    def _score(self, reqs: list[RerankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _score_jobs(
+        self, jobs: list[list[RerankRequest]]
+    ) -> tuple[list[list[tuple[np.ndarray, np.ndarray]] | Exception], int]:
+        """Score the rerank requests of several HTTP requests (jobs) in one :meth:`OnnxReranker.rerank_many` call;
+        per job its results, and the texts the graphs ran. Runs in a worker thread. When the joint call fails, the
+        jobs are scored one by one so that only the failing one gets its error (a job alone raises it)."""
         assert self.reranker is not None
-        return [self.reranker.rerank(r.query, r.documents, r.first_stage_scores) for r in reqs]
+        flat = [(r.query, r.documents, r.first_stage_scores) for job in jobs for r in job]
+        try:
+            results, encoded = self.reranker.rerank_many(flat)
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            log.warning("a batch of %d requests failed: scoring them one by one", len(jobs), exc_info=True)
+            out: list[list[tuple[np.ndarray, np.ndarray]] | Exception] = []
+            encoded = 0
+            for job in jobs:
+                try:
+                    (res,), n = self._score_jobs([job])
+                    out.append(res)
+                    encoded += n
+                except Exception as e:  # noqa: BLE001 - handed to that request's caller
+                    out.append(e)
+            return out, encoded
+        split, start = [], 0
+        for job in jobs:
+            split.append(results[start : start + len(job)])
+            start += len(job)
+        return split, encoded
+
+    def _score_alone(self, reqs: list[RerankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        (res,), encoded = self._score_jobs([reqs])
+        self.batch_stats.observe(1, sum(1 + len(r.documents) for r in reqs), encoded)
+        assert not isinstance(res, Exception)
+        return res
+
+    @property
+    def batcher(self) -> RequestBatcher | None:
+        """The request batcher (``None`` when batching is off: ``batch_window_ms`` 0)."""
+        if self._batcher is None and self.batch_window_ms > 0:
+            self._batcher = RequestBatcher(
+                self._score_jobs,
+                window_s=self.batch_window_ms / 1000.0,
+                max_texts=self.max_batch_texts,
+                stats=self.batch_stats,
+            )
+        return self._batcher
 
     async def _run(self, reqs: list[RerankRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
         loop = asyncio.get_running_loop()
         problem = await loop.run_in_executor(None, self.integrity_problem)
         if problem is not None:
             raise ModelNotReady(self.name, problem)
+        batcher = self.batcher
+        if batcher is not None:  # scored with the requests that arrive meanwhile (serving/batcher.py)
+            return await batcher.submit(reqs, sum(1 + len(r.documents) for r in reqs))
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrency)
-        # onnxruntime already uses every core: queue requests instead of oversubscribing
+        # batching off: one request at a time (onnxruntime already uses every core: queue, don't oversubscribe)
         async with self._slots:
-            return await asyncio.get_running_loop().run_in_executor(None, self._score, reqs)
+            return await loop.run_in_executor(None, self._score_alone, reqs)
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
         if isinstance(payload, InferRequest):

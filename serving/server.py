@@ -10,6 +10,10 @@ What KServe 0.21 lacks and this adds (docs/stack.md 2):
 * for a bi-encoder export, its document-embedding cache on ``/metrics``: counters
   ``hardneg_doc_cache_hits_total{model}`` / ``hardneg_doc_cache_misses_total{model}`` and gauges
   ``hardneg_doc_cache_entries{model}`` / ``hardneg_doc_cache_capacity{model}`` (``DocCacheCollector``, read at scrape);
+* batching across requests (``serving.batcher``) on ``/metrics``: histograms ``hardneg_batch_requests{model}`` and
+  ``hardneg_batch_texts{model}`` (requests and queries + documents per scoring call), the counter
+  ``hardneg_batch_encoded_texts_total{model}`` (texts the graphs ran: distinct, not cached) and the settings as gauges
+  ``hardneg_batch_window_seconds{model}`` / ``hardneg_batch_max_texts{model}`` (``BatchCollector``, read at scrape);
 * 4xx with a plain message for every malformed request (``SafeDataPlane`` + exception handlers): no Python class
   names or tracebacks in responses; unexpected errors answer a generic 500 and are logged here;
 * ``GET /v2/models/<name>`` with versions and parameters (lineage, fusion weight, limits): KServe's response model
@@ -45,7 +49,12 @@ with clean_argv():
     from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.server import RESTServer
     from prometheus_client import REGISTRY, Counter
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
 
 from serving.predictor import HardnegReranker, RequestError  # noqa: E402
 
@@ -154,10 +163,54 @@ class RuntimeCollector(_TrackedModels):
         yield from (info, cand, secs, cpu)
 
 
+class BatchCollector(_TrackedModels):
+    """Batching across requests, per model (:class:`serving.batcher.BatchStats`, counted where the batches run):
+    histograms of requests and of texts (queries + documents) per scoring call, texts encoded, and the settings. With
+    batching off every request is a batch of one."""
+
+    def collect(self) -> Iterator[Metric]:
+        models = {n: m for n, m in sorted(self._live().items()) if m is not None}
+        if not models:
+            return
+        reqs = HistogramMetricFamily(
+            "hardneg_batch_requests",
+            "Inference requests per scoring call (batching across requests)",
+            labels=["model"],
+        )
+        texts = HistogramMetricFamily(
+            "hardneg_batch_texts",
+            "Queries + documents per scoring call (before dedupe and cache)",
+            labels=["model"],
+        )
+        encoded = CounterMetricFamily(
+            "hardneg_batch_encoded_texts",
+            "Texts (cross-encoder: pairs) the graphs ran: distinct within a batch, not cached",
+            labels=["model"],
+        )
+        window = GaugeMetricFamily(
+            "hardneg_batch_window_seconds",
+            "serve.batch_window_ms in seconds (0: batching off)",
+            labels=["model"],
+        )
+        max_texts = GaugeMetricFamily(
+            "hardneg_batch_max_texts", "serve.max_batch_texts: texts per batch at most", labels=["model"]
+        )
+        for name, m in models.items():
+            st = m.batch_stats.snapshot()
+            reqs.add_metric([name], buckets=st["requests"]["buckets"], sum_value=st["requests"]["sum"])
+            texts.add_metric([name], buckets=st["texts"]["buckets"], sum_value=st["texts"]["sum"])
+            encoded.add_metric([name], st["encoded"])
+            window.add_metric([name], m.batch_window_ms / 1000.0)
+            max_texts.add_metric([name], m.max_batch_texts)
+        yield from (reqs, texts, encoded, window, max_texts)
+
+
 DOC_CACHE = DocCacheCollector()
 REGISTRY.register(DOC_CACHE)  # a custom collector: collect() only
 RUNTIME = RuntimeCollector()
 REGISTRY.register(RUNTIME)
+BATCHES = BatchCollector()
+REGISTRY.register(BATCHES)
 
 
 def _protocol(path: str) -> str | None:
@@ -382,8 +435,8 @@ def create_app(model: HardnegReranker, *, load: bool = True) -> FastAPI:
     server = ModelServer(enable_grpc=False, registered_models=None)
     server.dataplane = SafeDataPlane(model_registry=server.registered_models)
     server.register_model(model)
-    DOC_CACHE.track(model)
-    RUNTIME.track(model)
+    for collector in (DOC_CACHE, RUNTIME, BATCHES):
+        collector.track(model)
     cls = _server_class("127.0.0.1", model.limits.max_body_bytes)
     cls(
         "kserve.model_server:app", server.dataplane, server.model_repository_extension, http_port=0
@@ -404,8 +457,8 @@ def serve(
     if not model.ready:
         raise NoModelReady([model])
     _fresh_app()
-    DOC_CACHE.track(model)
-    RUNTIME.track(model)
+    for collector in (DOC_CACHE, RUNTIME, BATCHES):
+        collector.track(model)
     # ModelServer.start() looks the RESTServer name up in kserve.model_server
     ks_model_server.RESTServer = _server_class(host, model.limits.max_body_bytes)
     server = ModelServer(http_port=http_port, workers=workers, enable_grpc=enable_grpc)

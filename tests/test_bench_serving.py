@@ -41,6 +41,7 @@ def test_serving_benchmark_report_contract(tmp_path, tmp_path_factory, tiny_mode
     ]
     args += ["--out", str(out), "--readme", str(readme), "--duration", "0.3", "--miss-requests", "1"]
     args += ["--hit-pool", "2", "--inproc-seconds", "0.1", "--peak-seconds", "0.05", "--peak-n", "128"]
+    args += ["--compare-batching", "--compare-rounds", "1"]
     assert bench.main(args) == 0
     d = json.loads(out.read_text())
     assert d["status"] == "finished"
@@ -82,6 +83,17 @@ def test_serving_benchmark_report_contract(tmp_path, tmp_path_factory, tiny_mode
         assert d["clients"][c]["errors"] == 0
     assert d["http"]["server_reports"]["selection"]["mode"] == "auto"
 
+    # batching across requests off and on, side by side: the same requests, the server's own batch counts
+    b = d["batching"]
+    assert b["window_ms"] > 0 and set(b["miss"]) == {"off", "on"}
+    for label in ("off", "on"):
+        assert all(b["miss"][label][c]["errors"] == 0 for c in ("1", "8", "32"))
+        assert b[f"miss_8_vs_1_{label}"] > 0
+    off, on = b["server_batches"]["off"], b["server_batches"]["on"]
+    assert not off["enabled"] and off["batches"] == off["requests"]  # window 0: one request per scoring call
+    assert on["enabled"] and on["requests"] == off["requests"]
+    assert "miss_8_clients_>=2x_of_1" in d["targets"]
+
     # the README block: rewritten from this JSON, every number next to its key
     text = readme.read_text()
     assert "stale" not in text and text.endswith("after\n")
@@ -91,3 +103,4 @@ def test_serving_benchmark_report_contract(tmp_path, tmp_path_factory, tiny_mode
     for key, shown in refs:
         assert float(shown) == pytest.approx(_value(d, key), rel=0.005, abs=0.0005), key
     assert f"served **{sel['chosen']}**" in block and "serve.runtime: auto" in block
+    assert 'batching.miss.on."8".throughput_pairs_s' in block

@@ -137,7 +137,8 @@ def test_v1_predict_scores_and_ranking(client, reference):
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert len(preds) == 2
-    scores, order = reference.rerank(QUERY, DOCS)
+    # the instances of one request are scored together (one graph pass, as concurrent requests are)
+    ((scores, order), _), _ = reference.rerank_many([(QUERY, DOCS, None), ("aspirin", DOCS[:2], None)])
     np.testing.assert_allclose(preds[0]["scores"], scores, atol=1e-6)
     assert preds[0]["ranking"] == list(order)
     assert len(preds[1]["scores"]) == 2 and sorted(preds[1]["ranking"]) == [0, 1]
@@ -563,7 +564,7 @@ def test_unexpected_errors_are_a_generic_500_without_internals(client, model, mo
     def boom(*a, **kw):
         raise RuntimeError("secret internal detail in /srv/app.py")
 
-    monkeypatch.setattr(model.reranker, "rerank", boom)
+    monkeypatch.setattr(model.reranker, "rerank_many", boom)
     before = metric(client, "hardneg_errors_total", reason="internal")
     r = client.post(V1, json={"instances": [{"query": QUERY, "documents": DOCS}]})
     assert r.status_code == 500
