@@ -219,7 +219,11 @@ def test_each_response_is_bit_identical_to_the_single_request_response(ce_export
     assert len(batches.calls) < len(bodies), batches.calls
     for r, single in zip(together, alone, strict=True):
         assert scores_of(r) == single  # bit-identical
-    assert model.batching_info()["texts_encoded"] == encoded + 5 * 4  # request 5's pairs scored once
+    # request 5 repeats request 0: its pairs are scored once when the two share a batch (arrival order decides that
+    # on a busy machine), twice otherwise
+    q0 = bodies[0]["instances"][0]["query"]
+    shared = sum(1 for c in batches.calls if c.count(q0) >= 2)
+    assert model.batching_info()["texts_encoded"] == encoded + 6 * 4 - 4 * shared
 
 
 def test_rerank_many_alone_equals_rerank_and_together_matches(ce_export, bi_export):
