@@ -105,7 +105,9 @@ def main() -> None:
     from hardneg import hw
 
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout
     out: dict = {
         "command": "python benchmarks/export_time.py " + " ".join(sys.argv[1:]),
         "cpu": hw.cpu_info(),
