@@ -223,17 +223,27 @@ def freeze_lower_layers(model: Any, trainable_layers: int | None) -> int:
 
 
 def document_vectors(
-    dataset: Any, cfg: BiEncoderConfig, cache_dir: str | os.PathLike | None, progress: bool = False
+    dataset: Any,
+    cfg: BiEncoderConfig,
+    cache_dir: str | os.PathLike | None,
+    progress: bool = False,
+    stats: dict[str, Any] | None = None,
+    cached_only: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """The base model's document vectors (``tune: query`` keeps them: documents are never re-embedded when the model
     changes). Through the fingerprinted embedding cache of ``hardneg embed``: free when the base model is one of
-    ``embed.models`` with the same max_length."""
+    ``embed.models`` with the same max_length. ``stats``: filled as :func:`hardneg.embed.embed_texts` does (rows
+    encoded, precision, fingerprint...). ``cached_only``: raise :class:`hardneg.embed.NotCachedError` rather than
+    embed what the cache lacks."""
     from hardneg.embed import embed_texts
 
     ids = list(dataset.corpus)
     texts = [dataset.corpus[d].full_text for d in ids]
     mcfg = {"name": cfg.base_model, "max_length": cfg.max_length, "batch_size": cfg.batch_size}
-    return embed_texts(texts, mcfg, cache_dir, "document", progress, bf16=cfg.bf16), ids
+    vectors = embed_texts(
+        texts, mcfg, cache_dir, "document", progress, bf16=cfg.bf16, stats=stats, cached_only=cached_only
+    )
+    return vectors, ids
 
 
 # -------------------------------------------------------------------------------------------------- training

@@ -529,6 +529,17 @@ def _export_rows(p: dict[str, Any], m: dict[str, Any]) -> list[list[Any]]:
         rows.append(
             ["document encoder", f"{m.get('document_encoder')} ({', '.join(doc['variants'].values())})"]
         )
+    cv = p.get("corpus_vectors")
+    if cv and cv.get("shipped"):  # tune: query: the corpus's document vectors for the server's cache
+        rows.append(
+            [
+                "corpus vectors",
+                f"{cv['count']} x {cv['dim']} fp16 ({cv['bytes'] / 1e6:.1f} MB), max L2 vs the document graph "
+                f"{cv['max_l2_diff']:.2g} (gate {cv['threshold_l2']:g}, {cv['documents']} documents)",
+            ]
+        )
+    elif cv:
+        rows.append(["corpus vectors", f"not shipped: {cv['reason']}"])
     sv = p.get("served_variant", {})
     rows.append(["served variant", f"{sv.get('served')} (serve.variant: {sv.get('policy')})"])
     return rows

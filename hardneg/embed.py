@@ -30,12 +30,18 @@ from typing import Any, Literal
 import numpy as np
 
 from hardneg.artifacts import atomic_save_npy, atomic_write_json, staged_output
-from hardneg.errors import ConfigError, ModelNotFoundError
+from hardneg.errors import ConfigError, HardnegError, ModelNotFoundError
 from hardneg.models import ResolvedModel, resolve_model
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["query", "document"]
+
+
+class NotCachedError(HardnegError):
+    """``embed_texts(..., cached_only=True)`` on texts whose vectors the cache does not hold (all of them)."""
+
+
 CACHE_FORMAT = 1  # bump when the cache layout or the encoding code changes the vectors
 _SKIP_FOR_FINGERPRINT = (".md", ".lock")
 
@@ -281,14 +287,16 @@ def _cache_folder(
     prompt: str,
     max_length: int,
     precision: str,
+    read_only: bool = False,
 ) -> tuple[Path | None, str]:
-    """The cache folder of (model, prompt, max_length, precision) and the model fingerprint (no cache: None)."""
+    """The cache folder of (model, prompt, max_length, precision) and the model fingerprint (no cache: None);
+    ``read_only``: no folder is created (no ``key.json``)."""
     root = Path(cache_dir) if cache_dir is not None else None
     fingerprint = model_fingerprint(resolved, root / "fingerprints.json" if root else None)
     key = cache_key(resolved, fingerprint, prompt, max_length, precision)
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     folder = root / model_slug(name) / key_hash if root else None
-    if folder is not None and not (folder / "key.json").exists():
+    if folder is not None and not read_only and not (folder / "key.json").exists():
         atomic_write_json(folder / "key.json", {**key, "model": name})
     return folder, fingerprint
 
@@ -315,6 +323,7 @@ def embed_texts(
     chunk_size: int = 512,
     bf16: bool = False,
     stats: dict[str, Any] | None = None,
+    cached_only: bool = False,
 ) -> np.ndarray:
     """Encode ``texts`` with one model; float32 ``[len(texts), dim]``, L2-normalised, in input order.
 
@@ -327,6 +336,7 @@ def embed_texts(
         chunk_size: texts per cache chunk (the unit of resume).
         bf16: bf16 autocast for torch models on CPU (ignored for ONNX).
         stats: if given, filled with ``{chunks, chunks_cached, rows_encoded, seconds, fingerprint, dim, cache_dir}``.
+        cached_only: raise :class:`NotCachedError` (before loading any model) unless every chunk is cached.
     """
     if kind not in ("query", "document"):
         raise ConfigError(f"kind must be 'query' or 'document', got {kind!r}")
@@ -341,9 +351,16 @@ def embed_texts(
     chunk_size = max(1, int(chunk_size))
     resolved = resolve_model(name)
     precision = "bf16" if (bf16 and resolved.backend == "torch") else "fp32"
-    folder, fingerprint = _cache_folder(resolved, name, cache_dir, prompt, max_length, precision)
+    folder, fingerprint = _cache_folder(
+        resolved, name, cache_dir, prompt, max_length, precision, read_only=cached_only
+    )
     plan = _plan_chunks(texts, chunk_size, folder)
     cached_rows = sum(e - s for s, e, _, a in plan if a is not None)
+    if cached_only and cached_rows < len(texts):
+        raise NotCachedError(
+            f"{len(texts) - cached_rows} of {len(texts)} {kind} texts are not in the embedding cache of {name} "
+            f"({folder or 'no cache'})"
+        )
 
     encoder = None
     parts: list[np.ndarray] = []

@@ -11,6 +11,9 @@ a folder without one is refused). ``export_model(model_dir, out_dir, dev_set=...
     out_dir/doc_model.int8.onnx whose vectors the training kept fixed) as the same embedding graph, fp32 + int8;
     out_dir/doc_tokenizer.json  + doc_tokenizer_config.json only when its tokenizer differs from the query model's
     out_dir/tokenizer.json      + tokenizer_config.json (the served tokenizer; max_length lives in metadata.json)
+    out_dir/corpus_vectors.npy  ``tune: query`` bi-encoder, params ``export.corpus_vectors``: the corpus's document
+                                vectors (the base model's, from the embedding cache), fp16, keyed by the sha256 of the
+                                text (:func:`hardneg.rerank.write_corpus_vectors`); the server's document cache at start
     out_dir/parity.json         the gates' numbers, written whether they pass or not
     out_dir/metadata.json       kind, score (sigmoid | cosine), model name, version, lineage, fusion weight, metrics,
                                 max_length, sha256 of every other file; written only when every gate passes (no
@@ -28,6 +31,10 @@ with first-stage scores as served; a variant means both graphs of a two-graph bi
 precision the server may choose (params ``serve.runtime``; ``auto``: onnxruntime fp32/int8, OpenVINO f32/int8 and,
 where the exporting CPU has native bf16, OpenVINO bf16) is gated the same way and recorded in ``metadata.json``
 ``serving.candidates`` (:func:`_candidate_gate`; the server times those that passed, :mod:`hardneg.runtime_choice`).
+Shipped corpus vectors are gated against the fp32 document graph (max L2 difference over the sample's documents <=
+``export.corpus_vectors_max_l2``) and every MRR@10 gate then ranks the dev documents from them, as the server does
+(the document graphs serve only documents outside them: their drift on the sample is recorded). Each sample text is
+embedded once per graph and the fp32 side of the MRR@10 gates once (issue #18, item 5).
 A failed gate raises :class:`GateFailedError`. torch is imported inside the functions that need it only.
 """
 
@@ -53,6 +60,7 @@ import numpy as np
 from hardneg import hw
 from hardneg.artifacts import FUSION_FILE, METADATA_FILE, METRICS_FILE
 from hardneg.errors import GateFailedError, HardnegError
+from hardneg.fusion import text_digest
 from hardneg.lineage import LINEAGE_FILE, Lineage, current_lineage, read_lineage, sha256_dir, sha256_file
 from hardneg.model_card import (
     BI_ENCODER,
@@ -64,6 +72,8 @@ from hardneg.model_card import (
     read_card,
 )
 from hardneg.rerank import (
+    CORPUS_VECTORS_FILE,
+    CORPUS_VECTORS_KEY,
     DOC_TOKENIZER_CONFIG_FILE,
     DOC_TOKENIZER_FILE,
     DOC_VARIANT_FILES,
@@ -77,6 +87,8 @@ from hardneg.rerank import (
     CosineScorer,
     PairScorer,
     TextEncoder,
+    read_corpus_vectors,
+    write_corpus_vectors,
 )
 from hardneg.runtime_choice import AUTO, POLICIES, Candidate, cpu_skip_reason, export_candidates
 
@@ -393,21 +405,20 @@ def _torch_embeddings(st: Any, texts: Sequence[str]) -> np.ndarray:
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-def _torch_cosines(st: Any, pairs: Sequence[tuple[str, str]], doc_st: Any = None) -> np.ndarray:
-    """The bi-encoder reference: cosine of SentenceTransformer.encode embeddings; documents through ``doc_st`` when
-    given (a ``tune: query`` bi-encoder's base model), else through ``st``."""
+def _torch_cosines(
+    st: Any,
+    pairs: Sequence[tuple[str, str]],
+    doc_st: Any = None,
+    embed: Callable[[Any, Sequence[str]], np.ndarray] = _torch_embeddings,
+) -> np.ndarray:
+    """The bi-encoder reference: cosine of SentenceTransformer.encode embeddings (``embed(model, texts)``); documents
+    through ``doc_st`` when given (a ``tune: query`` bi-encoder's base model), else through ``st``."""
     if not pairs:
         return np.empty(0, dtype=np.float32)
-    if doc_st is None:
-        texts = list(dict.fromkeys(t for pair in pairs for t in pair))
-        emb = _torch_embeddings(st, texts)
-        row = {t: i for i, t in enumerate(texts)}
-        q, d = emb[[row[p[0]] for p in pairs]], emb[[row[p[1]] for p in pairs]]
-    else:
-        qt, dt = list(dict.fromkeys(p[0] for p in pairs)), list(dict.fromkeys(p[1] for p in pairs))
-        qe, de = _torch_embeddings(st, qt), _torch_embeddings(doc_st, dt)
-        qrow, drow = {t: i for i, t in enumerate(qt)}, {t: i for i, t in enumerate(dt)}
-        q, d = qe[[qrow[p[0]] for p in pairs]], de[[drow[p[1]] for p in pairs]]
+    qt, dt = list(dict.fromkeys(p[0] for p in pairs)), list(dict.fromkeys(p[1] for p in pairs))
+    qe, de = embed(st, qt), embed(st if doc_st is None else doc_st, dt)
+    qrow, drow = {t: i for i, t in enumerate(qt)}, {t: i for i, t in enumerate(dt)}
+    q, d = qe[[qrow[p[0]] for p in pairs]], de[[drow[p[1]] for p in pairs]]
     return np.einsum("ij,ij->i", q, d).astype(np.float32)
 
 
@@ -538,8 +549,9 @@ class _Graph:
     copies: dict[str, Path]  # file name in the export -> the source file (tokenizers)
     # role -> {variant: file}: one graph, or a bi-encoder's query and document graphs (quantised and stamped alike)
     graphs: dict[str, dict[str, str]] = field(default_factory=lambda: {"model": dict(VARIANT_FILES)})
-    # bi-encoder: per graph, max |ONNX fp32 embedding - torch embedding| over the sample's texts
-    embedding_check: Callable[[Path, Sequence[tuple[str, str]]], dict[str, Any]] | None = None
+    # bi-encoder: per graph, max |ONNX fp32 embedding - torch embedding| over the sample's texts (given the fp32
+    # scorer that scored the sample: its document cache holds the sample's document embeddings)
+    embedding_check: Callable[[Any, Sequence[tuple[str, str]]], dict[str, Any]] | None = None
 
 
 def _cross_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -> _Graph:
@@ -665,18 +677,33 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -
         )
         return CosineScorer(query, doc_cache_size=gate_cache, doc_encoder=doc)
 
-    def reference(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return _torch_cosines(st, pairs) if doc_st is None else _torch_cosines(st, pairs, doc_st)
+    # torch embeddings of the sample, per model: computed once for the reference cosines and read again by the
+    # embedding check (each torch model encodes each sample text once)
+    memo: dict[int, dict[str, np.ndarray]] = {}
+    models = {"query": st, "document": st if doc_st is None else doc_st}
 
-    def embedding_check(root: Path, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        fp32 = scorer(root, "fp32")
+    def torch_embeddings(model: Any, texts: Sequence[str]) -> np.ndarray:
+        seen = memo.setdefault(id(model), {})
+        todo = [t for t in dict.fromkeys(texts) if t not in seen]
+        if todo:
+            seen.update(zip(todo, _torch_embeddings(model, todo), strict=True))
+        return np.stack([seen[t] for t in texts]) if texts else np.empty((0, dim))
+
+    def reference(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return _torch_cosines(st, pairs, doc_st, embed=torch_embeddings)
+
+    def embedding_check(fp32: CosineScorer, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Each fp32 graph's embeddings of the sample's texts vs its torch model's: the documents are read from the
+        fp32 scorer's cache (embedded by its document graph when the sample was scored), the torch ones from the
+        reference's."""
         out: dict[str, Any] = {}
-        for role, texts, model, encoder in (
-            ("query", [p[0] for p in pairs], st, fp32.encoder),
-            ("document", [p[1] for p in pairs], st if doc_st is None else doc_st, fp32.doc_encoder),
-        ):
+        for role, texts in (("query", [p[0] for p in pairs]), ("document", [p[1] for p in pairs])):
             texts = list(dict.fromkeys(texts))
-            diff = np.abs(encoder.embed(texts) - _torch_embeddings(model, texts)).max() if texts else 0.0
+            if not texts:
+                out[role] = {"texts": 0, "max_abs_diff": 0.0}
+                continue
+            onnx_emb = fp32.encoder.embed(texts) if role == "query" else fp32.embed_documents(texts)
+            diff = np.abs(onnx_emb - torch_embeddings(models[role], texts)).max()
             out[role] = {"texts": len(texts), "max_abs_diff": float(diff)}
         return out
 
@@ -783,25 +810,208 @@ def _stamp_onnx(path: Path, props: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-def _int8_gate(
-    fp32: Any, int8: Any, dev_set: DevSet, fusion: dict[str, Any] | None, threshold: float
+# A drop of exactly the threshold passes: sums of reciprocal ranks are not exact in floating point (one query's RR
+# halving over 100 dev queries read 0.0050000000000000044 against the 0.005 threshold and failed the int8 gate).
+_MRR_EPS = 1e-9
+
+
+class _Clock:
+    """Seconds per named phase (``with clock("name"): ...``), rounded: parity.json ``timings``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 2)
+
+
+@dataclass
+class CorpusVectors:
+    """A ``tune: query`` bi-encoder's corpus document vectors to ship (params ``export.corpus_vectors``): the texts
+    as the server will see them (``Document.full_text``), their float vectors [n, dim] (the base model's, from the
+    embed stage's cache: :func:`hardneg.biencoder.document_vectors`) and where they came from."""
+
+    texts: list[str]
+    vectors: np.ndarray
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Shipped:
+    """The corpus vectors as written into the export (read back from the file: the gates see what the server
+    loads): distinct keys, their texts and fp16 vectors."""
+
+    keys: list[bytes]
+    texts: list[str]
+    vectors: np.ndarray
+
+    def served(self, scorer: CosineScorer) -> CosineScorer:
+        """``scorer``'s graphs with the shipped vectors in the document cache, as the server starts: corpus
+        documents are cache hits (their vectors never come from the document graph), others go through it."""
+        out = CosineScorer(scorer.encoder, max(len(self.keys), scorer.cache.capacity), scorer.doc_encoder)
+        out.cache.preload(self.keys, self.vectors)
+        return out
+
+
+def corpus_vectors_decision(
+    policy: str | bool, card: ModelCard, n_docs: int, cache_size: int
+) -> tuple[bool, str]:
+    """Whether the export ships the corpus's document vectors (params ``export.corpus_vectors``: ``auto`` | true |
+    false), and why. Only a ``tune: query`` bi-encoder keeps fixed document vectors (its base model's, which the
+    embed stage computed); ``auto`` ships them when the corpus fits the server's document cache
+    (``serve.doc_cache_size``: vectors beyond it would not be loaded). ``true`` on another model is an error."""
+    if policy is False:
+        return False, "export.corpus_vectors: false"
+    if not card.separate_document_encoder:
+        why = (
+            f"a {card.kind}"
+            + (f" (tune: {card.tune})" if card.tune else "")
+            + " has no fixed document vectors (only a tune: query bi-encoder keeps its base model's)"
+        )
+        if policy is True:
+            raise HardnegError(f"export.corpus_vectors: true, but {why}")
+        return False, why
+    if policy == "auto" and n_docs > cache_size:
+        return False, (
+            f"auto: the corpus ({n_docs} documents) does not fit serve.doc_cache_size ({cache_size}); "
+            "export.corpus_vectors: true ships them anyway (the server loads as many as its cache holds)"
+        )
+    return (
+        True,
+        f"export.corpus_vectors: {str(policy).lower()} ({n_docs} documents, doc_cache_size {cache_size})",
+    )
+
+
+def _ship_corpus_vectors(corpus: CorpusVectors, staging: Path, dim: int) -> tuple[_Shipped, dict[str, Any]]:
+    """Write ``corpus_vectors.npy`` (:func:`hardneg.rerank.write_corpus_vectors`) and read it back; returns what the
+    gates use and the ``metadata.json`` ``corpus_vectors`` entry."""
+    vectors = np.asarray(corpus.vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise HardnegError(
+            f"corpus vectors of shape {vectors.shape}: the document graph embeds in {dim} dimensions"
+        )
+    path = staging / CORPUS_VECTORS_FILE
+    stats = write_corpus_vectors(path, corpus.texts, vectors)
+    keys, stored, _ = read_corpus_vectors(path, dim=dim)
+    first: dict[bytes, str] = {}
+    for t in corpus.texts:
+        first.setdefault(text_digest(t), t)
+    meta = {
+        "file": CORPUS_VECTORS_FILE,
+        "count": stats["count"],
+        "dim": dim,
+        "dtype": "float16",
+        "key": CORPUS_VECTORS_KEY,
+        "duplicate_texts": stats["duplicates"],
+        "bytes": path.stat().st_size,
+        "source": dict(corpus.source),
+    }
+    return _Shipped(keys, [first[k] for k in keys], stored), meta
+
+
+def _corpus_vectors_gate(
+    fp32: CosineScorer,
+    shipped: _Shipped,
+    meta: dict[str, Any],
+    pairs: Sequence[tuple[str, str]],
+    max_l2: float,
+    fallback_docs: int = 64,
 ) -> dict[str, Any]:
-    """MRR@10 of both variants on the dev candidates, ranked as served (fused when first-stage scores exist)."""
-    w = fusion["weight"] if fusion is not None and dev_set.first_stage else None
-    f = fusion if w is not None else None
-    mrr32 = mrr_at_k(_score_dev(fp32, dev_set), dev_set, fusion=f)
-    mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion=f)
-    drop = round(mrr32 - mrr8, 12)  # float noise only: 0.738 - 0.733 is 0.0050000000000000044
+    """The shipped vectors against the fp32 document graph (the served graph whose embeddings the fp32 gate tied to
+    PyTorch within its threshold) on a sample of corpus documents: the parity sample's documents (already embedded
+    by the fp32 gate: read from its cache), else (no dev set) a seeded sample of ``fallback_docs`` shipped ones.
+    Gate: max ||shipped - graph||_2 <= ``max_l2``: that norm is the largest change of cosine any unit-length query
+    can see (Cauchy-Schwarz), so every served score of these documents is within it. Also recorded: the largest
+    component difference and the actual cosine change of the sample pairs (fp32 query graph)."""
+    row = {k: i for i, k in enumerate(shipped.keys)}
+    docs = [d for d in dict.fromkeys(p[1] for p in pairs) if text_digest(d) in row]
+    sample = "the parity sample's documents"
+    if not docs:
+        rng = random.Random(13)
+        idx = sorted(rng.sample(range(len(shipped.keys)), min(fallback_docs, len(shipped.keys))))
+        docs, sample = (
+            [shipped.texts[i] for i in idx],
+            f"{len(idx)} shipped documents (seeded: no dev sample)",
+        )
+    graph = fp32.embed_documents(docs).astype(np.float64)
+    ship = shipped.vectors[[row[text_digest(d)] for d in docs]].astype(np.float64)
+    l2 = np.linalg.norm(ship - graph, axis=1) if docs else np.zeros(1)
+    in_corpus = [p for p in pairs if text_digest(p[1]) in row]
+    cos_diff = 0.0
+    if in_corpus:
+        qs = {t: i for i, t in enumerate(dict.fromkeys(p[0] for p in in_corpus))}
+        qe = fp32.encoder.embed(list(qs)).astype(np.float64)
+        q = qe[[qs[p[0]] for p in in_corpus]]
+        d_ship = shipped.vectors[[row[text_digest(p[1])] for p in in_corpus]].astype(np.float64)
+        d_graph = fp32.embed_documents([p[1] for p in in_corpus]).astype(np.float64)
+        cos_diff = float(np.abs(np.einsum("ij,ij->i", q, d_ship - d_graph)).max())
     return {
-        "ranking": _ranking_label(w, (fusion or {}).get("gate")),
-        "mrr@10_fp32": mrr32,
+        "shipped": True,
+        **{k: meta[k] for k in ("file", "count", "dim", "dtype", "bytes", "source")},
+        "against": "fp32 document graph",
+        "sample": sample,
+        "documents": len(docs),
+        "max_l2_diff": float(l2.max()),
+        "mean_l2_diff": float(l2.mean()),
+        "max_abs_component_diff": float(np.abs(ship - graph).max()) if docs else 0.0,
+        "pairs": len(in_corpus),
+        "max_abs_cosine_diff": cos_diff,
+        "threshold_l2": max_l2,
+        "passed": bool(l2.max() <= max_l2),
+    }
+
+
+@dataclass
+class _DevReference:
+    """The fp32 side of every MRR@10 gate, scored once: the fp32 graphs' dev scores (with shipped corpus vectors:
+    the fp32 query graph x the shipped vectors, as served) and their MRR@10 as served (fused when first-stage
+    scores exist)."""
+
+    mrr: float
+    fusion: dict[str, Any] | None
+    ranking: str
+    documents: str
+
+    @classmethod
+    def of(cls, fp32: Any, dev_set: DevSet, fusion: dict[str, Any] | None, shipped: bool) -> _DevReference:
+        w = fusion["weight"] if fusion is not None and dev_set.first_stage else None
+        f = fusion if w is not None else None
+        documents = "shipped corpus vectors (served from the document cache)" if shipped else "document graph"
+        return cls(
+            mrr_at_k(_score_dev(fp32, dev_set), dev_set, fusion=f),
+            f,
+            _ranking_label(w, (fusion or {}).get("gate")),
+            documents,
+        )
+
+
+def _int8_gate(ref: _DevReference, int8: Any, dev_set: DevSet, threshold: float) -> dict[str, Any]:
+    """MRR@10 of the candidate (``int8``: any scorer) on the dev candidates vs the fp32 reference, ranked as served
+    (fused when first-stage scores exist; corpus documents from the shipped vectors when there are some)."""
+    mrr8 = mrr_at_k(_score_dev(int8, dev_set), dev_set, fusion=ref.fusion)
+    drop = ref.mrr - mrr8
+    return {
+        "ranking": ref.ranking,
+        "documents": ref.documents,
+        "mrr@10_fp32": ref.mrr,
         "mrr@10_int8": mrr8,
         "mrr@10_drop": drop,
         "mrr@10_abs_diff": abs(drop),
         "threshold_mrr_drop": threshold,
         "dev": {"source": dev_set.source, "queries": len(dev_set.candidates), "pairs": dev_set.n_pairs},
-        "passed": drop <= threshold,
+        "passed": mrr_drop_passes(drop, threshold),
     }
+
+
+def mrr_drop_passes(drop: float, threshold: float) -> bool:
+    """The MRR@10 gates' test, ``drop <= threshold``, where a drop equal to the threshold up to floating-point
+    rounding of the reciprocal-rank sums passes."""
+    return bool(drop <= threshold + _MRR_EPS)
 
 
 def _candidate_gate(
@@ -811,19 +1021,25 @@ def _candidate_gate(
     parity: dict[str, Any],
     pairs: Sequence[tuple[str, str]],
     ref: np.ndarray,
-    fp32_ort: Any,
+    of_pairs: int,
+    dev_ref: _DevReference | None,
     dev_set: DevSet | None,
-    fusion: dict[str, Any] | None,
+    shipped: _Shipped | None,
     fp32_max_abs: float,
     int8_max_mrr_drop: float,
 ) -> dict[str, Any]:
     """The parity gate of one runtime x precision the server may serve (:func:`hardneg.runtime_choice.
     export_candidates`), through the served code. onnxruntime runs exactly what the fp32 / int8 gates above measured;
-    OpenVINO is scored again on the same pairs against PyTorch: f32 max |diff| <= the fp32 threshold; int8 and bf16
-    (8 mantissa bits: a ranking gate, as for int8) their MRR@10 drop vs onnxruntime fp32 on the dev set <= the int8
-    threshold. bf16 is gated only where the exporting CPU has native bf16 (elsewhere OpenVINO's bf16 hint runs f32,
-    so the gate would measure f32): skipped with the reason. The int8 graph is gated on OpenVINO only when it passed
-    its own gate (the server never loads a failed int8). Recorded in metadata.json ``serving.candidates``."""
+    OpenVINO (the same .onnx files, its own kernels) is scored again on ``pairs`` (the first params
+    ``export.parity_candidate_pairs`` of the ``of_pairs`` sample pairs: recorded) against PyTorch through both of its
+    graphs (the cache-miss path):
+    f32 max |diff| <= the fp32 threshold; int8 and bf16 (8 mantissa bits: a ranking gate, as for int8) their MRR@10
+    drop vs the fp32 reference on the dev set <= the int8 threshold, ranked as served (with shipped corpus vectors,
+    the dev documents are cache hits: the candidate's query graph x the shipped vectors; the sample's max / mean
+    |diff| then records its document graph, which serves only documents outside them). bf16 is gated only where the
+    exporting CPU has native bf16 (elsewhere OpenVINO's bf16 hint runs f32, so the gate would measure f32): skipped
+    with the reason. The int8 graph is gated on OpenVINO only when it passed its own gate (the server never loads a
+    failed int8). Recorded in metadata.json ``serving.candidates``."""
     out: dict[str, Any] = {"runtime": c.runtime, "variant": c.variant, "precision": c.precision}
     if c.runtime == ONNXRUNTIME:
         return out | {"same_as": f"{c.variant} gate above", "passed": bool(parity[c.variant]["passed"])}
@@ -835,15 +1051,21 @@ def _candidate_gate(
     scorer = graph.scorer(staging, c.variant, c.runtime, c.precision)
     scores = scorer.score_pairs([p[0] for p in pairs], [p[1] for p in pairs])
     diff = np.abs(scores - ref) if len(ref) else np.zeros(1)
-    out |= {"pairs": len(pairs), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean())}
+    out |= {
+        "pairs": len(pairs),
+        "of_sample_pairs": of_pairs,
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+    }
     if c.precision == "fp32":
         return out | {"threshold": fp32_max_abs, "passed": bool(out["max_abs_diff"] <= fp32_max_abs)}
-    if dev_set is None:
+    if dev_set is None or dev_ref is None:
         return out | {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
-    gate = _int8_gate(fp32_ort, scorer, dev_set, fusion, int8_max_mrr_drop)
+    gate = _int8_gate(dev_ref, shipped.served(scorer) if shipped else scorer, dev_set, int8_max_mrr_drop)
     return out | {
         "mrr@10_drop": gate["mrr@10_drop"],
         "threshold_mrr_drop": int8_max_mrr_drop,
+        "documents": gate["documents"],
         "passed": gate["passed"],
     }
 
@@ -863,10 +1085,12 @@ def _serving_gates(
     ``auto`` both variants when ``serve.variant`` is auto) and the exporting machine's ``cpu``."""
     variants = [served] if serve_runtime != AUTO or serve_variant != "auto" else list(VARIANT_FILES)
     default = Candidate(ONNXRUNTIME if serve_runtime == AUTO else serve_runtime, served, served)
-    gates = {
-        c.key: _candidate_gate(graph, staging, c, parity, *gate_args)
-        for c in export_candidates(serve_runtime, variants)
-    }
+    gates = {}
+    for c in export_candidates(serve_runtime, variants):
+        t = time.perf_counter()
+        gates[c.key] = _candidate_gate(graph, staging, c, parity, *gate_args)
+        if "same_as" not in gates[c.key] and "skipped" not in gates[c.key]:
+            gates[c.key]["seconds"] = round(time.perf_counter() - t, 2)
     for key, g in gates.items():
         if not g["passed"] and key != default.key:
             log.info(
@@ -882,23 +1106,40 @@ def _run_gates(
     fusion: dict[str, Any] | None,
     *,
     sample_pairs: int,
+    candidate_pairs: int = 64,
     fp32_max_abs: float,
     int8_max_mrr_drop: float,
     serve_variant: str,
     serve_runtime: str = AUTO,
+    shipped: tuple[_Shipped, dict[str, Any]] | None = None,
+    corpus_vectors_max_l2: float = 0.02,
 ) -> dict[str, Any]:
-    """Both ONNX variants through hardneg.rerank (the served code path) vs the PyTorch reference, then every runtime x
-    precision the server may serve (:func:`_serving_gates`); parity.json."""
-    fp32 = graph.scorer(staging, "fp32")
-    int8 = graph.scorer(staging, "int8")
+    """Both ONNX variants through hardneg.rerank (the served code path) vs the PyTorch reference, the shipped corpus
+    vectors vs the fp32 document graph, then every runtime x precision the server may serve
+    (:func:`_serving_gates`); parity.json. Every document of the sample is embedded once per graph; the fp32 side
+    of the MRR@10 gates is scored once."""
+    clock = _Clock()
+    with clock("sessions"):
+        fp32 = graph.scorer(staging, "fp32")
+        int8 = graph.scorer(staging, "int8")
     pairs = _sample_pairs(dev_set, sample_pairs)
     qs, ds = [p[0] for p in pairs], [p[1] for p in pairs]
-    ref = graph.reference(pairs)
-    s32, s8 = fp32.score_pairs(qs, ds), int8.score_pairs(qs, ds)
+    with clock("torch_reference"):
+        ref = graph.reference(pairs)
+    with clock("fp32_sample"):
+        s32 = fp32.score_pairs(qs, ds)
+    with clock("int8_sample"):
+        s8 = int8.score_pairs(qs, ds)
     fp32_diff = float(np.abs(s32 - ref).max()) if len(ref) else 0.0
     int8_diff = float(np.abs(s8 - ref).max()) if len(ref) else 0.0
     parity: dict[str, Any] = {
-        "sample": {"pairs": len(pairs), "source": dev_set.source if dev_set else "built-in pairs"},
+        "sample": {
+            "pairs": len(pairs),
+            "requested": sample_pairs,  # params export.parity_sample_pairs
+            "queries": len(set(qs)),
+            "documents": len(set(ds)),
+            "source": dev_set.source if dev_set else "built-in pairs",
+        },
         "fp32": {
             "score": graph.metadata["score"],
             "max_abs_diff": fp32_diff,
@@ -909,13 +1150,34 @@ def _run_gates(
         "int8": {"max_abs_diff": int8_diff},
     }
     if graph.embedding_check is not None:  # each graph against its own torch model, not only their cosine
-        emb = graph.embedding_check(staging, pairs)
+        with clock("embedding_check"):
+            emb = graph.embedding_check(fp32, pairs)
         parity["fp32"]["embeddings"] = emb
         parity["fp32"]["passed"] = bool(
             parity["fp32"]["passed"] and all(e["max_abs_diff"] <= fp32_max_abs for e in emb.values())
         )
+    corpus = shipped[0] if shipped is not None else None
+    if shipped is not None:
+        with clock("corpus_vectors_gate"):
+            parity["corpus_vectors"] = _corpus_vectors_gate(fp32, *shipped, pairs, corpus_vectors_max_l2)
+    dev_ref = None
     if dev_set is not None:
-        parity["int8"] |= _int8_gate(fp32, int8, dev_set, fusion, int8_max_mrr_drop)
+        with clock("int8_mrr_gate"):
+            dev_ref = _DevReference.of(
+                corpus.served(fp32) if corpus else fp32, dev_set, fusion, corpus is not None
+            )
+            parity["int8"] |= _int8_gate(
+                dev_ref, corpus.served(int8) if corpus else int8, dev_set, int8_max_mrr_drop
+            )
+        if corpus is not None:  # the int8 document graph now serves only documents outside the shipped ones
+            parity["int8"]["document_graph"] = {
+                "pairs": len(pairs),
+                "max_abs_diff": int8_diff,
+                "mean_abs_diff": float(np.abs(s8 - ref).mean()) if len(ref) else 0.0,
+                "note": "the sample pairs through both int8 graphs (the cache-miss path: documents outside the "
+                "shipped corpus vectors) vs PyTorch; the MRR@10 gate above ranks the dev documents as served, "
+                "from the shipped vectors",
+            }
     else:
         log.warning(
             "no dev set given: the int8 MRR@10 gate is skipped (max |diff| %.2e reported only)", int8_diff
@@ -925,25 +1187,32 @@ def _run_gates(
     # recorded (parity.json, metadata.json) and the server refuses to load a failed int8
     require_int8 = serve_variant == "int8"
     parity["int8"]["required"] = require_int8
-    parity["passed"] = bool(parity["fp32"]["passed"] and (parity["int8"]["passed"] or not require_int8))
+    parity["passed"] = bool(
+        parity["fp32"]["passed"]
+        and (parity["int8"]["passed"] or not require_int8)
+        and parity.get("corpus_vectors", {}).get("passed", True)
+    )
     served = served_variant_for(serve_variant, bool(parity["int8"]["passed"]))
     parity["served_variant"] = {"policy": serve_variant, "served": served}
-    parity["serving"] = _serving_gates(
-        graph,
-        staging,
-        parity,
-        serve_runtime,
-        serve_variant,
-        served,
-        pairs,
-        ref,
-        fp32,
-        dev_set,
-        fusion,
-        fp32_max_abs,
-        int8_max_mrr_drop,
-    )
+    with clock("serving_candidates"):
+        parity["serving"] = _serving_gates(
+            graph,
+            staging,
+            parity,
+            serve_runtime,
+            serve_variant,
+            served,
+            pairs[:candidate_pairs],
+            ref[:candidate_pairs],
+            len(pairs),
+            dev_ref,
+            dev_set,
+            corpus,
+            fp32_max_abs,
+            int8_max_mrr_drop,
+        )
     parity["passed"] = bool(parity["passed"] and parity["serving"]["passed"])
+    parity["timings"] = clock.seconds
     if not parity["int8"]["passed"] and not require_int8:
         log.warning(
             "int8 variant FAILED its parity gate (MRR@10 drop %s > %s): exported for reference only; serving %s",
@@ -996,11 +1265,17 @@ def _metadata(
         "lineage": source["lineage"],
         "fusion": source["fusion"],
         "metrics": source["metrics"],
+        **({"corpus_vectors": source["corpus_vectors"]} if source.get("corpus_vectors") else {}),
         "parity": {
             "fp32_max_abs_diff": parity["fp32"]["max_abs_diff"],
             "int8_max_abs_diff": parity["int8"]["max_abs_diff"],
             "int8_mrr@10_drop": parity["int8"].get("mrr@10_drop"),
             "int8_passed": bool(parity["int8"]["passed"]),
+            **(
+                {"corpus_vectors_max_l2_diff": parity["corpus_vectors"]["max_l2_diff"]}
+                if (parity.get("corpus_vectors") or {}).get("shipped")
+                else {}
+            ),
         },
         "files": files,
     }
@@ -1032,6 +1307,13 @@ def _gate_failure(parity: dict[str, Any], out: Path) -> GateFailedError:
                 if "threshold" in srv
                 else f"int8 MRR@10 drop {srv.get('mrr@10_drop')} > {srv.get('threshold_mrr_drop')}"
             )
+        )
+    cv = parity.get("corpus_vectors") or {}
+    if cv.get("passed") is False:
+        failed.append(
+            f"corpus vectors: max ||shipped - fp32 document graph|| {cv['max_l2_diff']:.3g} > "
+            f"{cv['threshold_l2']:g} over {cv['documents']} documents (the embedding cache's vectors are not what "
+            "the document graph computes: another model, max_length, prompt or text?)"
         )
     if not i8["passed"] and i8["required"]:
         failed.append(
@@ -1139,13 +1421,17 @@ def export_model(
     opset: int = 17,
     parity_fp32_max_abs: float = 1e-4,
     parity_int8_max_mrr_drop: float = 0.005,
-    sample_pairs: int = 256,
+    sample_pairs: int = 128,
+    candidate_pairs: int = 64,
     model_name: str | None = None,
     version: str | None = None,
     params: dict[str, Any] | None = None,
     serve_variant: str = "auto",
     serve_runtime: str = AUTO,
     fusion_file: str | os.PathLike | None = None,
+    corpus_vectors: CorpusVectors | None = None,
+    corpus_vectors_max_l2: float = 0.02,
+    corpus_vectors_skipped: str | None = None,
 ) -> ExportResult:
     """Export ``model_dir`` (a trained model folder: a CrossEncoder, or a bi-encoder SentenceTransformer with
     a model card of kind ``bi-encoder``) to ``out_dir``; see the module docstring.
@@ -1161,6 +1447,12 @@ def export_model(
     (``metadata.json`` ``serving.candidates``): ``"auto"`` every runtime x precision of the servable variants (the
     server times them on its node and serves the fastest), ``"onnxruntime"`` / ``"openvino"`` that runtime at the
     served variant's precision (served as is).
+
+    ``corpus_vectors`` (a ``tune: query`` bi-encoder only; :func:`corpus_vectors_decision`): shipped as
+    ``corpus_vectors.npy`` (fp16, keyed by the sha256 of each text; ``metadata.json`` ``corpus_vectors``) for the
+    server's document cache, gated against the fp32 document graph (max L2 difference <= ``corpus_vectors_max_l2``);
+    the dev documents of the MRR@10 gates are then ranked from them, as served. ``corpus_vectors_skipped``: why none
+    are shipped (recorded in parity.json).
 
     Raises :class:`GateFailedError` (after writing ``out_dir/parity.json``, without metadata.json) when a gate fails.
     """
@@ -1178,23 +1470,49 @@ def export_model(
     with _export_staging(out) as staging:
         build = _bi_encoder_graph if kind == BI_ENCODER else _cross_encoder_graph
         graph = build(src, staging / VARIANT_FILES["fp32"], opset, card)
+        timings: dict[str, float] = {}
         doc_graph = graph.metadata.get("document_graph")
         if doc_graph is not None:  # the served scores depend on the document encoder too
             source["lineage"]["inputs"]["document_model_fingerprint"] = doc_graph["model_fingerprint"]
+        shipped = None
+        if corpus_vectors is not None:
+            if doc_graph is None:
+                raise HardnegError(
+                    f"{src}: corpus vectors are shipped for a tune: query bi-encoder only (its documents keep the "
+                    f"base model's vectors); this is a {kind}"
+                    + (f" with tune: {card.tune}" if card.tune else "")
+                )
+            shipped = _ship_corpus_vectors(corpus_vectors, staging, int(graph.metadata["embedding_dim"]))
+            source["corpus_vectors"] = shipped[1]
         pre_status = _write_variants(graph, staging, _onnx_props(source, kind, graph.max_length))
+        timings["graphs"] = (
+            time.perf_counter() - t0
+        )  # export, int8 quantisation, stamps (+ corpus vectors file)
         parity = {"model": source["model"], "kind": kind} | _run_gates(
             graph,
             staging,
             dev_set,
             source["fusion"],
             sample_pairs=sample_pairs,
+            candidate_pairs=candidate_pairs,
             fp32_max_abs=parity_fp32_max_abs,
             int8_max_mrr_drop=parity_int8_max_mrr_drop,
             serve_variant=serve_variant,
             serve_runtime=serve_runtime,
+            shipped=shipped,
+            corpus_vectors_max_l2=corpus_vectors_max_l2,
         )
+        if shipped is None and corpus_vectors_skipped is not None:
+            parity["corpus_vectors"] = {"shipped": False, "reason": corpus_vectors_skipped}
         parity["int8"]["quant_pre_process"] = pre_status
         parity["seconds"] = round(time.perf_counter() - t0, 2)
+        parity["timings"] = {
+            "graphs": round(
+                timings["graphs"], 2
+            ),  # export, int8 quantisation, stamps (+ the corpus vectors file)
+            "gates": round(parity["seconds"] - timings["graphs"], 2),
+            **parity.get("timings", {}),  # the gates' phases
+        }
         (staging / PARITY_FILE).write_text(json.dumps(parity, indent=2) + "\n", encoding="utf-8")
         source["fusion"] = _ship_seen_documents(source["fusion"], staging)
         metadata = _metadata(graph, staging, parity, source, opset) if parity["passed"] else {}
@@ -1253,9 +1571,11 @@ def export_from_params(
         parity_fp32_max_abs=e.parity_fp32_max_abs,
         parity_int8_max_mrr_drop=e.parity_int8_max_mrr_drop,
         sample_pairs=e.parity_sample_pairs,
+        candidate_pairs=e.parity_candidate_pairs,
         params=params,
         serve_variant=s.serve.variant,
         serve_runtime=s.serve.runtime,
+        corpus_vectors_max_l2=e.corpus_vectors_max_l2,
         **kwargs,
     )
 

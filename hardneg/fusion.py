@@ -67,11 +67,19 @@ def gated_weight(gate: Mapping[str, Any], reranker_scores: Sequence[float], top_
     return float(gate["weight_high"] if passes else gate["weight_low"])
 
 
-def text_sha256(text: str) -> str:
-    """How a document is recognised as a training positive at serving time (its exact text, UTF-8)."""
+def text_digest(text: str) -> bytes:
+    """sha256 of a document's exact text (UTF-8; a lone surrogate, which JSON allows in a corpus but a request never
+    carries, is encoded as is rather than refused): the one key of a document wherever hardneg recognises one by its
+    text: the seen gate (:func:`text_sha256`), the server's document cache (:class:`hardneg.rerank.EmbeddingCache`)
+    and the corpus vectors an export ships (``corpus_vectors.npy``)."""
     import hashlib
 
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def text_sha256(text: str) -> str:
+    """How a document is recognised as a training positive at serving time: :func:`text_digest` in hex."""
+    return text_digest(text).hex()
 
 
 def served_weight(

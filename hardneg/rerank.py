@@ -25,11 +25,11 @@ Nothing here (or in what it imports) imports torch: the serving image has none.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +39,7 @@ import numpy as np
 
 from hardneg.artifacts import METADATA_FILE
 from hardneg.errors import HardnegError
-from hardneg.fusion import fuse
+from hardneg.fusion import fuse, text_digest
 from hardneg.hw import cpu_limit
 from hardneg.lineage import sha256_file
 from hardneg.model_card import BI_ENCODER, CROSS_ENCODER, KIND_SCORES, KINDS, SELF_ENCODER
@@ -101,6 +101,9 @@ def verify_export_dir(export_dir: str | os.PathLike, variants: Sequence[str] | N
     doc = document_graph(meta, root)
     if doc is not None:
         required += [doc["tokenizer"]] + [doc["variants"][v] for v in (variants or [])]
+    vectors = corpus_vectors_info(meta, root)
+    if vectors is not None:
+        required.append(vectors["file"])
     for name in required:
         if name not in files:
             raise ExportIntegrityError(f"{root}: {name} is not listed in {METADATA_FILE}")
@@ -138,6 +141,78 @@ def document_graph(metadata: dict[str, Any], export_dir: str | os.PathLike = "")
             f'{{"variants": {{"fp32": file, "int8": file}}, "tokenizer": file}}, got {doc!r}'
         )
     return doc
+
+
+# -- the corpus vectors a ``tune: query`` bi-encoder export may ship (params ``export.corpus_vectors``)
+CORPUS_VECTORS_FILE = "corpus_vectors.npy"
+CORPUS_VECTORS_KEY = "sha256 of the document text as sent to the server, UTF-8 (hardneg.fusion.text_digest)"
+
+
+def corpus_vectors_dtype(dim: int) -> np.dtype:
+    """One record per distinct document text: its sha256 (32 bytes) and its document vector, fp16 (unit length)."""
+    return np.dtype([("sha256", "u1", (32,)), ("vector", "<f2", (int(dim),))])
+
+
+def write_corpus_vectors(
+    path: str | os.PathLike, texts: Sequence[str], vectors: np.ndarray
+) -> dict[str, int]:
+    """``corpus_vectors.npy``: a structured .npy (:func:`corpus_vectors_dtype`) of the distinct ``texts`` (first
+    occurrence order; a text repeated under several ids is stored once) and their ``vectors`` in fp16. Returns
+    ``{"count", "dim", "duplicates"}``."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or len(texts) != len(vectors):
+        raise HardnegError(f"corpus vectors: {len(texts)} texts for an array of shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        raise HardnegError("corpus vectors: non-finite values (NaN / inf)")
+    rows: dict[bytes, int] = {}
+    for i, t in enumerate(texts):
+        rows.setdefault(text_digest(t), i)
+    rec = np.empty(len(rows), dtype=corpus_vectors_dtype(vectors.shape[1]))
+    rec["sha256"] = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, 32)
+    rec["vector"] = vectors[list(rows.values())].astype(np.float16)
+    np.save(path, rec, allow_pickle=False)
+    return {"count": len(rows), "dim": int(vectors.shape[1]), "duplicates": len(texts) - len(rows)}
+
+
+def read_corpus_vectors(
+    path: str | os.PathLike, limit: int | None = None, dim: int | None = None
+) -> tuple[list[bytes], np.ndarray, int]:
+    """The first ``limit`` (None: all) records of ``corpus_vectors.npy``: (keys: 32-byte sha256 digests, vectors:
+    fp16 [n, dim], the file's record count). Memory-mapped: only the rows read are loaded. Raises
+    :class:`ExportIntegrityError` for a file of another layout (or another ``dim``)."""
+    try:
+        rec = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ExportIntegrityError(f"{path}: cannot read the corpus vectors ({e})") from None
+    fields = rec.dtype.fields or {}
+    d = fields["vector"][0].shape[0] if "vector" in fields and fields["vector"][0].shape else None
+    if rec.ndim != 1 or d is None or rec.dtype != corpus_vectors_dtype(d) or (dim is not None and d != dim):
+        raise ExportIntegrityError(
+            f"{path}: expected records {corpus_vectors_dtype(dim or 0).descr} (dim {dim}), got {rec.dtype.descr} "
+            f"of shape {rec.shape}"
+        )
+    n = len(rec) if limit is None else max(0, min(int(limit), len(rec)))
+    part = rec[:n]
+    raw = np.ascontiguousarray(part["sha256"]).tobytes()
+    keys = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+    return keys, np.ascontiguousarray(part["vector"]), len(rec)
+
+
+def corpus_vectors_info(
+    metadata: dict[str, Any], export_dir: str | os.PathLike = ""
+) -> dict[str, Any] | None:
+    """``metadata.json`` ``corpus_vectors`` (``{"file", "count", "dim", "dtype", "key", ...}``), ``None`` when the
+    export ships none."""
+    info = metadata.get("corpus_vectors")
+    if info is None:
+        return None
+    if not (
+        isinstance(info, dict) and isinstance(info.get("file"), str) and isinstance(info.get("dim"), int)
+    ):
+        raise ExportIntegrityError(
+            f'{export_dir}: {METADATA_FILE} corpus_vectors must be {{"file": name, "dim": int, ...}}, got {info!r}'
+        )
+    return info
 
 
 # -- runtimes: both read the same .onnx files
@@ -467,10 +542,25 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.preloaded = 0  # entries put by preload (the export's corpus vectors) at start
+
+    def preload(self, keys: Sequence[bytes], vectors: np.ndarray) -> int:
+        """Put the first ``capacity - len(self)`` of (``keys[i]``, ``vectors[i]``) (no hit or miss counted) as
+        ordinary LRU entries (evicted like any other when unused); returns how many were put. The rows are kept as
+        views of ``vectors`` (fp16 rows of the export's corpus vectors: half an fp32 entry's bytes; ``CosineScorer``
+        computes in fp32)."""
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        with self._lock:
+            n = max(0, min(len(keys), self.capacity - len(self._items)))
+            self._items.update(zip(keys[:n], vectors[:n], strict=True))  # row views, made in C
+            self.preloaded += n
+        return n
 
     @staticmethod
     def key(text: str) -> bytes:
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        """sha256 of the text (:func:`hardneg.fusion.text_digest`: the key the export's corpus vectors carry)."""
+        return text_digest(text)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -507,6 +597,7 @@ class EmbeddingCache:
                 "misses": self.misses,
                 "size": len(self._items),
                 "capacity": self.capacity,
+                "preloaded": self.preloaded,
             }
 
 
@@ -545,7 +636,8 @@ class CosineScorer:
             found.update(new)
         if not docs:
             return np.empty((0, self.doc_encoder.dim or 0), dtype=np.float32), 0
-        return np.stack([found[k] for k in keys]), len(missing)
+        # float32 [n, dim] (preloaded corpus vectors are fp16 rows: the scores are computed in fp32)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False), len(missing)
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         """Cosine of (queries[i], docs[i]), float32 [n]."""
@@ -622,6 +714,10 @@ class OnnxReranker:
     ``runtime`` / ``precision``: ``None`` serves what the export recorded (``metadata.json`` ``serving``); params
     ``serve.runtime: auto`` is resolved by :func:`hardneg.runtime_choice.load_reranker` (the server's loader), which
     times the gated candidates and builds this class with the fastest. ``quiet`` logs the load line at DEBUG.
+
+    ``corpus_vectors`` (bi-encoder exports that ship ``corpus_vectors.npy``): load them into the document cache at
+    start (up to its capacity; ``corpus_vectors`` attribute: ``{"shipped", "loaded", "seconds"}``); False: start
+    with an empty cache.
     """
 
     def __init__(
@@ -639,6 +735,7 @@ class OnnxReranker:
         runtime: str | None = None,
         precision: str | None = None,
         quiet: bool = False,
+        corpus_vectors: bool = True,
     ):
         if variant is not None and variant not in VARIANT_FILES:
             raise HardnegError(f"unknown variant '{variant}': use one of {sorted(VARIANT_FILES)}")
@@ -686,10 +783,11 @@ class OnnxReranker:
             self.scorer = CosineScorer(query_encoder, size, doc_encoder)
         else:
             self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
+        self.corpus_vectors = self._load_corpus_vectors() if corpus_vectors else None
         self.seen_sha256 = self._seen_documents()
         log.log(
             logging.DEBUG if quiet else logging.INFO,
-            "loaded %s (%s, %s on %s, precision %s, %d threads, version %s, max_length %d, fusion weight %s)",
+            "loaded %s (%s, %s on %s, precision %s, %d threads, version %s, max_length %d, fusion weight %s%s)",
             self.export_dir,
             self.kind,
             self.variant,
@@ -699,7 +797,39 @@ class OnnxReranker:
             self.version,
             self.max_length,
             self.fusion_weight,
+            ""
+            if self.corpus_vectors is None
+            else ", {loaded} of {shipped} corpus vectors cached in {seconds:.2f} s".format(
+                **self.corpus_vectors
+            ),
         )
+
+    def _load_corpus_vectors(self) -> dict[str, Any] | None:
+        """The export's corpus vectors (``corpus_vectors.npy``, a ``tune: query`` bi-encoder's base-model document
+        vectors) put into the document cache, at most its capacity (file order: the corpus order; the rest are
+        embedded on first sight, as without them). ``None``: none shipped, or no cache. Documents sent with exactly
+        the text they were shipped under are cache hits from the first request: the same vectors the evaluate stage
+        scored with (the export checked them against the document graph, ``parity.json`` ``corpus_vectors``)."""
+        info = corpus_vectors_info(self.metadata, self.export_dir) if self.kind == BI_ENCODER else None
+        cache = self.doc_cache
+        if info is None or cache is None or not cache.capacity:
+            return None
+        t0 = time.perf_counter()
+        keys, vectors, total = read_corpus_vectors(
+            self.export_dir / info["file"], cache.capacity - len(cache), dim=self.scorer.doc_encoder.dim
+        )
+        loaded = cache.preload(keys, vectors)
+        out = {"file": info["file"], "shipped": total, "loaded": loaded, "seconds": time.perf_counter() - t0}
+        if loaded < total:
+            log.warning(
+                "%s: %d of %d shipped corpus vectors loaded (document cache capacity %d, serve.doc_cache_size): the "
+                "other documents are embedded on first sight, and evict the least recently used",
+                self.export_dir,
+                loaded,
+                total,
+                cache.capacity,
+            )
+        return out
 
     def _seen_documents(self) -> frozenset[str]:
         """The gate's training-positive text hashes (``seen_documents.txt``, checksummed with the export)."""

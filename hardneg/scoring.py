@@ -86,12 +86,15 @@ def inference(model: Any, bf16: bool) -> Iterator[None]:
 class OnnxScorer:
     """Scores pairs with an exported ONNX folder through :mod:`hardneg.rerank` (what is served is what is measured)."""
 
-    def __init__(self, export_dir: str | os.PathLike, variant: str | None = None):
+    def __init__(
+        self, export_dir: str | os.PathLike, variant: str | None = None, doc_cache_size: int | None = None
+    ):
         try:
             from hardneg.rerank import OnnxReranker
         except ImportError as e:  # pragma: no cover - depends on the export stage being installed
             raise HardnegError(f"evaluating an ONNX export needs hardneg.rerank ({e})") from None
-        self.reranker = OnnxReranker(export_dir, variant=variant)
+        # a bi-encoder's document cache as a server holds it (with the export's corpus vectors, when it ships some)
+        self.reranker = OnnxReranker(export_dir, variant=variant, doc_cache_size=doc_cache_size)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         return np.asarray(

@@ -191,6 +191,9 @@ class Export:
     parity_int8_max_mrr_drop: float
     parity_sample_pairs: int
     parity_dev_queries: int | None
+    parity_candidate_pairs: int
+    corpus_vectors: Literal["auto"] | bool
+    corpus_vectors_max_l2: float
 
 
 @dataclass(frozen=True)

@@ -595,13 +595,16 @@ def export_stage(
     """ONNX fp32 + int8 with parity gates (raises GateFailedError) of the model folder, serving the fusion that the
     evaluate stage chose (``evaluation_dir/fusion.json``: required; ``evaluation_dir=None`` says explicitly "no
     fusion": reranker scores only); the int8 MRR@10 gate reranks the served first stage's dev candidates at that
-    depth (``dev=False``: no dev set, that gate is skipped and recorded)."""
+    depth (``dev=False``: no dev set, that gate is skipped and recorded). A ``tune: query`` bi-encoder ships the
+    corpus's document vectors (params ``export.corpus_vectors``; from the embedding cache, as the evaluate stage
+    scored with them: :func:`export_corpus_vectors`)."""
     from hardneg.export import DevSet, export_from_params, read_fusion_file
 
     fusion_file = Path(evaluation_dir) / FUSION_FILE if evaluation_dir is not None else None
     # a missing or invalid file is an error naming `hardneg evaluate`, never a silent "no fusion"
     fusion = read_fusion_file(fusion_file) if fusion_file is not None else {}
     dev_set = None
+    ds = None
     if dev:
         retrieved = _retrieved(retrieved_dir)
         ds, _ = _split_dataset(data_dir, retrieved, params)
@@ -610,6 +613,7 @@ def export_stage(
         run, _ = retrieved.first_stage(ds, [dev_split])  # the served first stage's dev candidates
         max_queries = section(params, "export").parity_dev_queries
         dev_set = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth, max_queries=max_queries)
+    corpus, skipped = export_corpus_vectors(data_dir, model_dir, params, ds)
     res = export_from_params(
         model_dir,
         out_dir,
@@ -618,8 +622,76 @@ def export_stage(
         model_name=section(params, "serve").model_name,
         version=version,
         fusion_file=fusion_file,
+        corpus_vectors=corpus,
+        corpus_vectors_skipped=skipped,
     )
     return {"export_dir": str(res.out_dir), "parity": res.parity, "metadata": res.metadata}
+
+
+def export_corpus_vectors(
+    data_dir: str | os.PathLike, model_dir: str | os.PathLike, params: Mapping[str, Any], dataset: Any = None
+) -> tuple[Any, str | None]:
+    """The corpus vectors a ``tune: query`` bi-encoder's export ships (:class:`hardneg.export.CorpusVectors`) or
+    ``None`` and why not (params ``export.corpus_vectors``, :func:`hardneg.export.corpus_vectors_decision`). They
+    are the base model's document vectors of every corpus document (``Document.full_text``, the text evaluation and
+    served evaluation send), read from the embedding cache exactly as :func:`make_scorer` preloads them for the
+    evaluate stage. ``auto`` ships only what costs nothing: the corpus is readable, fits ``serve.doc_cache_size``
+    and the cache holds every vector (``hardneg embed``, train and evaluate put them there); ``true`` embeds what
+    the cache lacks (logged) and fails without a corpus."""
+    from hardneg.embed import NotCachedError
+    from hardneg.export import CorpusVectors, corpus_vectors_decision, portable_name
+    from hardneg.model_card import read_card
+
+    card = read_card(model_dir)
+    policy = section(params, "export").corpus_vectors
+    if policy is False:
+        return None, "export.corpus_vectors: false"
+    if dataset is None and card.separate_document_encoder:
+        if policy == "auto" and not (Path(data_dir) / "corpus.jsonl").is_file():
+            why = f"auto: no corpus at {portable_name(data_dir)}"
+            log.info("no corpus vectors shipped: %s", why)
+            return None, why
+        from hardneg.data import load_dataset
+
+        dataset = load_dataset(data_dir)
+    n_docs = len(dataset.corpus) if dataset is not None else 0
+    ship, why = corpus_vectors_decision(policy, card, n_docs, section(params, "serve").doc_cache_size)
+    if not ship:
+        log.info("no corpus vectors shipped: %s", why)
+        return None, why
+    from hardneg.biencoder import BiEncoderConfig, document_vectors
+
+    cfg = BiEncoderConfig.from_params(params, base_model=card.document_encoder, max_length=card.max_length)
+    stats: dict[str, Any] = {}
+    try:
+        vectors, ids = document_vectors(
+            dataset, cfg, section(params, "embed").cache_dir, stats=stats, cached_only=policy == "auto"
+        )
+    except NotCachedError as e:
+        log.info("no corpus vectors shipped: %s", e)
+        # parity.json names no path of the machine that built it
+        model = portable_name(str(card.document_encoder))
+        return None, (
+            f"auto: the embedding cache lacks corpus vectors of {model} at max_length {card.max_length} "
+            "(export.corpus_vectors: true embeds them here)"
+        )
+    if stats.get("rows_encoded"):
+        log.warning(
+            "corpus vectors: %d of %d documents were not in the embedding cache and were embedded now",
+            stats["rows_encoded"],
+            len(ids),
+        )
+    source = {
+        "model": portable_name(str(card.document_encoder)),
+        "model_fingerprint": stats.get("fingerprint"),
+        "max_length": card.max_length,
+        "precision": stats.get("precision"),
+        "backend": stats.get("backend"),
+        "documents": len(ids),
+        "from_cache": len(ids) - int(stats.get("rows_encoded") or 0),
+        "text": "Document.full_text (title + ' ' + text)",
+    }
+    return CorpusVectors([dataset.corpus[d].full_text for d in ids], vectors, source), None
 
 
 def served_evaluation_stage(
@@ -644,7 +716,9 @@ def served_evaluation_stage(
     from hardneg.generalization import parts, split_ids, training_positives
     from hardneg.scoring import OnnxScorer
 
-    scorer = OnnxScorer(export_dir)  # verified export; its served_variant and recorded fusion weight
+    # verified export; its served_variant and recorded fusion weight; a bi-encoder's document cache as params
+    # serve.doc_cache_size sizes the server's, holding the export's corpus vectors when it ships them
+    scorer = OnnxScorer(export_dir, doc_cache_size=section(params, "serve").doc_cache_size)
     variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight
     retrieved = _retrieved(retrieved_dir)
     ds, _ = _split_dataset(data_dir, retrieved, params)
@@ -681,6 +755,8 @@ def served_evaluation_stage(
         "first_stage_name": info["name"],
         "first_stage_bm25_weight": info["bm25_weight"],
         "evaluated": f"{export_dir} ({variant})",
+        # bi-encoder: where the documents' vectors came from (shipped corpus vectors: cache hits, as served)
+        "doc_cache": scorer.reranker.cache_stats(),
         "systems": {name: r.mean for name, r in results.items()},
         "parts": {"test": {name: parts(r.per_query, ids) for name, r in results.items()}},
     }

@@ -126,6 +126,9 @@ def build_pipeline(params: dict[str, Any]):
                 res.get("train"),
                 "train" in gpu_stages,
             )
+            # the base model's document vectors (tune: query) come from the embed stage's cache: train, evaluate
+            # and export mount it as embed does, so a cluster run embeds the corpus once
+            kubernetes.mount_pvc(tr, pvc_name=cluster["cache_pvc"], mount_path=cluster["cache_mount"])
             ev = _resources(
                 evaluate(
                     data=data,
@@ -136,6 +139,7 @@ def build_pipeline(params: dict[str, Any]):
                 ),
                 res.get("evaluate"),
             )
+            kubernetes.mount_pvc(ev, pvc_name=cluster["cache_pvc"], mount_path=cluster["cache_mount"])
             with dsl.If(ev.outputs["Output"] == True, name="quality-gate-passed"):  # noqa: E712 (KFP condition)
                 ex = _resources(
                     export_onnx(
@@ -149,6 +153,7 @@ def build_pipeline(params: dict[str, Any]):
                     ),
                     res.get("export"),
                 )
+                kubernetes.mount_pvc(ex, pvc_name=cluster["cache_pvc"], mount_path=cluster["cache_mount"])
                 register(onnx_model=ex.outputs["onnx_model"], params_json=params_json, version=model_version)
 
     return hardneg_pipeline

@@ -111,13 +111,19 @@ class DocCacheCollector(_TrackedModels):
         capacity = GaugeMetricFamily(
             "hardneg_doc_cache_capacity", "Cache capacity (serve.doc_cache_size; 0: off)", labels=["model"]
         )
+        preloaded = GaugeMetricFamily(
+            "hardneg_doc_cache_preloaded",
+            "Document embeddings put in the cache at start from the export's corpus_vectors.npy",
+            labels=["model"],
+        )
         for name, st in stats.items():
             assert st is not None
             hits.add_metric([name], st["hits"])
             misses.add_metric([name], st["misses"])
             entries.add_metric([name], st["size"])
             capacity.add_metric([name], st["capacity"])
-        yield from (hits, misses, entries, capacity)
+            preloaded.add_metric([name], st["preloaded"])
+        yield from (hits, misses, entries, capacity, preloaded)
 
 
 class RuntimeCollector(_TrackedModels):

@@ -87,6 +87,48 @@ def trained_tiny_bi(base: Path, tiny_model_dir: Path, data_dir: Path, steps: int
     return out
 
 
+def trained_tiny_query_bi(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
+    """The query tower of :func:`trained_tiny_bi` (its base model) fine-tuned by the trainer with ``tune: query``
+    against the base model's fixed document vectors (embedding cache ``base/hardneg-tiny-query-bi.cache``, fp32)."""
+    out = base / "hardneg-tiny-query-bi"
+    if (out / CARD_FILE).exists():
+        return out
+    import dataclasses
+
+    import torch
+
+    from hardneg.biencoder import BiEncoderConfig, document_vectors, train_biencoder
+    from hardneg.config import default_params
+    from hardneg.data import load_dataset
+
+    base_dir = trained_tiny_bi(base, tiny_model_dir, data_dir)
+    ds = load_dataset(data_dir)
+    cfg = BiEncoderConfig.from_params(
+        default_params(),
+        base_model=str(base_dir),
+        max_length=BI_MAX_LENGTH,
+        max_steps=25,
+        queries_per_step=8,
+        negatives_per_query=1,
+        lr=3e-3,
+        bf16=False,  # AVX2-only CI CPUs emulate bf16
+        seed=3,
+        torch_threads=1,
+        tune="query",
+    )
+    cfg = dataclasses.replace(cfg, trainable_layers=None)  # all layers (the tiny model has 2)
+    threads = torch.get_num_threads()
+    tmp = base / "hardneg-tiny-query-bi.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        vectors = document_vectors(ds, cfg, base / "hardneg-tiny-query-bi.cache")
+        train_biencoder(ds, None, tmp, cfg, doc_vectors=vectors)
+    finally:
+        torch.set_num_threads(threads)
+    tmp.rename(out)
+    return out
+
+
 def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
     """The export of the trained tiny bi-encoder (fp32 gate at its params default, int8 gate loosened as for the
     tiny cross-encoder: 8 dev queries)."""

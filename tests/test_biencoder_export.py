@@ -193,7 +193,9 @@ def test_a_failing_cosine_parity_gate_raises(bi_dir, tmp_path, monkeypatch):
     import hardneg.export as export_mod
 
     real = export_mod._torch_cosines
-    monkeypatch.setattr(export_mod, "_torch_cosines", lambda st, pairs: real(st, pairs) + 0.01)
+    monkeypatch.setattr(
+        export_mod, "_torch_cosines", lambda st, pairs, *a, **kw: real(st, pairs, *a, **kw) + 0.01
+    )
     with pytest.raises(GateFailedError, match=r"fp32 max \|cosine diff\| 0\.01 > 0\.0001"):
         export_model(bi_dir, tmp_path / "exp", None)
     assert not (tmp_path / "exp" / "metadata.json").exists()
@@ -338,7 +340,7 @@ def test_the_document_cache_hits_on_repeats_and_gives_identical_scores(bi_export
     # a document repeated within one call is embedded and counted once
     r.score(QUERY, ["new doc", "new doc", DOCS[0]])
     assert (r.cache_hits, r.cache_misses, r.cache_size) == (2 * len(DOCS) + 1, len(DOCS) + 1, len(DOCS) + 1)
-    assert r.cache_stats() == {"hits": 15, "misses": 8, "size": 8, "capacity": 100}
+    assert r.cache_stats() == {"hits": 15, "misses": 8, "size": 8, "capacity": 100, "preloaded": 0}
     uncached = OnnxReranker(bi_export, "int8", doc_cache_size=0)
     np.testing.assert_array_equal(uncached.score(QUERY, DOCS), first)
     assert (uncached.cache_hits, uncached.cache_misses, uncached.cache_size) == (0, 0, 0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _tiny_biencoder import BI_MAX_LENGTH, build_paths_in, trained_tiny_bi
+from _tiny_biencoder import BI_MAX_LENGTH, build_paths_in, trained_tiny_bi, trained_tiny_query_bi
 from _tiny_reranker import REPO, TINY_INT8_MAX_MRR_DROP, tiny_dev_set
 
 from hardneg.artifacts import write_checksums
@@ -47,36 +47,9 @@ def base_dir(tmp_path_factory, tiny_model_dir, tiny_data_dir):
 
 
 @pytest.fixture(scope="module")
-def query_dir(tmp_path_factory, base_dir, tiny_data_dir):
+def query_dir(tmp_path_factory, base_dir, tiny_model_dir, tiny_data_dir):
     """The query tower fine-tuned by the trainer with tune: query against the base model's fixed document vectors."""
-    import torch
-
-    from hardneg.biencoder import BiEncoderConfig, document_vectors, train_biencoder
-    from hardneg.config import default_params
-    from hardneg.data import load_dataset
-
-    tmp = tmp_path_factory.mktemp("query-tuned")
-    ds = load_dataset(tiny_data_dir)
-    cfg = BiEncoderConfig.from_params(
-        default_params(),
-        base_model=str(base_dir),
-        max_length=BI_MAX_LENGTH,
-        max_steps=25,
-        queries_per_step=8,
-        negatives_per_query=1,
-        lr=3e-3,
-        bf16=False,  # AVX2-only CI CPUs emulate bf16
-        seed=3,
-        torch_threads=1,
-        tune="query",
-    )
-    cfg = dataclasses.replace(cfg, trainable_layers=None)  # all layers (the tiny model has 2)
-    threads = torch.get_num_threads()
-    try:
-        vectors = document_vectors(ds, cfg, tmp / "cache")
-        return train_biencoder(ds, None, tmp / "model", cfg, doc_vectors=vectors)
-    finally:
-        torch.set_num_threads(threads)
+    return trained_tiny_query_bi(tmp_path_factory.getbasetemp(), tiny_model_dir, tiny_data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +197,9 @@ def test_the_cosine_gate_fails_when_torch_scores_documents_with_the_query_model(
     import hardneg.export as export_mod
 
     real = export_mod._torch_cosines
-    monkeypatch.setattr(export_mod, "_torch_cosines", lambda st, pairs, doc_st=None: real(st, pairs))
+    monkeypatch.setattr(
+        export_mod, "_torch_cosines", lambda st, pairs, doc_st=None, **kw: real(st, pairs, **kw)
+    )
     with pytest.raises(GateFailedError, match=r"fp32 max \|cosine diff\|"):
         export_model(query_dir, tmp_path / "exp", None)
     assert not (tmp_path / "exp" / "metadata.json").exists()

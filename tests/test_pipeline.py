@@ -98,6 +98,9 @@ def test_compiled_pipeline_has_the_stages_and_cluster_settings(tmp_path, tiny_pr
         assert f"exec-{stage}" in execs, stage
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-embed"]["pvcMount"][0]["mountPath"] == "/cache"
+    # train, evaluate and export read the embed stage's document vectors (tune: query) from the same cache
+    for stage in ("train", "evaluate", "export-onnx"):
+        assert k8s[f"exec-{stage}"]["pvcMount"][0]["mountPath"] == "/cache", stage
     assert k8s["exec-fetch-data"]["secretAsEnv"][0]["secretName"] == "hardneg-dvc-remote"
     train_res = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
     assert train_res["resourceCpuRequest"] == "8"

@@ -116,3 +116,51 @@ def test_readme_nfcorpus_run_comes_from_its_json():
     )
     assert f"MRR@10 {sm['served_mrr@10']} vs {sm['first_stage_mrr@10']}" in readme
     assert f"all {m['n/seen']} test queries" in readme and m["n/unseen"] == 0
+
+
+def corpus_vectors_claims(d: dict) -> list[str]:
+    """The README's "what it costs at 1M documents" numbers, as benchmarks/corpus_vectors.py measured them."""
+    m = d["at_1M"]
+    return [
+        f"{d['n']:,} synthetic vectors",
+        f"dimension {d['dim']}",
+        f"**{m['file_bytes'] / 1e6:.0f} MB** on disk",
+        f"**{m['rss_bytes'] / 1e9:.2f} GB** of RAM",
+        f"**{m['load_s']:.1f} s** to load",
+        f"**{m['sha256_s']:.1f} s** to verify",
+    ]
+
+
+def test_readme_corpus_vectors_cost_comes_from_its_json():
+    d = json.loads((REPO / "benchmarks" / "results" / "corpus_vectors.json").read_text())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert d["loaded"] == d["n"] and d["at_1M"]["file_bytes"] > 1e6 * (32 + 2 * d["dim"])
+    for claim in corpus_vectors_claims(d):
+        assert claim in readme, claim
+
+
+def export_time_claims(d: dict) -> list[str]:
+    """The README's export timing, as benchmarks/export_time.py measured both sides in one run."""
+    b, a = d["sides"]["before"], d["sides"]["after"]
+    return [
+        f"--before {d['before_ref']}",
+        f"before **{b['export_component_s']:.0f} s** (export {b['export_s']:.0f} s, served evaluation "
+        f"{b['served_evaluation_s']:.0f} s)",
+        f"after **{a['export_component_s']:.0f} s** (export {a['export_s']:.0f} s, served evaluation "
+        f"{a['served_evaluation_s']:.1f} s)",
+        f"{d['speedup']['export_component_s']}x",
+    ]
+
+
+def test_readme_export_time_comes_from_its_json():
+    d = json.loads((REPO / "benchmarks" / "results" / "export_time.json").read_text())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert list(d["sides"]) == d["order"] and set(d["order"]) == {"before", "after"}
+    # the after side shipped the corpus vectors and its served evaluation embedded no document
+    assert d["sides"]["after"]["corpus_vectors"]["shipped"] is True
+    assert d["sides"]["after"]["corpus_vectors"]["passed"] is True
+    assert "corpus_vectors.npy" in d["sides"]["after"]["files"]
+    cache = d["sides"]["after"]["served_doc_cache"]
+    assert cache["misses"] == 0 and cache["hits"] > 0 and cache["preloaded"] > 0
+    for claim in export_time_claims(d):
+        assert claim in readme, claim

@@ -255,12 +255,12 @@ def test_the_export_skips_the_bf16_gate_where_the_cpu_has_no_native_bf16(monkeyp
     monkeypatch.setattr(hw, "cpu_info", lambda: dict(AVX2_CPU))
     # returns before any graph is scored: no graph, scorer or dev set needed
     g = ex._candidate_gate(
-        None, None, OVBF, {"int8": {"passed": True}}, [], np.zeros(0), None, None, None, 1e-4, 0.005
+        None, None, OVBF, {"int8": {"passed": True}}, [], np.zeros(0), 0, None, None, None, 1e-4, 0.005
     )
     assert g["passed"] is False and "no native bf16" in g["skipped"] and "AMD EPYC 7B12" in g["skipped"]
     # a failed int8 graph is not gated again on OpenVINO (the server never loads it)
     g = ex._candidate_gate(
-        None, None, OV8, {"int8": {"passed": False}}, [], np.zeros(0), None, None, None, 1e-4, 0.005
+        None, None, OV8, {"int8": {"passed": False}}, [], np.zeros(0), 0, None, None, None, 1e-4, 0.005
     )
     assert g["passed"] is False and "int8 graph failed" in g["skipped"]
 

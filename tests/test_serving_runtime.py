@@ -365,6 +365,15 @@ def test_the_auto_export_gates_every_runtime_and_precision(auto_export):
         bf16["variant"] == "fp32" and "mrr@10_drop" in bf16 and bf16["pairs"] > 0
     )  # a ranking gate, like int8
     assert s["candidates"]["openvino/fp32"]["max_abs_diff"] <= s["candidates"]["openvino/fp32"]["threshold"]
+    # OpenVINO (the same graphs, its own kernels) is scored on the first export.parity_candidate_pairs (64) of the
+    # sample pairs, recorded; its MRR@10 gates keep the whole dev set
+    sample = json.loads((auto_export / "parity.json").read_text())["sample"]["pairs"]
+    for key in ("openvino/fp32", "openvino/bf16"):
+        assert (s["candidates"][key]["pairs"], s["candidates"][key]["of_sample_pairs"]) == (
+            min(64, sample),
+            sample,
+        )
+    assert sample > 64  # the sample really was cut for OpenVINO
     assert s["cpu"]["flags"] == AMX_CPU["flags"]  # the exporting machine's CPU is recorded
     assert json.loads((auto_export / "parity.json").read_text())["serving"] == s
     # evaluation (no selection) scores with the default candidate, onnxruntime at the served variant

@@ -145,6 +145,13 @@ def test_no_stage_writes_into_an_input_and_the_export_serves_the_evaluated_fusio
     assert meta["fusion"]["weight"] == fusion["weight"] and meta["fusion"]["depth"] == fusion["depth"]
     served = json.loads((Path(c.outputs["served_evaluation"]) / "metrics.json").read_text())
     assert served["fusion_weight"] == fusion["weight"] and served["rerank_depth"] == fusion["depth"]
+    # tune: query (the default): the export shipped the embed stage's document vectors (export.corpus_vectors: auto,
+    # read from the shared embedding cache, not an input artifact), and the served evaluation embedded no document
+    assert (
+        meta["corpus_vectors"]["file"] == "corpus_vectors.npy"
+        and meta["corpus_vectors"]["source"]["from_cache"]
+    )
+    assert served["doc_cache"]["misses"] == 0 and served["doc_cache"]["hits"] > 0
 
     # docs/architecture.md's stage table names exactly the files each stage's output folder holds
     from _architecture import folder_mismatch, stages
