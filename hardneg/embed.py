@@ -313,6 +313,7 @@ def _plan_chunks(
     return plan
 
 
+# long: one pass over the cache plan (cached-only check, lazy model load, chunked encode + save, stats); half docstring
 def embed_texts(
     texts: Sequence[str],
     model_cfg: Mapping[str, Any],

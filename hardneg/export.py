@@ -640,6 +640,7 @@ def _document_graph(
     }
 
 
+# long: the graph plus the closures its gates call (scorer, torch reference, embedding check) over one shared state
 def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -> _Graph:
     """The query model's embedding graph, plus, for a ``tune: query`` bi-encoder, its document encoder's (the base
     model, whose vectors training kept fixed) as a second graph with the same code and max_length."""
@@ -1099,6 +1100,8 @@ def _serving_gates(
     return {**gates[default.key], "policy": serve_runtime, "candidates": gates, "cpu": hw.cpu_info()}
 
 
+# every parity gate in order (fp32, embeddings, corpus vectors, int8, each runtime candidate); a _Gates class is the follow-up
+# long: all gates share one fp32 reference and sample; split, that state would travel through five helpers
 def _run_gates(
     graph: _Graph,
     staging: Path,

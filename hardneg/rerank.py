@@ -720,6 +720,8 @@ class OnnxReranker:
     with an empty cache.
     """
 
+    # verify the export, pick variant / runtime, load graphs, fusion + gate, seen hashes and shipped corpus vectors
+    # long: one constructor that leaves a ready, verified scorer (each step reads what the previous loaded)
     def __init__(
         self,
         export_dir: str | os.PathLike,
