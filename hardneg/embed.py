@@ -363,23 +363,11 @@ def embed_texts(
             f"({folder or 'no cache'})"
         )
 
-    encoder = None
-    parts: list[np.ndarray] = []
-    t_load = t_encode = 0.0
     bar = _progress_bar(len(texts), cached_rows, f"embed {model_slug(name)} {kind}s", progress)
     try:
-        for s, e, path, arr in plan:
-            if arr is None:
-                if encoder is None:
-                    t = time.perf_counter()
-                    encoder = load_encoder(resolved, max_length, bf16)
-                    t_load = time.perf_counter() - t
-                t = time.perf_counter()
-                arr = _encode_sorted(encoder, texts[s:e], prompt, batch_size, bar)
-                t_encode += time.perf_counter() - t
-                if path is not None:
-                    _save_chunk(path, arr)
-            parts.append(arr)
+        parts, t_load, t_encode = _encode_plan(
+            plan, texts, lambda: load_encoder(resolved, max_length, bf16), prompt, batch_size, bar
+        )
     finally:
         bar.close()
     if parts:
@@ -402,6 +390,34 @@ def embed_texts(
             cache_dir=str(folder) if folder else None,
         )
     return out
+
+
+def _encode_plan(
+    plan: list[tuple[int, int, Path | None, np.ndarray | None]],
+    texts: list[str],
+    load: Any,
+    prompt: str,
+    batch_size: int,
+    bar: Any,
+) -> tuple[list[np.ndarray], float, float]:
+    """Every chunk of ``plan``: the cached ones as they are, the others encoded (the model loaded by ``load()`` at
+    the first of them) and saved. Returns the chunks, the model's load seconds and the encoding seconds."""
+    encoder = None
+    parts: list[np.ndarray] = []
+    t_load = t_encode = 0.0
+    for s, e, path, arr in plan:
+        if arr is None:
+            if encoder is None:
+                t = time.perf_counter()
+                encoder = load()
+                t_load = time.perf_counter() - t
+            t = time.perf_counter()
+            arr = _encode_sorted(encoder, texts[s:e], prompt, batch_size, bar)
+            t_encode += time.perf_counter() - t
+            if path is not None:
+                _save_chunk(path, arr)
+        parts.append(arr)
+    return parts, t_load, t_encode
 
 
 def _save_chunk(path: Path, arr: np.ndarray) -> None:

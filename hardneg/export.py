@@ -640,7 +640,42 @@ def _document_graph(
     }
 
 
-# long: the graph plus the closures its gates call (scorer, torch reference, embedding check) over one shared state
+class _TorchReference:
+    """A bi-encoder's PyTorch reference on the parity sample: each torch model (``query``, ``document``: the same
+    model unless ``tune: query``) encodes each text once, for the reference cosines and the embedding check."""
+
+    def __init__(self, query: Any, document: Any, dim: int):
+        self.models = {"query": query, "document": document}
+        self.dim = dim
+        self.memo: dict[int, dict[str, np.ndarray]] = {}
+
+    def embeddings(self, model: Any, texts: Sequence[str]) -> np.ndarray:
+        seen = self.memo.setdefault(id(model), {})
+        todo = [t for t in dict.fromkeys(texts) if t not in seen]
+        if todo:
+            seen.update(zip(todo, _torch_embeddings(model, todo), strict=True))
+        return np.stack([seen[t] for t in texts]) if texts else np.empty((0, self.dim))
+
+    def cosines(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        q, d = self.models["query"], self.models["document"]
+        return _torch_cosines(q, pairs, None if d is q else d, embed=self.embeddings)
+
+    def embedding_check(self, fp32: CosineScorer, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        """Each fp32 graph's embeddings of the sample's texts vs its torch model's: the documents are read from the
+        fp32 scorer's cache (embedded by its document graph when the sample was scored), the torch ones from the
+        reference's."""
+        out: dict[str, Any] = {}
+        for role, texts in (("query", [p[0] for p in pairs]), ("document", [p[1] for p in pairs])):
+            texts = list(dict.fromkeys(texts))
+            if not texts:
+                out[role] = {"texts": 0, "max_abs_diff": 0.0}
+                continue
+            onnx_emb = fp32.encoder.embed(texts) if role == "query" else fp32.embed_documents(texts)
+            diff = np.abs(onnx_emb - self.embeddings(self.models[role], texts)).max()
+            out[role] = {"texts": len(texts), "max_abs_diff": float(diff)}
+        return out
+
+
 def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -> _Graph:
     """The query model's embedding graph, plus, for a ``tune: query`` bi-encoder, its document encoder's (the base
     model, whose vectors training kept fixed) as a second graph with the same code and max_length."""
@@ -678,41 +713,12 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -
         )
         return CosineScorer(query, doc_cache_size=gate_cache, doc_encoder=doc)
 
-    # torch embeddings of the sample, per model: computed once for the reference cosines and read again by the
-    # embedding check (each torch model encodes each sample text once)
-    memo: dict[int, dict[str, np.ndarray]] = {}
-    models = {"query": st, "document": st if doc_st is None else doc_st}
-
-    def torch_embeddings(model: Any, texts: Sequence[str]) -> np.ndarray:
-        seen = memo.setdefault(id(model), {})
-        todo = [t for t in dict.fromkeys(texts) if t not in seen]
-        if todo:
-            seen.update(zip(todo, _torch_embeddings(model, todo), strict=True))
-        return np.stack([seen[t] for t in texts]) if texts else np.empty((0, dim))
-
-    def reference(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return _torch_cosines(st, pairs, doc_st, embed=torch_embeddings)
-
-    def embedding_check(fp32: CosineScorer, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """Each fp32 graph's embeddings of the sample's texts vs its torch model's: the documents are read from the
-        fp32 scorer's cache (embedded by its document graph when the sample was scored), the torch ones from the
-        reference's."""
-        out: dict[str, Any] = {}
-        for role, texts in (("query", [p[0] for p in pairs]), ("document", [p[1] for p in pairs])):
-            texts = list(dict.fromkeys(texts))
-            if not texts:
-                out[role] = {"texts": 0, "max_abs_diff": 0.0}
-                continue
-            onnx_emb = fp32.encoder.embed(texts) if role == "query" else fp32.embed_documents(texts)
-            diff = np.abs(onnx_emb - torch_embeddings(models[role], texts)).max()
-            out[role] = {"texts": len(texts), "max_abs_diff": float(diff)}
-        return out
-
+    torch_ref = _TorchReference(st, st if doc_st is None else doc_st, dim)
     return _Graph(
         max_length,
         inputs,
         [EMBEDDING_OUTPUT],
-        reference,
+        torch_ref.cosines,
         scorer,
         {
             "kind": BI_ENCODER,
@@ -728,7 +734,7 @@ def _bi_encoder_graph(src: Path, fp32_path: Path, opset: int, card: ModelCard) -
         | ({"document_graph": doc_meta} if doc_meta is not None else {}),
         copies,
         graphs,
-        embedding_check,
+        torch_ref.embedding_check,
     )
 
 
@@ -811,8 +817,9 @@ def _stamp_onnx(path: Path, props: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-# A drop of exactly the threshold passes: sums of reciprocal ranks are not exact in floating point (one query's RR
-# halving over 100 dev queries read 0.0050000000000000044 against the 0.005 threshold and failed the int8 gate).
+# A drop of exactly the threshold passes: sums of reciprocal ranks are not exact in floating point (SciFact's int8
+# drop over 100 dev queries, reciprocal ranks summing 0.5 lower, read 0.0050000000000000044 against the 0.005
+# threshold and failed the int8 gate).
 _MRR_EPS = 1e-9
 
 
@@ -1100,8 +1107,80 @@ def _serving_gates(
     return {**gates[default.key], "policy": serve_runtime, "candidates": gates, "cpu": hw.cpu_info()}
 
 
-# every parity gate in order (fp32, embeddings, corpus vectors, int8, each runtime candidate); a _Gates class is the follow-up
-# long: all gates share one fp32 reference and sample; split, that state would travel through five helpers
+def _sample_gates(
+    graph: _Graph,
+    fp32: Any,
+    int8: Any,
+    pairs: Sequence[tuple[str, str]],
+    clock: _Clock,
+    fp32_max_abs: float,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The fp32 gate on the sample pairs (both variants' scores vs PyTorch; a bi-encoder's graphs' embeddings too)
+    and the int8 max |diff|. Returns parity.json's ``sample`` / ``fp32`` / ``int8`` start, the reference scores and
+    the int8 scores."""
+    qs, ds = [p[0] for p in pairs], [p[1] for p in pairs]
+    with clock("torch_reference"):
+        ref = graph.reference(pairs)
+    with clock("fp32_sample"):
+        s32 = fp32.score_pairs(qs, ds)
+    with clock("int8_sample"):
+        s8 = int8.score_pairs(qs, ds)
+    fp32_diff = float(np.abs(s32 - ref).max()) if len(ref) else 0.0
+    parity: dict[str, Any] = {
+        "sample": {"pairs": len(pairs), "queries": len(set(qs)), "documents": len(set(ds))},
+        "fp32": {
+            "score": graph.metadata["score"],
+            "max_abs_diff": fp32_diff,
+            "mean_abs_diff": float(np.abs(s32 - ref).mean()) if len(ref) else 0.0,
+            "threshold": fp32_max_abs,
+            "passed": fp32_diff <= fp32_max_abs,
+        },
+        "int8": {"max_abs_diff": float(np.abs(s8 - ref).max()) if len(ref) else 0.0},
+    }
+    if graph.embedding_check is not None:  # each graph against its own torch model, not only their cosine
+        with clock("embedding_check"):
+            emb = graph.embedding_check(fp32, pairs)
+        parity["fp32"]["embeddings"] = emb
+        parity["fp32"]["passed"] = bool(
+            parity["fp32"]["passed"] and all(e["max_abs_diff"] <= fp32_max_abs for e in emb.values())
+        )
+    return parity, ref, s8
+
+
+def _dev_int8_gate(
+    parity: dict[str, Any],
+    fp32: Any,
+    int8: Any,
+    dev_set: DevSet | None,
+    fusion: dict[str, Any] | None,
+    corpus: _Shipped | None,
+    sample_diff: np.ndarray,
+    threshold: float,
+) -> _DevReference | None:
+    """The int8 MRR@10 gate into ``parity["int8"]`` (ranked as served: with shipped corpus vectors the dev documents
+    come from them, and the int8 document graph's drift on the sample, ``sample_diff`` = int8 - PyTorch, is recorded
+    as ``int8.document_graph``). Returns the fp32 reference the other MRR@10 gates reuse (``None``: no dev set)."""
+    int8_diff = parity["int8"]["max_abs_diff"]
+    if dev_set is None:
+        log.warning(
+            "no dev set given: the int8 MRR@10 gate is skipped (max |diff| %.2e reported only)", int8_diff
+        )
+        parity["int8"] |= {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
+        return None
+    dev_ref = _DevReference.of(corpus.served(fp32) if corpus else fp32, dev_set, fusion, corpus is not None)
+    parity["int8"] |= _int8_gate(dev_ref, corpus.served(int8) if corpus else int8, dev_set, threshold)
+    if corpus is not None:  # the int8 document graph now serves only documents outside the shipped ones
+        parity["int8"]["document_graph"] = {
+            "pairs": len(sample_diff),
+            "max_abs_diff": int8_diff,
+            "mean_abs_diff": float(np.abs(sample_diff).mean()) if len(sample_diff) else 0.0,
+            "note": "the sample pairs through both int8 graphs (the cache-miss path: documents outside the "
+            "shipped corpus vectors) vs PyTorch; the MRR@10 gate above ranks the dev documents as served, "
+            "from the shipped vectors",
+        }
+    return dev_ref
+
+
 def _run_gates(
     graph: _Graph,
     staging: Path,
@@ -1126,66 +1205,14 @@ def _run_gates(
         fp32 = graph.scorer(staging, "fp32")
         int8 = graph.scorer(staging, "int8")
     pairs = _sample_pairs(dev_set, sample_pairs)
-    qs, ds = [p[0] for p in pairs], [p[1] for p in pairs]
-    with clock("torch_reference"):
-        ref = graph.reference(pairs)
-    with clock("fp32_sample"):
-        s32 = fp32.score_pairs(qs, ds)
-    with clock("int8_sample"):
-        s8 = int8.score_pairs(qs, ds)
-    fp32_diff = float(np.abs(s32 - ref).max()) if len(ref) else 0.0
-    int8_diff = float(np.abs(s8 - ref).max()) if len(ref) else 0.0
-    parity: dict[str, Any] = {
-        "sample": {
-            "pairs": len(pairs),
-            "requested": sample_pairs,  # params export.parity_sample_pairs
-            "queries": len(set(qs)),
-            "documents": len(set(ds)),
-            "source": dev_set.source if dev_set else "built-in pairs",
-        },
-        "fp32": {
-            "score": graph.metadata["score"],
-            "max_abs_diff": fp32_diff,
-            "mean_abs_diff": float(np.abs(s32 - ref).mean()) if len(ref) else 0.0,
-            "threshold": fp32_max_abs,
-            "passed": fp32_diff <= fp32_max_abs,
-        },
-        "int8": {"max_abs_diff": int8_diff},
-    }
-    if graph.embedding_check is not None:  # each graph against its own torch model, not only their cosine
-        with clock("embedding_check"):
-            emb = graph.embedding_check(fp32, pairs)
-        parity["fp32"]["embeddings"] = emb
-        parity["fp32"]["passed"] = bool(
-            parity["fp32"]["passed"] and all(e["max_abs_diff"] <= fp32_max_abs for e in emb.values())
-        )
+    parity, ref, s8 = _sample_gates(graph, fp32, int8, pairs, clock, fp32_max_abs)
+    parity["sample"] |= {"requested": sample_pairs, "source": dev_set.source if dev_set else "built-in pairs"}
     corpus = shipped[0] if shipped is not None else None
     if shipped is not None:
         with clock("corpus_vectors_gate"):
             parity["corpus_vectors"] = _corpus_vectors_gate(fp32, *shipped, pairs, corpus_vectors_max_l2)
-    dev_ref = None
-    if dev_set is not None:
-        with clock("int8_mrr_gate"):
-            dev_ref = _DevReference.of(
-                corpus.served(fp32) if corpus else fp32, dev_set, fusion, corpus is not None
-            )
-            parity["int8"] |= _int8_gate(
-                dev_ref, corpus.served(int8) if corpus else int8, dev_set, int8_max_mrr_drop
-            )
-        if corpus is not None:  # the int8 document graph now serves only documents outside the shipped ones
-            parity["int8"]["document_graph"] = {
-                "pairs": len(pairs),
-                "max_abs_diff": int8_diff,
-                "mean_abs_diff": float(np.abs(s8 - ref).mean()) if len(ref) else 0.0,
-                "note": "the sample pairs through both int8 graphs (the cache-miss path: documents outside the "
-                "shipped corpus vectors) vs PyTorch; the MRR@10 gate above ranks the dev documents as served, "
-                "from the shipped vectors",
-            }
-    else:
-        log.warning(
-            "no dev set given: the int8 MRR@10 gate is skipped (max |diff| %.2e reported only)", int8_diff
-        )
-        parity["int8"] |= {"passed": True, "skipped": "no dev set given: MRR@10 gate not evaluated"}
+    with clock("int8_mrr_gate"):
+        dev_ref = _dev_int8_gate(parity, fp32, int8, dev_set, fusion, corpus, s8 - ref, int8_max_mrr_drop)
     # int8 blocks the export only when it is required (serve_variant "int8"); otherwise its gate result is
     # recorded (parity.json, metadata.json) and the server refuses to load a failed int8
     require_int8 = serve_variant == "int8"

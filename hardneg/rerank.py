@@ -787,6 +787,9 @@ class OnnxReranker:
             self.scorer = PairScorer(*graph_args, self.max_length, **graph_kwargs)
         self.corpus_vectors = self._load_corpus_vectors() if corpus_vectors else None
         self.seen_sha256 = self._seen_documents()
+        self._log_loaded(quiet)
+
+    def _log_loaded(self, quiet: bool) -> None:
         log.log(
             logging.DEBUG if quiet else logging.INFO,
             "loaded %s (%s, %s on %s, precision %s, %d threads, version %s, max_length %d, fusion weight %s%s)",

@@ -255,8 +255,8 @@ def test_the_export_refuses_vectors_for_a_model_without_a_document_graph(
 
 
 def test_an_mrr_drop_equal_to_the_threshold_passes():
-    # SciFact dev, 100 queries: one query's reciprocal rank halves (1 -> 0.5): exactly the 0.005 threshold, which
-    # floating point read as 0.0050000000000000044 and failed
+    # SciFact dev, 100 queries, reciprocal ranks summing 0.5 lower: exactly the 0.005 threshold, which floating
+    # point read as 0.0050000000000000044 and failed
     drop = 0.7380000000000001 - 0.7330000000000001
     assert drop > 0.005 and mrr_drop_passes(drop, 0.005)
     assert not mrr_drop_passes(0.0051, 0.005) and not mrr_drop_passes(1e-6, 0.0)
