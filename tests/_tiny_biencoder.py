@@ -131,8 +131,14 @@ def trained_tiny_query_bi(base: Path, tiny_model_dir: Path, data_dir: Path) -> P
 
 def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
     """The export of the trained tiny bi-encoder (fp32 gate at its params default, int8 gate loosened as for the
-    tiny cross-encoder: 8 dev queries)."""
-    out = base / "hardneg-tiny-bi-export"
+    tiny cross-encoder: 8 dev queries). One runtime: the serving tests compare the server with onnxruntime scores;
+    runtime auto has its own export (:func:`tiny_bi_auto_export`)."""
+    return _export_tiny_bi(base, tiny_model_dir, data_dir, "hardneg-tiny-bi-export", "onnxruntime")
+
+
+def _export_tiny_bi(base: Path, tiny_model_dir: Path, data_dir: Path, name: str, runtime: str) -> Path:
+    """The trained tiny bi-encoder exported once per session into ``base/name`` with ``serve_runtime=runtime``."""
+    out = base / name
     if (out / "metadata.json").exists():
         return out
     from hardneg.export import export_model
@@ -146,8 +152,7 @@ def tiny_bi_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Path:
         version="b1",
         parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
         fusion_file=fusion_of(model_dir),
-        # one runtime: the serving tests compare the server with onnxruntime scores; runtime auto has its own tests
-        serve_runtime="onnxruntime",
+        serve_runtime=runtime,
     )
     return out
 
@@ -198,22 +203,6 @@ def tiny_bi_auto_export(base: Path, tiny_model_dir: Path, data_dir: Path) -> Pat
 
     from hardneg import hw
 
-    out = base / "hardneg-tiny-bi-export-auto"
-    if (out / "metadata.json").exists():
-        return out
-    from hardneg.export import export_model
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hw, "cpu_info", lambda: dict(AMX_CPU))
-        model_dir = trained_tiny_bi(base, tiny_model_dir, data_dir)
-        export_model(
-            model_dir,
-            out,
-            tiny_dev_set(data_dir),
-            model_name="tiny-bi",
-            version="b1",
-            parity_int8_max_mrr_drop=TINY_INT8_MAX_MRR_DROP,
-            serve_runtime="auto",
-            fusion_file=fusion_of(model_dir),
-        )
-    return out
+        return _export_tiny_bi(base, tiny_model_dir, data_dir, "hardneg-tiny-bi-export-auto", "auto")
