@@ -110,9 +110,10 @@ class BiEncoderConfig:
                 "train.bi_encoder: need pseudo_queries >= 0, distill >= 0, epochs > 0 or null and interpolate in "
                 f"(0, 1] (got {cfg.pseudo_queries}, {cfg.distill}, {cfg.epochs}, {cfg.interpolate})"
             )
-        if cfg.max_steps < 1 or cfg.queries_per_step < 2 or cfg.negatives_per_query < 0:
+        if cfg.max_steps < 0 or cfg.queries_per_step < 2 or cfg.negatives_per_query < 0:
             raise ConfigError(
-                "train: need max_steps >= 1, bi_encoder.queries_per_step >= 2 (in-batch negatives) and "
+                "train: need max_steps >= 0 (0: the base model as it is), bi_encoder.queries_per_step >= 2 "
+                "(in-batch negatives) and "
                 f"negatives_per_query >= 0 (got {cfg.max_steps}, {cfg.queries_per_step}, {cfg.negatives_per_query})"
             )
         return cfg
@@ -187,6 +188,17 @@ class BiEncoderScorer:
         if new:
             for t, v in zip(new, encode(self.model, new, self.batch_size, self.bf16), strict=True):
                 self._docs[t] = v
+
+    def document_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """The vectors of ``texts`` (rows in order; cached ones, e.g. preloaded base vectors, are not re-embedded)."""
+        self.embed_docs(texts)
+        if not texts:
+            return np.zeros((0, _dim(self.model)), np.float32)
+        return np.stack([self._docs[t] for t in texts])
+
+    def query_matrix(self, texts: Sequence[str]) -> np.ndarray:
+        """The tuned query tower's vectors of ``texts`` (rows in order)."""
+        return encode(self.model, list(texts), self.batch_size, self.bf16)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         if not pairs:
@@ -597,7 +609,7 @@ def train_biencoder(
         log.info("restoring the best dev checkpoint (step %d, MRR@10 %.4f)", best["step"], best["mrr@10"])
         model.load_state_dict(best["state"])
     # WiSE-FT after the checkpoint choice (eval_every's dev numbers are of the tuned weights)
-    if cfg.interpolate < 1.0:
+    if cfg.interpolate < 1.0 and step > 0:  # (0 steps: the base model itself, bit for bit)
         base_model = base if base is not None else load_biencoder(cfg.base_model, cfg.max_length)
         interpolate_weights(model, base_model, cfg.interpolate)
     model.eval()

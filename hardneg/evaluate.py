@@ -531,6 +531,39 @@ def _served_fusion(
     }
 
 
+def tuned_alone_run(scorer: Any, dataset: Any, query_ids: Sequence[str], k: int) -> Run | None:
+    """The tuned model by itself, retrieving from the whole corpus (its query tower against every document's vector:
+    a bi-encoder scorer only), top ``k`` per query; ``None`` for a scorer that cannot (a cross-encoder, ONNX)."""
+    if not hasattr(scorer, "query_matrix"):
+        return None
+    from hardneg.retrieve import dense_run
+
+    doc_ids, qids = list(dataset.corpus), list(query_ids)
+    D = scorer.document_matrix([dataset.corpus[d].full_text for d in doc_ids])
+    Q = scorer.query_matrix([dataset.queries[q].text for q in qids])
+    return dense_run(D, doc_ids, Q, qids, qids, k)
+
+
+def _record_alone(
+    metrics: dict[str, Any],
+    record: Callable[[str, Run], Any],
+    dataset: Any,
+    scorer: Any,
+    test_qrels: Mapping[str, Mapping[str, int]],
+    dev_qrels: Mapping[str, Mapping[str, int]],
+    dev_ids: Mapping[str, Sequence[str]],
+    k: int,
+) -> None:
+    """Record ``alone`` (:func:`tuned_alone_run`; a diagnostic, never served) on test and, by part, on dev."""
+    run = tuned_alone_run(scorer, dataset, sorted(set(test_qrels) | set(dev_qrels)), k)
+    if run is None:
+        return
+    record("alone", restrict(run, test_qrels))
+    res = evaluate_run(restrict(run, dev_qrels), dev_qrels)
+    metrics.setdefault("dev", {})["alone"] = res.mean
+    metrics.setdefault("parts", {}).setdefault("dev", {})["alone"] = parts(res.per_query, dev_ids)
+
+
 def _timed_scores(scorer: Any, dataset: Any, fs_test: Run, depth: int, metrics: dict[str, Any]) -> dict:
     """The reranker's scores of the test queries' top ``depth`` candidates (time and pair count in ``metrics``)."""
     t0 = time.time()
@@ -615,6 +648,7 @@ def evaluate_reranker(
     record("rerank", combine(fs_test, test_scores, chosen_depth))
     test = (fs_test, test_scores, test_qrels)
     _served_fusion(metrics, record, dev, test, chosen_depth, weights, seen_ids, dev_ids, chosen)
+    _record_alone(metrics, record, dataset, scorer, test_qrels, dev[2], dev_ids, s.retrieve.top_k)
     seen = seen_hashes if "seen" in metrics["fusion_gate"]["signal"] else []
     return RerankEvaluation(metrics, per_query, seen)
 

@@ -17,15 +17,18 @@ One command (``benchmarks/quality.py`` / ``hardneg compare``), resumable, writes
    primary negative; queries without a qualifying negative still train on in-batch negatives), ``paper-drop`` (the
    paper's triplet setup: those queries are dropped), ``hybrid``; ablations of the paper's rule on other vectors:
    ``paper-single-model`` (the best single model on dev), ``paper-pca80``, ``paper-no-pca``. ``untuned`` is the
-   base model without training. Each arm runs every seed.
-4. Per arm and seed: the tuned model alone (dense retrieval over the whole corpus) and the served system (the model's
-   cosine fused with the pipeline's first stage over its top ``retrieve.rerank_depth``, weight chosen on dev), on dev
-   and test. Significance: per-seed paired randomization tests and one over queries of the seed-averaged values.
+   base model without training (0 steps). Each arm runs every seed.
+4. **Each arm is a params override of the pipeline's own stages** (:data:`ARM_OVERRIDES` + :func:`arm_params`):
+   ``hardneg.stages`` embed (from the embedding cache) -> reduce -> mine -> train -> evaluate, the functions the CLI,
+   KFP and ``dvc.yaml`` call, with one retrieve stage (the served first stage and the split record) shared by every
+   arm. So the study's served system is exactly what ``make run`` would serve with that arm's params: the evaluate
+   stage chooses the rerank depth, the fusion weights and the per-query gate on dev, and also reports the tuned model
+   ``alone`` (its query tower retrieving from the whole corpus). Per arm and seed, on dev and test, all / seen /
+   unseen. Significance: per-seed paired randomization tests and one over queries of the seed-averaged values.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -34,19 +37,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hardneg.artifacts import Run, read_json
+from hardneg.artifacts import read_json
 from hardneg.baselines import (
     choose_ensemble_weights,
-    ensemble_vectors,
     metrics_by_part,
     metrics_of,
-    model_vectors,
     no_training_systems,
 )
 from hardneg.errors import ConfigError
-from hardneg.retrieve import dense_run
 from hardneg.study_report import report_html, summarize
 
 log = logging.getLogger(__name__)
@@ -72,129 +70,189 @@ ARMS = (
 
 # ------------------------------------------------------------------------------------------------------- arms
 
+# Each arm is a params override of the pipeline's own stages (embed -> reduce -> mine -> train -> evaluate, the
+# functions of hardneg.stages that the CLI, KFP and dvc.yaml call). Every arm also gets the study's common override
+# (the dev-chosen ensemble weights, the equal step budget, the seed, no checkpoint choice): see arm_params.
+ARM_OVERRIDES: dict[str, dict[str, Any]] = {
+    "untuned": {"train": {"max_steps": 0}},  # the base model saved as it is (0 steps)
+    "in-batch": {"train": {"bi_encoder": {"negatives_per_query": 0}}},  # no mined negative is ever sampled
+    "random": {"mine": {"policy": "random"}},
+    "bm25": {"mine": {"policy": "bm25"}},
+    "st-default": {"mine": {"policy": "st-default"}},
+    "positive-aware": {"mine": {"policy": "positive-aware"}},
+    "paper": {"mine": {"policy": "paper"}},
+    "paper-drop": {"mine": {"policy": "paper"}, "train": {"bi_encoder": {"drop_without_negative": True}}},
+    "hybrid": {"mine": {"policy": "hybrid"}},
+    "paper-single-model": {"mine": {"policy": "paper"}},  # + embed.models = the best single model on dev
+    "paper-pca80": {"mine": {"policy": "paper"}, "reduce": {"variance": 0.8, "n_components": None}},
+    "paper-no-pca": {"mine": {"policy": "paper"}, "reduce": {"variance": None, "n_components": None}},
+}
+# arms that train on no mined negative: their mining run is shared (any policy; its negatives are never sampled)
+MINES_NOTHING = ("untuned", "in-batch")
 
-def arm_negatives(
+
+def arm_params(
+    params: Mapping[str, Any],
     arm: str,
-    dataset: Any,
-    params: Mapping[str, Any],
-    vectors: Mapping[str, tuple[np.ndarray, list[str], np.ndarray, list[str]]],
-    bm25_train: Run | None,
-    emb_dir: Path,
-    work: Path,
-) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
-    """The mined negatives of one arm (``None`` for in-batch), mined on the train split only."""
-    from hardneg.mine import mine_negatives
-
-    split = params["data"]["train_split"]
-    pool = int(params["compare"]["num_negatives"])
-    if arm in ("untuned", "in-batch"):
-        return None, {}
-    if arm == "st-default":
-        from hardneg.anchors import st_negatives
-
-        return st_negatives(
-            dataset,
-            split,
-            params,
-            emb_dir,
-            work / "st-cache",
-            relative_margin=None,
-            num_negatives=pool,
-            strategy=arm,
-        )
-    policy = "paper" if arm.startswith("paper") else arm
-    space = {"paper-single-model": "single", "paper-pca80": "pca80", "paper-no-pca": "no-pca"}.get(
-        arm, "ensemble"
-    )
-    D, doc_ids, Q, query_ids = vectors[space]
-    rows, stats = mine_negatives(
-        dataset,
-        D,
-        doc_ids,
-        Q,
-        query_ids,
-        split,
-        params,
-        bm25_run=bm25_train,
-        policy=policy,
-        num_negatives=pool,
-    )
-    stats = {
-        k: stats[k]
-        for k in ("pairs", "pairs_with_negatives", "queries_without_negative", "rejected")
-        if k in stats
-    }
-    stats["space"] = space
-    return rows, stats
-
-
-def evaluate_model(
-    model: Any,
-    dataset: Any,
-    first_stage: Run,
-    qrels: Mapping[str, Mapping[str, Mapping[str, int]]],
-    params: Mapping[str, Any],
-    doc_vectors: tuple[np.ndarray, Sequence[str]] | None = None,
-    ids: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    *,
+    seed: int,
+    max_steps: int,
+    num_negatives: int,
+    ensemble_weights: Sequence[float],
+    single_model: str | None = None,
 ) -> dict[str, Any]:
-    """The tuned model ``alone`` (dense retrieval over the whole corpus), ``rerank`` (reranking the first stage's top
-    ``rerank_depth`` alone) and ``served`` (fused with ``first_stage`` over those, weight chosen on dev), on dev and
-    test: metrics and per-query MRR@10; with ``ids`` (split -> hardneg.generalization.split_ids) also
-    ``<split>_seen`` / ``<split>_unseen``. ``doc_vectors``: the fixed document vectors of ``tune: query`` (else the
-    model embeds the corpus)."""
-    from hardneg.biencoder import encode
-    from hardneg.evaluate import (
-        combine,
-        gate_weights,
-        query_signals,
-        restrict,
-        seen_document_ids,
-        top_candidates,
-        tune_fusion_weight,
-        tune_gate,
-    )
+    """The params one (arm, seed) runs the stages with: ``params`` + :data:`ARM_OVERRIDES` [arm] + the study's
+    common override (embed.models weighted as chosen on dev, ``mine.num_negatives`` = compare.num_negatives, the
+    equal step budget ``max_steps`` with ``epochs`` off, the seed, no dev checkpoint choice). ``single_model``: the
+    ``embed.models`` name of paper-single-model's one model."""
+    from hardneg.settings import merge_params
 
-    train_docs, _ = seen_document_ids(dataset, params["data"]["train_split"])
+    if arm not in ARM_OVERRIDES:
+        raise ConfigError(f"unknown compare arm {arm!r}; known: {list(ARMS)}")
+    models = [dict(m) for m in params["embed"]["models"]]
+    if len(models) != len(ensemble_weights):
+        raise ConfigError(
+            f"{len(ensemble_weights)} ensemble weights for {len(models)} embed.models: embed and study disagree"
+        )
+    for m, w in zip(models, ensemble_weights, strict=True):
+        m["weight"] = float(w)
+    if arm == "paper-single-model":
+        models = [dict(m, weight=1.0) for m in models if str(m["name"]) == single_model]
+        if not models:
+            raise ConfigError(f"paper-single-model: {single_model!r} is not one of embed.models")
+    common = {
+        "embed": {"models": models},
+        "mine": {"num_negatives": int(num_negatives)},
+        "train": {
+            "seed": int(seed),
+            "max_steps": int(max_steps),
+            "eval_every": 0,
+            "bi_encoder": {"epochs": None},
+        },
+    }
+    p = merge_params(merge_params(dict(params), common), ARM_OVERRIDES[arm])
+    if arm == "untuned":
+        p["train"]["max_steps"] = 0
+    return p
 
-    depth = int(params["retrieve"]["rerank_depth"])
-    k = int(params["retrieve"]["top_k"])
-    if doc_vectors is not None:
-        D, doc_ids = np.asarray(doc_vectors[0], np.float32), list(doc_vectors[1])
-    else:
-        doc_ids = list(dataset.corpus)
-        D = encode(model, [dataset.corpus[d].full_text for d in doc_ids])
-    qids = sorted(set(qrels["dev"]) | set(qrels["test"]))
-    Q = encode(model, [dataset.queries[q].text for q in qids])
-    alone = dense_run(D, doc_ids, Q, qids, qids, k)
-    di, qi = {d: i for i, d in enumerate(doc_ids)}, {q: i for i, q in enumerate(qids)}
-    cand = top_candidates(first_stage, depth, qids)
-    scores = {q: {d: float(Q[qi[q]] @ D[di[d]]) for d in docs} for q, docs in cand.items()}
-    weights = [float(w) for w in params["evaluate"]["fusion_weights"]]
-    fs_dev = restrict(first_stage, qrels["dev"])
-    w, curve = tune_fusion_weight(fs_dev, scores, qrels["dev"], depth, weights)
-    # the served system's per-query gate, chosen on dev as the evaluate stage chooses it
-    signals = list(params["evaluate"]["gate_signals"])
-    max_p = params["evaluate"].get("gate_max_p")
-    dev_unseen = ids["dev"]["unseen"] if ids is not None else ()  # the unseen guard's queries
-    gate, _ = tune_gate(
-        fs_dev, scores, qrels["dev"], depth, weights, train_docs, signals, max_p=max_p, guard_ids=dev_unseen
-    )
-    out: dict[str, Any] = {"fusion_weight": w, "fusion_dev_curve": curve, "fusion_gate": gate}
-    for split in ("dev", "test"):
-        fs = restrict(first_stage, qrels[split])
-        served_w = gate_weights(gate, query_signals(fs, scores, depth, train_docs))
-        for name, run in (
-            ("alone", restrict(alone, qrels[split])),
-            ("rerank", combine(fs, scores, depth)),
-            ("served", combine(fs, scores, depth, served_w)),
-        ):
-            mean, pq = metrics_of(run, qrels[split])
-            out.setdefault(name, {})[split] = mean
-            if ids is not None:
-                for part, row in metrics_by_part(run, qrels[split], ids[split]).items():
-                    out[name][f"{split}_{part}"] = row
-            out.setdefault("per_query", {}).setdefault(name, {})[split] = pq
-    return out
+
+def stage_result(eval_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(result, per-query test MRR@10) of one arm from its evaluate stage's ``metrics.json`` / ``per_query.json``:
+    ``served`` (the stage's ``fusion``), ``rerank`` and ``alone``, each ``{dev, test, dev_seen, ...}``."""
+    m = read_json(eval_dir / "metrics.json", rerun="hardneg evaluate")
+    pq = read_json(eval_dir / "per_query.json", rerun="hardneg evaluate")
+    out: dict[str, Any] = {}
+    per_query: dict[str, Any] = {}
+    for system, name in SYSTEM_OF.items():
+        if name not in m["systems"]:
+            continue
+        row = {
+            "test": {k: round(float(v), 5) for k, v in m["systems"][name].items()},
+            "dev": {k: round(float(v), 5) for k, v in m["dev"][name].items()},
+        }
+        for split in ("dev", "test"):
+            for part in ("seen", "unseen"):
+                cell = m["parts"][split][name][part]
+                row[f"{split}_{part}"] = {k: cell[k] for k in ("mrr@10", "ndcg@10", "n") if k in cell}
+        out[system] = row
+        per_query[system] = {"test": pq[name]["mrr@10"]}
+    for k in ("fusion_weight", "fusion_dev_curve", "fusion_gate", "rerank_depth"):
+        out[k] = m.get(k)
+    return out, per_query
+
+
+# the study's system names -> the evaluate stage's
+SYSTEM_OF = {"served": "fusion", "rerank": "rerank", "alone": "alone"}
+STUDY_VERSION = 2  # 2: the arms run the pipeline's stages (results of version 1 are redone, not mixed in)
+
+
+def _digest(obj: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StudyStages:
+    """The pipeline's stages run for the study's arms under ``work``: each output is made once and reused (by its
+    inputs' params), and a published stage folder (its checksums written last) is never redone. ``params_of(arm,
+    seed)`` gives an (arm, seed)'s params (:func:`arm_params`)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        work: Path,
+        params_of: Any,
+        progress: bool = False,
+    ):
+        self.data_dir, self.work, self.params_of, self.progress = data_dir, Path(work), params_of, progress
+
+    @staticmethod
+    def _done(folder: Path) -> bool:
+        from hardneg.artifacts import CHECKSUMS_FILE
+
+        return (folder / CHECKSUMS_FILE).exists()
+
+    def space(self, p: Mapping[str, Any]) -> Path:
+        """embed (from the embedding cache) + reduce with ``p``'s models, weights and PCA: the reduced folder."""
+        from hardneg.stages import embed_stage, reduce_stage
+
+        folder = self.work / "spaces" / _digest([p["embed"], p["reduce"]])
+        if not self._done(folder / "reduced"):
+            if not self._done(folder / "embeddings"):
+                embed_stage(self.data_dir, p, None, folder / "embeddings", progress=self.progress)
+            reduce_stage([folder / "embeddings"], p, folder / "reduced")
+        return folder / "reduced"
+
+    def retrieved(self, p: Mapping[str, Any], reduced: Path) -> Path:
+        """The retrieve stage, once for every arm (the served first stage and the split record)."""
+        from hardneg.stages import retrieve_stage
+
+        folder = self.work / "retrieved"
+        if not self._done(folder):
+            retrieve_stage(self.data_dir, reduced, p, folder)
+        return folder
+
+    def mined(self, arm: str, p: Mapping[str, Any], reduced: Path, retrieved: Path) -> Path:
+        """The mine stage with the arm's policy and space (one shared run for the arms that sample no mined
+        negative)."""
+        from hardneg.stages import mine_stage
+
+        folder = self.work / "mined" / _digest([p["embed"], p["reduce"], p["mine"], p["data"]])
+        if not self._done(folder):
+            mine_stage(self.data_dir, reduced, retrieved, p, folder, progress=self.progress)
+        return folder
+
+    def run(self, arm: str, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """train + evaluate one (arm, seed) on the shared inputs; returns (result, per-query test MRR@10)."""
+        import shutil
+
+        from hardneg.mine import STATS_FILE
+        from hardneg.stages import evaluate_stage, train_stage
+
+        p = self.params_of(arm, seed)
+        base = self.params_of(
+            "paper", seed
+        )  # the ensemble space with the dev-chosen weights: the first stage's
+        retrieved = self.retrieved(base, self.space(base))
+        mine_p = self.params_of("random", seed) if arm in MINES_NOTHING else p
+        mined = self.mined(arm, mine_p, self.space(mine_p), retrieved)
+        model = self.work / "models" / f"{arm}-{seed}"
+        evaluation = self.work / "evaluations" / f"{arm}-{seed}"
+        shutil.rmtree(model, ignore_errors=True)  # an interrupted run's model is retrained
+        train_stage(self.data_dir, retrieved, mined, p, model)
+        evaluate_stage(self.data_dir, retrieved, model, p, evaluation)
+        tm = read_json(model / "train_metrics.json", rerun="hardneg train")
+        result, per_query = stage_result(evaluation)
+        stats = read_json(mined / STATS_FILE, rerun="hardneg mine") if arm not in MINES_NOTHING else {}
+        result["steps"] = tm["steps"]
+        result["negatives"] = {
+            k: stats[k]
+            for k in ("pairs", "pairs_with_negatives", "queries_without_negative", "rejected")
+            if k in stats
+        }
+        result["train"] = {k: tm[k] for k in ("stopped_by", "s_per_step", "training_set")}
+        shutil.rmtree(model, ignore_errors=True)  # evaluated: only its numbers are kept
+        return result, per_query
 
 
 # --------------------------------------------------------------------------------------------------- the study
@@ -240,9 +298,9 @@ def _study_params(params: Mapping[str, Any]) -> dict[str, Any]:
 PART_SPLITS = ("dev_seen", "dev_unseen", "test_seen", "test_unseen")
 WHAT = {
     "alone": "the tuned query tower retrieving from the whole corpus by itself (dense, every document)",
-    "rerank": "the tuned model reordering the first stage's top retrieve.rerank_depth candidates by itself",
-    "served": "the tuned model's cosine fused with the first stage over its top retrieve.rerank_depth (weights and "
-    "per-query gate chosen on dev; the study keeps the depth fixed, the evaluate stage also chooses it on dev)",
+    "rerank": "the tuned model reordering the first stage's top k candidates by itself (k: the served depth)",
+    "served": "what the pipeline serves: the tuned model's cosine fused with the first stage over its top k (the "
+    "evaluate stage chooses k among evaluate.rerank_depths, the weights and the per-query gate on dev)",
 }
 
 READING_ARMS = (
@@ -282,7 +340,7 @@ def run_study(
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns quality.json's content. Finished (arm, seed) runs are kept in
     ``out_dir/runs.json`` and skipped on a rerun with the same configuration."""
-    from hardneg.biencoder import BiEncoderConfig, document_vectors, load_biencoder, train_biencoder
+    from hardneg.biencoder import BiEncoderConfig
     from hardneg.config import params_hash
     from hardneg.data import load_dataset_for
     from hardneg.lineage import current_lineage
@@ -318,24 +376,37 @@ def run_study(
                 baseline[name][f"{split}_{part}"] = row
     best_nt = max(baseline, key=lambda n: (baseline[n]["dev"]["mrr@10"], baseline[n]["dev"]["ndcg@10"]))
     fs_name = str(params["evaluate"]["first_stage"])
-    first_stage = systems[fs_name]["run"]
     log.info("no-training systems: best on dev %s; served first stage %s", best_nt, fs_name)
 
-    # 2. vectors for the mining policies (ensemble with the dev-chosen weights, and the ablations)
+    # 2. the arms run the pipeline's stages (hardneg.stages): one retrieve stage (the served first stage, shared by
+    # every arm), per arm its embed + reduce space and its mining run, per (arm, seed) train + evaluate
+    from hardneg.embed import model_slug
+
     single = max(slugs, key=lambda s: baseline[f"dense:{s}"]["dev"]["mrr@10"])
-    vectors = {
-        "ensemble": ensemble_vectors(emb, slugs, ens_w, variance),
-        "single": model_vectors(emb, single),
-        "pca80": ensemble_vectors(emb, slugs, ens_w, 0.80),
-        "no-pca": ensemble_vectors(emb, slugs, ens_w, None),
-    }
-    train_q = sorted(ds.split_qrels(d["train_split"]))
-    from hardneg.retrieve import bm25_search
+    single_name = next(
+        str(m["name"]) for m in params["embed"]["models"] if model_slug(str(m["name"])) == single
+    )
+    bcfg0 = BiEncoderConfig.from_params(params)
+    if not params["compare"].get("max_steps") and bcfg0.epochs is not None:
+        # equal budget: the pair-scaled step count of the full training set, the same for every arm (an arm that
+        # drops queries, paper-drop, must not get fewer steps)
+        from hardneg.biencoder import planned_steps, training_set
 
-    bm25_train = bm25_search(ds.corpus, {q: ds.queries[q] for q in train_q}, k + 50)
+        cfg["max_steps"] = planned_steps(bcfg0, training_set(ds, None, d["train_split"]))
 
-    # 3. arms x seeds (resumable)
+    def params_of(arm: str, seed: int) -> dict[str, Any]:
+        return arm_params(
+            params,
+            arm,
+            seed=seed,
+            max_steps=cfg["max_steps"],
+            num_negatives=cfg["num_negatives"],
+            ensemble_weights=ens_w,
+            single_model=single_name,
+        )
+
     key = {
+        "study": STUDY_VERSION,
         "cfg": {k_: v for k_, v in cfg.items() if k_ not in ("arms", "seeds")},
         "params": params_hash(
             _study_params(params), ["data", "embed", "reduce", "mine", "retrieve", "train", "evaluate"]
@@ -344,6 +415,7 @@ def run_study(
     # one file per (arm, seed), written atomically: resumable, and several processes (e.g. one per seed) can share
     # the folder; a file made under another configuration key is ignored (and redone)
     runs_dir = out / "runs" / key["params"]
+    stages = StudyStages(data_dir, out / "stages" / key["params"], params_of, progress)
 
     def load_state() -> dict[str, Any]:
         st: dict[str, Any] = {"key": key, "arms": {}, "per_query": {}}
@@ -355,16 +427,7 @@ def run_study(
             st["per_query"].setdefault(r["arm"], {})[str(r["seed"])] = r["per_query"]
         return st
 
-    state = load_state()
-    neg_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
-    bcfg0 = BiEncoderConfig.from_params(params)
-    fixed = document_vectors(ds, bcfg0, params["embed"]["cache_dir"]) if bcfg0.tune == "query" else None
-    if not params["compare"].get("max_steps") and bcfg0.epochs is not None:
-        # equal budget: the pair-scaled step count of the full training set, the same for every arm (an arm that
-        # drops queries, paper-drop, must not get fewer steps)
-        from hardneg.biencoder import planned_steps, training_set
-
-        cfg["max_steps"] = planned_steps(bcfg0, training_set(ds, None, d["train_split"]))
+    # 3. arms x seeds (resumable)
     for seed in cfg["seeds"]:  # seed-major: an interrupted study has every arm at the same number of seeds
         for arm in cfg["arms"]:
             done = runs_dir / f"{arm}-{seed}.json"
@@ -372,59 +435,17 @@ def run_study(
             if done.exists() and read_json(done, rerun="hardneg compare").get("key") == arm_key:
                 continue
             t0 = time.perf_counter()
-            if arm not in neg_cache:
-                neg_cache[arm] = arm_negatives(arm, ds, params, vectors, bm25_train, emb, out)
-            rows, nstats = neg_cache[arm]
-            bcfg = BiEncoderConfig.from_params(
-                params,
-                seed=seed,
-                max_steps=cfg["max_steps"],
-                eval_every=0,
-                drop_without_negative=True if arm == "paper-drop" else None,  # None: the params value
-            )
-            bcfg = dataclasses.replace(bcfg, epochs=None)  # the study fixes the step count (above)
-            if arm == "untuned":
-                model, steps, tstats = load_biencoder(bcfg.base_model, bcfg.max_length), 0, {}
-            else:
-                mdir = out / "models" / f"{arm}-{seed}"
-                train_biencoder(
-                    ds, rows, mdir, bcfg, train_split=d["train_split"], doc_vectors=fixed, progress=progress
-                )
-                tm = json.loads((mdir / "train_metrics.json").read_text(encoding="utf-8"))
-                steps, tstats = (
-                    tm["steps"],
-                    {
-                        "stopped_by": tm["stopped_by"],
-                        "s_per_step": tm["s_per_step"],
-                        "training_set": tm["training_set"],
-                    },
-                )
-                model = load_biencoder(mdir, bcfg.max_length)
-            ev = evaluate_model(model, ds, first_stage, qrels, params, fixed, ids)
-            pq = ev.pop("per_query")
-            result = {
-                **ev,
-                "commit": current_lineage(None).git_commit,  # each arm records the commit it ran at
-                "steps": steps,
-                "negatives": nstats,
-                "train": tstats,
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            _save(
-                runs_dir / f"{arm}-{seed}.json",
-                {"key": arm_key, "arm": arm, "seed": seed, "result": result, "per_query": pq},
-            )
-            if arm != "untuned":
-                import shutil
-
-                shutil.rmtree(out / "models" / f"{arm}-{seed}", ignore_errors=True)
+            result, pq = stages.run(arm, seed)
+            result["commit"] = current_lineage(None).git_commit  # each arm records the commit it ran at
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+            _save(done, {"key": arm_key, "arm": arm, "seed": seed, "result": result, "per_query": pq})
             log.info(
                 "%s seed %d: served test MRR@10 %.4f, alone %.4f (%.0f s)",
                 arm,
                 seed,
-                ev["served"]["test"]["mrr@10"],
-                ev["alone"]["test"]["mrr@10"],
-                time.perf_counter() - t0,
+                result["served"]["test"]["mrr@10"],
+                result["alone"]["test"]["mrr@10"],
+                result["seconds"],
             )
 
     # 4. summary (over every finished run in the folder, including other processes')

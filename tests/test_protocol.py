@@ -7,7 +7,8 @@ the labels (or returns the grid's first value, every tuner's start and tie-break
 labels must change the test numbers (asserted: the scramble bites) and leave every choice unchanged.
 
 Choices covered: the hybrid's BM25 weight (baselines.tune_hybrid), the pipeline's fusion weight
-(evaluate.evaluate_reranker), and in the quality study its fusion weight (quality.evaluate_model), its ensemble weights
+(evaluate.evaluate_reranker, which is also the quality study's: its arms run the evaluate stage, test_quality.py
+``test_an_arm_is_the_pipeline_stages_with_its_params_override``), and in the quality study its ensemble weights
 (baselines.choose_ensemble_weights, as quality.run_study calls it) and its best mined policy
 (study_report.summarize). Mining's independence from dev/test labels is tested in test_mine.py
 (``test_mining_reads_no_dev_or_test_label``), the trainer's in test_biencoder.py.
@@ -122,45 +123,6 @@ def test_fusion_weight_is_chosen_on_dev_and_test_labels_cannot_change_it(ds, rig
     assert ev2.metrics["systems"]["fusion"] != ev.metrics["systems"]["fusion"]  # the scramble bites
     assert ev2.metrics["fusion_weight"] == ev.metrics["fusion_weight"]
     assert ev2.metrics["fusion_dev_curve"] == ev.metrics["fusion_dev_curve"]
-
-
-def test_the_study_fusion_weight_is_chosen_on_dev_and_test_labels_cannot_change_it(ds, monkeypatch):
-    """quality.evaluate_model (the study's served system): the tuned model's cosines are right on dev and wrong on
-    test, so dev chooses weight 1 and test would choose 0; scrambled test labels leave the choice as it is."""
-    import hardneg.biencoder as biencoder
-    from hardneg.evaluate import restrict, tune_fusion_weight
-    from hardneg.quality import evaluate_model
-
-    docs = sorted(ds.corpus)
-    D = np.eye(len(docs), dtype=np.float32)  # fixed document vectors (tune: query): one axis per document
-    dev, test = ds.split_qrels("dev"), ds.split_qrels("test")
-
-    def axes(ids):
-        return D[[docs.index(d) for d in ids]].sum(axis=0)
-
-    Q = {q: axes(dev[q]) for q in dev} | {
-        q: -axes(test[q]) for q in test
-    }  # toward dev / away from test positives
-    by_text = {ds.queries[q].text: v for q, v in Q.items()}
-    monkeypatch.setattr(
-        biencoder, "encode", lambda model, texts, *a, **k: np.stack([by_text[t] for t in texts])
-    )
-    fs = _first_stage(ds)
-    params = default_params()
-    params["retrieve"].update(rerank_depth=50, top_k=30)
-    params["evaluate"]["fusion_weights"] = GRID
-
-    ev = evaluate_model(None, ds, fs, {"dev": dev, "test": test}, params, doc_vectors=(D, docs))
-    assert ev["fusion_weight"] == 1.0
-    cosines = {q: {d: float(Q[q][i]) for i, d in enumerate(docs)} for q in test}
-    assert tune_fusion_weight(restrict(fs, test), cosines, test, 50, GRID)[0] == 0.0  # test would pick 0
-
-    ev2 = evaluate_model(
-        None, ds, fs, {"dev": dev, "test": _scrambled_test_qrels(ds)}, params, doc_vectors=(D, docs)
-    )
-    assert ev2["served"]["test"] != ev["served"]["test"]  # the scramble bites
-    assert (ev2["fusion_weight"], ev2["fusion_dev_curve"]) == (ev["fusion_weight"], ev["fusion_dev_curve"])
-    assert ev2["served"]["dev"] == ev["served"]["dev"]
 
 
 def _two_model_embeddings(emb, ds):

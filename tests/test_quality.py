@@ -110,6 +110,69 @@ def test_every_arm_and_seed_trained_the_same_number_of_steps(study):
     assert {r["steps"] for k, r in got.items() if k[0] == "untuned"} == {0}
 
 
+def test_an_arm_is_the_pipeline_stages_with_its_params_override(study, tiny_data_dir, tmp_path):
+    """#17 item 5: the study's (paper, seed 1) numbers are what the pipeline's own stages give with that arm's params
+    (quality.arm_params), run by hand here as the CLI runs them: embed -> reduce -> retrieve -> mine -> train ->
+    evaluate. Served, rerank and alone, dev and test, by part, bit for bit."""
+    from hardneg import stages
+    from hardneg.quality import arm_params, stage_result
+
+    root, p, q = study
+    runs = {f.stem: json.loads(f.read_text()) for f in (root / "out" / "runs").glob("*/*.json")}
+    ours = runs["paper-1"]["result"]
+    weights = q["ensemble_weights"]["chosen_on_dev"]
+    ap = arm_params(
+        p, "paper", seed=1, max_steps=3, num_negatives=p["compare"]["num_negatives"], ensemble_weights=weights
+    )
+    assert ap["mine"]["policy"] == "paper" and ap["train"]["seed"] == 1 and ap["train"]["eval_every"] == 0
+    assert [m["weight"] for m in ap["embed"]["models"]] == weights
+    w = tmp_path
+    stages.embed_stage(tiny_data_dir, ap, None, w / "emb")
+    stages.reduce_stage([w / "emb"], ap, w / "red")
+    stages.retrieve_stage(tiny_data_dir, w / "red", ap, w / "ret")
+    stages.mine_stage(tiny_data_dir, w / "red", w / "ret", ap, w / "mined")
+    stages.train_stage(tiny_data_dir, w / "ret", w / "mined", ap, w / "model")
+    stages.evaluate_stage(tiny_data_dir, w / "ret", w / "model", ap, w / "eval")
+    by_hand, per_query = stage_result(w / "eval")
+    for system in ("served", "rerank", "alone"):
+        assert by_hand[system] == ours[system], system
+        assert per_query[system] == runs["paper-1"]["per_query"][system]
+    assert by_hand["rerank_depth"] == ours["rerank_depth"] and by_hand["fusion_gate"] == ours["fusion_gate"]
+
+
+def test_every_arm_override_is_valid_params_that_change_what_the_arm_names():
+    """Each arm's params build (hardneg.settings checks every key) and differ from the paper arm's only where the arm
+    says: an arm that silently ran the default would fail here."""
+    from hardneg.quality import ARMS, arm_params
+    from hardneg.settings import settings
+
+    p = default_params()
+    names = [str(m["name"]) for m in p["embed"]["models"]]
+
+    def of(arm):
+        return arm_params(
+            p, arm, seed=7, max_steps=11, num_negatives=5, ensemble_weights=[1.0, 0.5], single_model=names[1]
+        )
+
+    base = settings(of("paper"))
+    assert (base.train.seed, base.train.max_steps, base.mine.num_negatives) == (7, 11, 5)
+    assert base.train.bi_encoder.epochs is None and base.train.eval_every == 0
+    assert [m.weight for m in base.embed.models] == [1.0, 0.5]
+    changed = {}
+    for arm in ARMS:
+        s = settings(of(arm))
+        changed[arm] = {f for f in ("embed", "reduce", "mine", "train") if getattr(s, f) != getattr(base, f)}
+    assert changed["paper"] == set()
+    assert changed["untuned"] == {"train"} and settings(of("untuned")).train.max_steps == 0
+    assert settings(of("in-batch")).train.bi_encoder.negatives_per_query == 0
+    assert settings(of("paper-drop")).train.bi_encoder.drop_without_negative is True
+    assert changed["paper-pca80"] == {"reduce"} and settings(of("paper-pca80")).reduce.variance == 0.8
+    assert settings(of("paper-no-pca")).reduce.variance is None
+    assert [m.name for m in settings(of("paper-single-model")).embed.models] == [names[1]]
+    for arm in ("random", "bm25", "st-default", "positive-aware", "hybrid"):
+        assert changed[arm] == {"mine"} and settings(of(arm)).mine.policy == arm
+
+
 def test_rerun_resumes_without_training_again(study, tiny_data_dir):
     from hardneg.quality import run_study
 
