@@ -63,6 +63,13 @@ def git_state() -> dict:
     return {"commit": commit, "tracked_files_modified": bool(dirty)}
 
 
+def _cpu() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hardneg.hw import cpu_info
+
+    return cpu_info()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
@@ -79,9 +86,11 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": sys.version.split()[0],
+            "cpu": _cpu(),  # model name + the matrix flags (times differ across CPUs: read them with it)
         },
         "git": git_state(),
-        "targets": {"first_run_max_s": 1800, "cached_rerun_max_s": 60},
+        # issue #18: make run <= 8 min cold on SciFact (embeddings included); an unchanged rerun from KFP's cache
+        "targets": {"first_run_max_s": 480, "cached_rerun_max_s": 60},
         "runs": [],
     }
     status = 0
@@ -131,7 +140,9 @@ def main() -> int:
             break
     runs = result["runs"]
     result["targets"]["first_run_met"] = bool(
-        runs and runs[0]["exit_code"] == 0 and runs[0]["make_run_wall_s"] <= 1800
+        runs
+        and runs[0]["exit_code"] == 0
+        and runs[0]["make_run_wall_s"] <= result["targets"]["first_run_max_s"]
     )
     if len(runs) > 1:
         result["targets"]["cached_rerun_met"] = bool(
