@@ -12,7 +12,6 @@ alone (dense retrieval over the whole corpus). One seed (13): this is a coarse g
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -72,10 +71,10 @@ def main() -> int:
         if key in prev:
             results[key] = prev[key]
             continue
-        cfg = dataclasses.replace(  # from_params ignores None overrides; layers None = all layers
-            BiEncoderConfig.from_params(params, lr=lr, max_steps=steps, eval_every=0, tune=base.tune),
-            trainable_layers=layers,
-        )
+        # from_params ignores None overrides; replace sets them (layers None = all layers)
+        cfg = BiEncoderConfig.from_params(
+            params, lr=lr, max_steps=steps, eval_every=0, tune=base.tune
+        ).replace(trainable_layers=layers)
         t0 = time.perf_counter()
         out = train_biencoder(ds, None, tmp / key.replace(",", "_"), cfg, doc_vectors=fixed)
         m = score(load_biencoder(out))

@@ -30,7 +30,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,83 +40,41 @@ from hardneg.artifacts import TRAIN_METRICS_FILE
 from hardneg.errors import ConfigError, HardnegError
 from hardneg.hw import use_bf16
 from hardneg.model_card import TUNE_MODES, ModelCard, write_card
+from hardneg.settings import Train, TrainerView
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BiEncoderConfig:
-    """What the bi-encoder trainer reads: ``train`` (common keys) + ``train.bi_encoder`` of params.yaml, typed by
-    :mod:`hardneg.settings`. No defaults here: they live in params.yaml (build one with :meth:`from_params`)."""
+class BiEncoderConfig(TrainerView):
+    """What the bi-encoder trainer reads: the typed ``train`` section (its common keys and ``train.bi_encoder``, see
+    params.yaml for each key) read flat (``cfg.lr``, ``cfg.max_steps``: :class:`hardneg.settings.TrainerView`, no
+    field copied), and ``bf16`` resolved on this machine. Build with :meth:`from_params`, change with
+    :meth:`replace`."""
 
-    base_model: str
-    max_length: int  # tokens, queries and documents
-    max_steps: int
-    queries_per_step: int
-    negatives_per_query: int  # mined negatives per query per step (sampled from its mined list)
-    lr: float
-    weight_decay: float
-    warmup_ratio: float
-    scale: float  # 1 / temperature of the softmax over cosines
-    drop_without_negative: bool
-    tune: str  # query: fine-tune the query tower, documents keep the base model's cached vectors | both
-    trainable_layers: int | None  # train only the top N transformer layers (embeddings frozen); None: all
-    bf16: bool  # resolved from train.bf16 (auto: native bf16 only, hardneg/hw.py)
-    seed: int
-    torch_threads: int | None
-    time_cap_min: float  # safety net only (0: none); recorded when it binds
-    eval_every: int  # dev evaluation every N steps (+ at the end) and best-checkpoint keeping; 0: final model
-    eval_depth: int
-    batch_size: int  # encoding batch size (dev evaluation, document vectors)
-    epochs: (
-        float | None
-    )  # steps = ceil(epochs * training pairs / queries_per_step), at most max_steps; None: max_steps
-    pseudo_queries: float  # extra pseudo-queries per step, as a share of queries_per_step (0: none)
-    distill: float  # weight of the KL to the base model's in-batch similarity distribution (0: none)
-    interpolate: (
-        float  # WiSE-FT: saved weights = interpolate * tuned + (1 - interpolate) * base (1: the tuned model)
-    )
+    SECTION = "bi_encoder"
+    train: Train
+    bf16: bool
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> BiEncoderConfig:
-        """From params (merged over the packaged defaults, every key typed by hardneg.settings); ``overrides`` (not
-        None) replace single fields, e.g. ``from_params(params, max_steps=12, tune="both")``."""
-        from hardneg.settings import settings
-
-        t = settings(params).train
-        sec = {
-            **{
-                k: getattr(t, k) for k in ("base_model", "max_steps", "seed", "torch_threads", "time_cap_min")
-            },
-            "eval_every": t.eval_every,
-            "eval_depth": t.eval_depth,
-            "bf16": use_bf16(t.bf16),
-            **asdict(t.bi_encoder),
-        }
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown train.bi_encoder option(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**{**sec, **{k: v for k, v in overrides.items() if v is not None}})
-        if cfg.tune not in TUNE_MODES:
-            raise ConfigError(f"train.bi_encoder.tune must be one of {list(TUNE_MODES)}, got {cfg.tune!r}")
+    def __post_init__(self) -> None:
+        if self.tune not in TUNE_MODES:
+            raise ConfigError(f"train.bi_encoder.tune must be one of {list(TUNE_MODES)}, got {self.tune!r}")
         if (
-            cfg.pseudo_queries < 0
-            or cfg.distill < 0
-            or (cfg.epochs is not None and cfg.epochs <= 0)
-            or not 0.0 < cfg.interpolate <= 1.0
+            self.pseudo_queries < 0
+            or self.distill < 0
+            or (self.epochs is not None and self.epochs <= 0)
+            or not 0.0 < self.interpolate <= 1.0
         ):
             raise ConfigError(
                 "train.bi_encoder: need pseudo_queries >= 0, distill >= 0, epochs > 0 or null and interpolate in "
-                f"(0, 1] (got {cfg.pseudo_queries}, {cfg.distill}, {cfg.epochs}, {cfg.interpolate})"
+                f"(0, 1] (got {self.pseudo_queries}, {self.distill}, {self.epochs}, {self.interpolate})"
             )
-        if cfg.max_steps < 0 or cfg.queries_per_step < 2 or cfg.negatives_per_query < 0:
+        if self.max_steps < 0 or self.queries_per_step < 2 or self.negatives_per_query < 0:
             raise ConfigError(
                 "train: need max_steps >= 0 (0: the base model as it is), bi_encoder.queries_per_step >= 2 "
                 "(in-batch negatives) and "
-                f"negatives_per_query >= 0 (got {cfg.max_steps}, {cfg.queries_per_step}, {cfg.negatives_per_query})"
+                f"negatives_per_query >= 0 (got {self.max_steps}, {self.queries_per_step}, {self.negatives_per_query})"
             )
-        return cfg
 
 
 # -------------------------------------------------------------------------------------------------- encoding
@@ -639,7 +597,7 @@ def train_biencoder(
             "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
             "training_set": ts.stats,
             "trainable_parameters": n_trainable,
-            "config": asdict(cfg),
+            "config": cfg.flat(),
         }
         (out / TRAIN_METRICS_FILE).write_text(
             json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -248,6 +248,82 @@ class Release:
     kubernetes_version: str
 
 
+# ------------------------------------------------------------------------------------------------ trainer views
+
+# the ``train`` keys both trainers read besides their own sub-section
+TRAIN_COMMON: tuple[str, ...] = (
+    "base_model",
+    "max_steps",
+    "seed",
+    "torch_threads",
+    "time_cap_min",
+    "eval_every",
+    "eval_depth",
+)
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+class TrainerView:
+    """A trainer's flat view of the typed ``train`` section: its common keys (:data:`TRAIN_COMMON`), its own
+    sub-section (``SECTION``: ``bi_encoder`` / ``cross_encoder``) and ``bf16`` resolved on this machine. No field is
+    copied: ``view.lr`` reads ``train.<SECTION>.lr``, ``view.max_steps`` reads ``train.max_steps``. Subclasses are
+    frozen dataclasses with exactly the fields ``train`` (:class:`Train`) and ``bf16`` (bool), and check their values
+    in ``__post_init__`` (so every copy made by :meth:`replace` is checked too)."""
+
+    SECTION = ""
+
+    def __getattr__(self, name: str) -> Any:  # called only when the instance has no such attribute
+        train = self.__dict__.get("train")
+        if train is None or name.startswith("__"):
+            raise AttributeError(name)
+        sec = getattr(train, self.SECTION)
+        if name in _field_names(type(sec)):
+            return getattr(sec, name)
+        if name in TRAIN_COMMON:
+            return getattr(train, name)
+        raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
+    def flat(self) -> dict[str, Any]:
+        """What the trainer reads, as one flat dict (``train_metrics.json`` ``config``, the lineage's hash)."""
+        train = self.__dict__["train"]
+        return {
+            **{k: getattr(train, k) for k in TRAIN_COMMON},
+            "bf16": self.__dict__["bf16"],
+            **dataclasses.asdict(getattr(train, self.SECTION)),
+        }
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with single keys changed (``dataclasses.replace`` of the sections; values as given, None
+        included), checked again."""
+        train = self.__dict__["train"]
+        sec = getattr(train, self.SECTION)
+        own = _field_names(type(sec))
+        unknown = sorted(set(changes) - own - set(TRAIN_COMMON) - {"bf16"})
+        if unknown:
+            raise ConfigError(
+                f"unknown train.{self.SECTION} option(s) {unknown}; known: {sorted(self.flat())}"
+            )
+        sec = dataclasses.replace(sec, **{k: v for k, v in changes.items() if k in own})
+        common = {k: v for k, v in changes.items() if k in TRAIN_COMMON}
+        train = dataclasses.replace(train, **common, **{self.SECTION: sec})
+        return dataclasses.replace(self, train=train, bf16=changes.get("bf16", self.__dict__["bf16"]))  # type: ignore[type-var]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> Any:
+        """From params (merged over the packaged defaults, every key typed); ``overrides`` that are not None replace
+        single keys, e.g. ``from_params(params, max_steps=12, tune="both")``."""
+        from hardneg.hw import use_bf16
+
+        t = settings(params).train
+        view = cls(train=t, bf16=use_bf16(t.bf16))  # type: ignore[call-arg]
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return view.replace(**changes) if changes else view
+
+
 ST_DEFAULT = "st-default"  # mine.policy handled by hardneg.anchors (sentence-transformers defaults)
 
 MINE_POLICIES: tuple[str, ...] = ("paper", "positive-aware", "hybrid", "rank-window", "random", "bm25")

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ import numpy as np
 
 from hardneg.artifacts import TRAIN_METRICS_FILE
 from hardneg.errors import ConfigError, HardnegError
-from hardneg.hw import apply_torch_threads, use_bf16
+from hardneg.hw import apply_torch_threads
 from hardneg.model_card import ModelCard, write_card
+from hardneg.settings import Train, TrainerView
 
 log = logging.getLogger(__name__)
 
@@ -169,56 +170,24 @@ def _dev_mrr(
 
 
 @dataclass(frozen=True)
-class CrossEncoderConfig:
-    """What the cross-encoder trainer reads: ``train`` (common keys) + ``train.cross_encoder`` of params.yaml, typed
-    by :mod:`hardneg.settings` (no defaults here: they live in params.yaml)."""
+class CrossEncoderConfig(TrainerView):
+    """What the cross-encoder trainer reads: the typed ``train`` section (its common keys and
+    ``train.cross_encoder``) read flat (:class:`hardneg.settings.TrainerView`, no field copied), and ``bf16``
+    resolved on this machine. Build with :meth:`from_params`, change with :meth:`replace`."""
 
-    base_model: str
-    max_steps: int
-    seed: int
-    bf16: bool  # resolved from train.bf16
-    torch_threads: int | None
-    time_cap_min: float  # safety net only (0: none)
-    eval_every: int
-    eval_depth: int
-    loss: str
-    margin: float
-    group_size: int
-    queries_per_step: int
-    lr: float
-    weight_decay: float
-    warmup_ratio: float
-    max_length: int
-    eval_at_start: bool
+    SECTION = "cross_encoder"
+    train: Train
+    bf16: bool
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> CrossEncoderConfig:
-        from hardneg.settings import settings
-
-        t = settings(params).train
-        common = (
-            "base_model",
-            "max_steps",
-            "seed",
-            "torch_threads",
-            "time_cap_min",
-            "eval_every",
-            "eval_depth",
-        )
-        sec = {**{k: getattr(t, k) for k in common}, "bf16": use_bf16(t.bf16), **asdict(t.cross_encoder)}
-        unknown = sorted(set(overrides) - set(sec))
-        if unknown:
-            raise ConfigError(f"unknown train.cross_encoder option(s) {unknown}; known: {sorted(sec)}")
-        cfg = cls(**{**sec, **{k: v for k, v in overrides.items() if v is not None}})
-        if cfg.loss not in LOSSES:
-            raise ConfigError(f"unknown train.cross_encoder.loss '{cfg.loss}': use one of {list(LOSSES)}")
-        if cfg.group_size < 2:
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown train.cross_encoder.loss '{self.loss}': use one of {list(LOSSES)}")
+        if self.group_size < 2:
             raise ConfigError(
-                f"train.cross_encoder.group_size must be >= 2 (a positive and at least one negative), got {cfg.group_size}"
+                f"train.cross_encoder.group_size must be >= 2 (a positive and at least one negative), got {self.group_size}"
             )
-        if cfg.max_steps < 1:
-            raise ConfigError(f"train.max_steps must be >= 1, got {cfg.max_steps}")
-        return cfg
+        if self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {self.max_steps}")
 
 
 class _Checkpoints:
@@ -408,7 +377,7 @@ def _write_training_record(
     seconds = time.perf_counter() - run["t_start"]
     neg_sha = sha256_file(negatives_file) if negatives_file is not None else rows_fingerprint(negatives_rows)
     lin = current_lineage(None)
-    lin.params_hash = params_hash({**dict(params), "train": asdict(cfg)}, ["train"])
+    lin.params_hash = params_hash({**dict(params), "train": cfg.flat()}, ["train"])
     write_lineage(out, lin.derive(negatives_sha256=neg_sha, base_model=cfg.base_model))
     step_s, best = run["step_seconds"], checkpoints.best
     metrics = {
@@ -426,7 +395,7 @@ def _write_training_record(
         "best_step": best["step"] if best["state"] is not None else run["steps"],
         "best_dev_mrr@10": best["mrr@10"] if best["state"] is not None else None,
         "groups": gstats,
-        "config": asdict(cfg),
+        "config": cfg.flat(),
     }
     from hardneg.artifacts import atomic_write_json
 

@@ -93,7 +93,6 @@ def trained_tiny_query_bi(base: Path, tiny_model_dir: Path, data_dir: Path) -> P
     out = base / "hardneg-tiny-query-bi"
     if (out / CARD_FILE).exists():
         return out
-    import dataclasses
 
     import torch
 
@@ -116,7 +115,7 @@ def trained_tiny_query_bi(base: Path, tiny_model_dir: Path, data_dir: Path) -> P
         torch_threads=1,
         tune="query",
     )
-    cfg = dataclasses.replace(cfg, trainable_layers=None)  # all layers (the tiny model has 2)
+    cfg = cfg.replace(trainable_layers=None)  # all layers (the tiny model has 2)
     threads = torch.get_num_threads()
     tmp = base / "hardneg-tiny-query-bi.partial"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,6 @@ the loss, the labels it reads, determinism, learning, outputs."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import numpy as np
@@ -51,7 +50,7 @@ def cfg(model_dir, **kw) -> BiEncoderConfig:
     }
     both = {**base, **kw}
     none = {k: None for k, v in both.items() if v is None}  # from_params ignores None overrides
-    return dataclasses.replace(BiEncoderConfig.from_params(default_params(), **both), **none)
+    return BiEncoderConfig.from_params(default_params(), **both).replace(**none)
 
 
 def hand_rows(ds, seed: int = 0) -> list[dict]:
@@ -184,6 +183,40 @@ def test_config_from_params_checks_keys_and_types():
     p["train"]["bi_encoder"]["queries_per_step"] = 1
     with pytest.raises(ConfigError, match="in-batch"):
         BiEncoderConfig.from_params(p)
+
+
+def test_trainer_configs_are_views_of_the_typed_train_section_not_copies():
+    """#17 item 4: BiEncoderConfig / CrossEncoderConfig hold the typed ``train`` section (no field copied from it);
+    a change goes through dataclasses.replace of the sections, is checked again, and a typo is named."""
+    import dataclasses
+
+    from hardneg.settings import TRAIN_COMMON, settings
+    from hardneg.train import CrossEncoderConfig
+
+    p = default_params()
+    t = settings(p).train
+    for cls, sec in ((BiEncoderConfig, t.bi_encoder), (CrossEncoderConfig, t.cross_encoder)):
+        c = cls.from_params(p)
+        assert [f.name for f in dataclasses.fields(cls)] == ["train", "bf16"]
+        assert c.train == t  # the section itself, as typed by hardneg.settings
+        flat = c.flat()
+        assert set(flat) == set(TRAIN_COMMON) | {"bf16"} | {f.name for f in dataclasses.fields(sec)}
+        assert all(getattr(c, k) == v for k, v in flat.items())
+        c2 = c.replace(max_steps=7, lr=0.5)
+        assert (c2.max_steps, c2.lr, c2.train.max_steps, getattr(c2.train, cls.SECTION).lr) == (
+            7,
+            0.5,
+            7,
+            0.5,
+        )
+        assert (c.max_steps, c.lr) == (t.max_steps, sec.lr)  # the original is unchanged (frozen)
+        with pytest.raises(ConfigError, match="learning_rate"):
+            c.replace(learning_rate=1e-5)
+        with pytest.raises(AttributeError):
+            _ = c.learning_rate
+    with pytest.raises(ConfigError, match="in-batch"):  # every copy is checked, not only from_params
+        BiEncoderConfig.from_params(p).replace(queries_per_step=1)
+    assert BiEncoderConfig.from_params(p).replace(trainable_layers=None).trainable_layers is None
 
 
 def test_query_tuning_keeps_the_document_vectors_and_learns(ds, tiny_model_dir, tmp_path):

@@ -3,7 +3,6 @@ options that target generalisation (pseudo-queries, distillation, epochs; hardne
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -155,7 +154,7 @@ def _cfg(model_dir, **kw):
         trainable_layers=None,
     )
     c = BiEncoderConfig.from_params(default_params(), **{**base, **kw})
-    return dataclasses.replace(c, trainable_layers=None, torch_threads=None)
+    return c.replace(trainable_layers=None, torch_threads=None)
 
 
 def test_epochs_scale_the_steps_with_the_training_pairs(ds, tiny_model_dir):
@@ -174,7 +173,7 @@ def test_pseudo_queries_and_distillation_train_deterministically(ds, tiny_model_
     a = train_biencoder(ds, None, tmp_path / "a", c, doc_vectors=fixed)
     b = train_biencoder(ds, None, tmp_path / "b", c, doc_vectors=fixed)
     plain = train_biencoder(
-        ds, None, tmp_path / "p", dataclasses.replace(c, pseudo_queries=0.0, distill=0.0), doc_vectors=fixed
+        ds, None, tmp_path / "p", c.replace(pseudo_queries=0.0, distill=0.0), doc_vectors=fixed
     )
     ma, mb, mp = (json.loads((x / "train_metrics.json").read_text()) for x in (a, b, plain))
     ts = training_set(ds, None, "train")
@@ -191,9 +190,7 @@ def test_interpolation_steps_back_towards_the_base_weights(ds, tiny_model_dir, t
     c = _cfg(tiny_model_dir, max_steps=6, interpolate=1.0)
     fixed = document_vectors(ds, c, tmp_path / "cache")
     tuned = train_biencoder(ds, None, tmp_path / "t", c, doc_vectors=fixed)
-    half = train_biencoder(
-        ds, None, tmp_path / "h", dataclasses.replace(c, interpolate=0.5), doc_vectors=fixed
-    )
+    half = train_biencoder(ds, None, tmp_path / "h", c.replace(interpolate=0.5), doc_vectors=fixed)
     base_sd = load_biencoder(tiny_model_dir).state_dict()
     t_sd, h_sd = load_biencoder(tuned).state_dict(), load_biencoder(half).state_dict()
     moved = [k for k, v in t_sd.items() if v.is_floating_point() and not (v == base_sd[k]).all()]
