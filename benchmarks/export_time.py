@@ -33,6 +33,10 @@ import hardneg
 from hardneg.config import load_params
 from hardneg.stages import export_stage, served_evaluation_stage
 params = load_params(sys.argv[1])
+import inspect
+if "settings" in inspect.signature(export_stage).parameters:  # stages take typed settings since 2026-12-07
+    from hardneg.settings import settings
+    params = settings(params)
 data, runs, out = sys.argv[2], sys.argv[3], sys.argv[4]
 t1 = time.perf_counter()
 res = export_stage(data, f"{runs}/retrieved", f"{runs}/model", f"{runs}/eval", params, f"{out}/onnx_model", version="bench")

@@ -51,8 +51,8 @@ def _prepare(name: str, data_dir: Path, params: dict, work: Path):
     emb, red = work / name / "embeddings", work / name / "reduced"
     if not (red / "lineage.json").exists():
         t0 = time.perf_counter()
-        embed_stage(data_dir, params, None, emb)
-        reduce_stage([emb], params, red)
+        embed_stage(data_dir, s, None, emb)
+        reduce_stage([emb], s, red)
         logging.info("%s: embedded and reduced in %.0f s", name, time.perf_counter() - t0)
     return ds, red
 

@@ -10,10 +10,11 @@ def embed(
     """One (model, corpus shard) of the fan-out; the fingerprinted cache (params embed.cache_dir) makes reruns free."""
     import json
 
+    from hardneg.settings import settings
     from hardneg.stages import embed_stage, use_lineage
 
     lineage = use_lineage(lineage_json)
 
-    meta = embed_stage(data.path, json.loads(params_json), item, embeddings.path)
+    meta = embed_stage(data.path, settings(json.loads(params_json)), item, embeddings.path)
     embeddings.metadata.update({**lineage, **meta})
     return meta["fingerprint"]

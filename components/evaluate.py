@@ -19,12 +19,13 @@ def evaluate(
     gate: served MRR@10 >= first stage + pipeline.min_gain_mrr10."""
     import json
 
+    from hardneg.settings import settings
     from hardneg.stages import evaluate_stage, record_metrics, summary_markdown, use_lineage
 
     lineage = use_lineage(lineage_json)
 
-    params = json.loads(params_json)
-    summary = evaluate_stage(data.path, retrieved.path, model.path, params, evaluation.path)
+    typed = settings(json.loads(params_json))
+    summary = evaluate_stage(data.path, retrieved.path, model.path, typed, evaluation.path)
     evaluation.metadata.update({**lineage, "fusion_weight": summary.get("fusion_weight")})
     record_metrics(metrics, summary)
     with open(report.path, "w") as fh:

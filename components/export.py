@@ -21,20 +21,21 @@ def export_onnx(
     the numbers of what is deployed."""
     import json
 
+    from hardneg.settings import settings
     from hardneg.stages import export_stage, record_metrics, served_evaluation_stage, use_lineage
 
     lineage = use_lineage(lineage_json)
 
-    params = json.loads(params_json)
+    typed = settings(json.loads(params_json))
     meta = export_stage(
-        data.path, retrieved.path, model.path, evaluation.path, params, onnx_model.path, version=version
+        data.path, retrieved.path, model.path, evaluation.path, typed, onnx_model.path, version=version
     )
     onnx_model.metadata.update({**lineage, "version": version, "parity": meta["parity"]})
     served = served_evaluation_stage(
         data.path,
         retrieved.path,
         onnx_model.path,
-        params,
+        typed,
         served_evaluation.path,
     )
     record_metrics(served_metrics, served)

@@ -16,11 +16,14 @@ def mine(
     """Hard negatives for the train split (policy from params mine.policy); returns the number of pairs."""
     import json
 
+    from hardneg.settings import settings
     from hardneg.stages import mine_stage, record_metrics, use_lineage
 
     lineage = use_lineage(lineage_json)
 
-    stats = mine_stage(data.path, reduced.path, retrieved.path, json.loads(params_json), negatives.path)
+    stats = mine_stage(
+        data.path, reduced.path, retrieved.path, settings(json.loads(params_json)), negatives.path
+    )
     keep = ("policy", "split", "pairs", "pairs_without_negative", "queries_without_negative")
     meta = {k: stats[k] for k in (*keep, "negatives_per_pair_mean", "seconds") if k in stats}
     negatives.metadata.update({**lineage, **meta})

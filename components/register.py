@@ -8,8 +8,9 @@ def register(onnx_model: Input[Model], params_json: str, version: str, manifests
     """Render the versioned canary rollout (kustomize overlay with lineage annotations) for the exported model."""
     import json
 
+    from hardneg.settings import settings
     from hardneg.stages import register_stage
 
-    meta = register_stage(onnx_model.path, json.loads(params_json), version, manifests.path)
+    meta = register_stage(onnx_model.path, settings(json.loads(params_json)), version, manifests.path)
     manifests.metadata.update(meta)
     return meta["release_dir"]

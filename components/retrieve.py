@@ -16,11 +16,12 @@ def retrieve(
     for every later stage; returns the first stage's name."""
     import json
 
+    from hardneg.settings import settings
     from hardneg.stages import record_metrics, retrieve_stage, use_lineage
 
     lineage = use_lineage(lineage_json)
 
-    st = retrieve_stage(data.path, reduced.path, json.loads(params_json), retrieved.path)
+    st = retrieve_stage(data.path, reduced.path, settings(json.loads(params_json)), retrieved.path)
     meta = {
         "first_stage": st["name"],
         "bm25_weight": st["bm25_weight"],

@@ -100,6 +100,13 @@ def get_params() -> dict[str, Any]:
     return state.params
 
 
+def get_settings() -> Any:
+    """The typed settings of the params file (hardneg.settings.Settings): built here, at the door, for the stages."""
+    from hardneg.settings import settings
+
+    return settings(get_params())
+
+
 def friendly_errors(fn):
     """Turn HardnegError into a one-line message and exit code 1 (never a traceback for user errors)."""
 
@@ -160,10 +167,10 @@ def validate_cmd(
     from hardneg.errors import DataValidationError
     from hardneg.stages import validate_stage
 
-    params = get_params()
-    root = data_dir if data_dir is not None else Path(params["data"]["dir"])
+    settings = get_settings()
+    root = data_dir if data_dir is not None else Path(settings.data.dir)
     try:
-        summary = validate_stage(root, params, json_out=json_out, data_docs_dir=data_docs)["report"]
+        summary = validate_stage(root, settings, json_out=json_out, data_docs_dir=data_docs)["report"]
     except DataValidationError as e:
         if e.summary is not None:
             _print_validation(root, e.summary, json_out)
@@ -217,10 +224,10 @@ def embed_cmd(
 
     from hardneg.stages import embed_stage
 
-    params = get_params()
-    root = data_dir if data_dir is not None else Path(params["data"]["dir"])
+    settings = get_settings()
+    root = data_dir if data_dir is not None else Path(settings.data.dir)
     t0 = time.perf_counter()
-    man = embed_stage(root, params, None, out_dir, progress=not no_progress)["manifest"]
+    man = embed_stage(root, settings, None, out_dir, progress=not no_progress)["manifest"]
     rows = [
         [
             e["model"],
@@ -252,7 +259,7 @@ def reduce_cmd(
     `reduce` stage (hardneg.stages.reduce_stage)."""
     from hardneg.stages import reduce_stage
 
-    st = reduce_stage([emb_dir], get_params(), out_dir)
+    st = reduce_stage([emb_dir], get_settings(), out_dir)
     rows = [
         [
             " + ".join(f"{m}:{d}" for m, d in zip(st["models"], st["part_dims"], strict=True)),
@@ -300,7 +307,7 @@ def retrieve_cmd(
     (hardneg.stages.retrieve_stage). mine, train, evaluate and export read its folder."""
     from hardneg.stages import retrieve_stage
 
-    st = retrieve_stage(_dataset_root(data_dir), reduced_dir, get_params(), out_dir)
+    st = retrieve_stage(_dataset_root(data_dir), reduced_dir, get_settings(), out_dir)
     top_up = (st["splits"].get("top_up") or {}).get("moved", 0)
     rows = [
         ["first stage", st["name"]],
@@ -334,17 +341,16 @@ def mine_cmd(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="hide progress bars")] = False,
 ) -> None:
     """Mine hard negatives for every (query, positive) pair of the train split: the `mine` stage (policies: README)."""
-    import copy
 
     from hardneg.stages import mine_stage
 
-    params = copy.deepcopy(get_params())
+    settings = get_settings()
     if policy:
-        params["mine"]["policy"] = policy
+        settings = settings.override({"mine": {"policy": policy}})
     if split:
-        params["data"]["train_split"] = split
-    root = data_dir if data_dir is not None else Path(params["data"]["dir"])
-    st = mine_stage(root, reduced_dir, retrieved_dir, params, out_dir, progress=not no_progress)
+        settings = settings.override({"data": {"train_split": split}})
+    root = data_dir if data_dir is not None else Path(settings.data.dir)
+    st = mine_stage(root, reduced_dir, retrieved_dir, settings, out_dir, progress=not no_progress)
     rej = ", ".join(f"{k}={v}" for k, v in (st.get("rejected") or {}).items() if v) or "none"
     keys = (
         "policy",
@@ -395,14 +401,13 @@ def train_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="override params train.seed")] = None,
 ) -> None:
     """Train the reranker of params train.kind (bi-encoder | cross-encoder) on mined negatives: the `train` stage."""
-    import copy
 
     from hardneg.stages import train_stage
 
-    params = copy.deepcopy(get_params())
-    params["train"].update({k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None})
+    changes = {k: v for k, v in {"max_steps": max_steps, "seed": seed}.items() if v is not None}
+    settings = get_settings().override({"train": changes})
     negatives = negatives.parent if negatives.is_file() else negatives
-    res = train_stage(_dataset_root(data_dir), retrieved_dir, negatives, params, out_dir)
+    res = train_stage(_dataset_root(data_dir), retrieved_dir, negatives, settings, out_dir)
     print_table(f"reranker -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 
@@ -428,13 +433,13 @@ def evaluate_cmd(
     fusion (weight chosen on dev) on the test split: the `evaluate` stage (or the served evaluation of an export)."""
     from hardneg.stages import evaluate_stage, served_evaluation_stage
 
-    params = get_params()
+    settings = get_settings()
     if onnx_dir is not None:
-        res = served_evaluation_stage(_dataset_root(data_dir), retrieved_dir, onnx_dir, params, out_dir)
+        res = served_evaluation_stage(_dataset_root(data_dir), retrieved_dir, onnx_dir, settings, out_dir)
     else:
         if not (model_dir / "config.json").exists():
             raise HardnegError(f"no trained model in {model_dir} (run `hardneg train` first)")
-        res = evaluate_stage(_dataset_root(data_dir), retrieved_dir, model_dir, params, out_dir)
+        res = evaluate_stage(_dataset_root(data_dir), retrieved_dir, model_dir, settings, out_dir)
     print_table(f"test split -> {out_dir}", ["", ""], [[k, v] for k, v in res.items()])
 
 
@@ -488,7 +493,7 @@ def export_cmd(
     comes from the folder's model card (hardneg_model.json, hardneg.model_card.read_card)."""
     from hardneg.stages import export_stage
 
-    params = get_params()
+    settings = get_settings()
     root = _dataset_root(data_dir)
     if not no_dev and not (root / "qrels").is_dir():
         raise HardnegError(
@@ -496,7 +501,7 @@ def export_cmd(
         )
     evaluation = None if no_fusion else evaluation_dir
     res = export_stage(
-        root, retrieved_dir, model_dir, evaluation, params, out, version=version, dev=not no_dev
+        root, retrieved_dir, model_dir, evaluation, settings, out, version=version, dev=not no_dev
     )
     print_table(f"exported {model_dir} -> {out}", ["", ""], _export_rows(res["parity"], res["metadata"]))
 

@@ -103,7 +103,8 @@ def _mine(ds: Any, reduced_dir: Any, params: Mapping[str, Any], work: Any) -> li
     from pathlib import Path
 
     from hardneg.reduce import load_reduced
+    from hardneg.settings import settings
     from hardneg.stages import mine_rows
 
-    rows, _ = mine_rows(ds, load_reduced(reduced_dir), params, Path(work), progress=False)
+    rows, _ = mine_rows(ds, load_reduced(reduced_dir), settings(params), Path(work), progress=False)
     return rows

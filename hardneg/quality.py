@@ -45,6 +45,7 @@ from hardneg.baselines import (
     no_training_systems,
 )
 from hardneg.errors import ConfigError
+from hardneg.settings import Settings, settings
 from hardneg.study_report import report_html, summarize
 
 log = logging.getLogger(__name__)
@@ -192,18 +193,18 @@ class StudyStages:
 
         return (folder / CHECKSUMS_FILE).exists()
 
-    def space(self, p: Mapping[str, Any]) -> Path:
+    def space(self, p: Settings) -> Path:
         """embed (from the embedding cache) + reduce with ``p``'s models, weights and PCA: the reduced folder."""
         from hardneg.stages import embed_stage, reduce_stage
 
-        folder = self.work / "spaces" / _digest([p["embed"], p["reduce"]])
+        folder = self.work / "spaces" / _digest([p.params["embed"], p.params["reduce"]])
         if not self._done(folder / "reduced"):
             if not self._done(folder / "embeddings"):
                 embed_stage(self.data_dir, p, None, folder / "embeddings", progress=self.progress)
             reduce_stage([folder / "embeddings"], p, folder / "reduced")
         return folder / "reduced"
 
-    def retrieved(self, p: Mapping[str, Any], reduced: Path) -> Path:
+    def retrieved(self, p: Settings, reduced: Path) -> Path:
         """The retrieve stage, once for every arm (the served first stage and the split record)."""
         from hardneg.stages import retrieve_stage
 
@@ -212,12 +213,12 @@ class StudyStages:
             retrieve_stage(self.data_dir, reduced, p, folder)
         return folder
 
-    def mined(self, arm: str, p: Mapping[str, Any], reduced: Path, retrieved: Path) -> Path:
+    def mined(self, arm: str, p: Settings, reduced: Path, retrieved: Path) -> Path:
         """The mine stage with the arm's policy and space (one shared run for the arms that sample no mined
         negative)."""
         from hardneg.stages import mine_stage
 
-        folder = self.work / "mined" / _digest([p["embed"], p["reduce"], p["mine"], p["data"]])
+        folder = self.work / "mined" / _digest([p.params[k] for k in ("embed", "reduce", "mine", "data")])
         if not self._done(folder):
             mine_stage(self.data_dir, reduced, retrieved, p, folder, progress=self.progress)
         return folder
@@ -229,12 +230,11 @@ class StudyStages:
         from hardneg.mine import STATS_FILE
         from hardneg.stages import evaluate_stage, train_stage
 
-        p = self.params_of(arm, seed)
-        base = self.params_of(
-            "paper", seed
-        )  # the ensemble space with the dev-chosen weights: the first stage's
+        p = settings(self.params_of(arm, seed))
+        # the ensemble space with the dev-chosen weights: the first stage's
+        base = settings(self.params_of("paper", seed))
         retrieved = self.retrieved(base, self.space(base))
-        mine_p = self.params_of("random", seed) if arm in MINES_NOTHING else p
+        mine_p = settings(self.params_of("random", seed)) if arm in MINES_NOTHING else p
         mined = self.mined(arm, mine_p, self.space(mine_p), retrieved)
         model = self.work / "models" / f"{arm}-{seed}"
         evaluation = self.work / "evaluations" / f"{arm}-{seed}"
@@ -488,7 +488,10 @@ def run_study(
             key=lambda n: (baseline[n]["dev"]["mrr@10"], baseline[n]["dev"]["ndcg@10"]),
         ),
         "best_policy": best,
-        "rerank_depth": int(params["retrieve"]["rerank_depth"]),
+        # the rerank depth the evaluate stage chose on dev for the best arm, per seed (its served system's k)
+        "rerank_depth": " / ".join(
+            str(state["arms"][best][s].get("rerank_depth")) for s in sorted(state["arms"][best], key=int)
+        ),
         "seen_unseen": "seen: a relevant document of the query is a positive of a training query (the train split "
         "after the dev top-up); unseen: none is (hardneg.generalization)",
         "reranker_alone": {"arm": best, "what": WHAT["alone"], **means("alone")},

@@ -432,13 +432,48 @@ class Settings:
     pipeline: Pipeline
     release: Release
     mine: MineConfig
+    # the validated params dict these were built from (packaged defaults merged): what the modules that still read
+    # a dict, and the lineage's params hashes, get (:attr:`params`); not part of equality
+    source: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """A fresh copy of the validated params dict (packaged defaults merged) these settings were built from."""
+        return copy.deepcopy(dict(self.source))
+
+    def override(self, changes: Mapping[str, Any]) -> Settings:
+        """New settings with ``changes`` (a nested params mapping, e.g. ``{"mine": {"policy": "random"}}``) merged
+        over these, every key checked again; the dict the modules below read changes with them."""
+        return settings(merge_params(self.params, dict(changes)))
 
 
 # ----------------------------------------------------------------------------------------------------- building
 
 
-def settings(params: Mapping[str, Any]) -> Settings:
-    """Typed settings of ``params`` (merged over the packaged defaults first, so a partial dict is fine)."""
+def settings(params: Mapping[str, Any] | Settings) -> Settings:
+    """Typed settings of ``params`` (merged over the packaged defaults first, so a partial dict is fine); built
+    once at each door (CLI, KFP component) and handed to the stage functions. Settings are returned as they are."""
+    if isinstance(params, Settings):
+        return params
+    import json
+
+    # the modules below the stages still look sections up from a dict (:func:`section`): build each dict once
+    return _settings_of(json.dumps(params, sort_keys=True, default=str), params)
+
+
+_BUILT: dict[str, Settings] = {}
+
+
+def _settings_of(key: str, params: Mapping[str, Any]) -> Settings:
+    """:func:`settings` of a dict, memoised by its content (``key``: its canonical JSON; a few recent ones kept)."""
+    if key not in _BUILT:
+        if len(_BUILT) >= 32:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = _build_settings(params)
+    return _BUILT[key]
+
+
+def _build_settings(params: Mapping[str, Any]) -> Settings:
     full = merge_params(default_params(), dict(params))
     unknown = sorted(set(full) - set(SECTIONS) - {"mine"})
     if unknown:
@@ -458,10 +493,10 @@ def settings(params: Mapping[str, Any]) -> Settings:
         )
     if serve.max_batch_texts < 1:
         raise ConfigError(f"serve.max_batch_texts must be >= 1, got {serve.max_batch_texts}")
-    return Settings(**built, mine=mine)
+    return Settings(**built, mine=mine, source=full)
 
 
-def section(params: Mapping[str, Any], name: str) -> Any:
+def section(params: Mapping[str, Any] | Settings, name: str) -> Any:
     """One typed section, e.g. ``section(params, "train").max_steps``."""
     return getattr(settings(params), name)
 

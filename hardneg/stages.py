@@ -3,12 +3,13 @@
 These are what the KFP components (``components/``) and ``dvc.yaml`` call; each is a few lines of glue over the
 module that owns the logic (validate, embed, reduce, retrieve, mine, train, evaluate, export, release) and
 returns a small JSON-able dict that the component copies into its output artifact's metadata (lineage included), so
-KFP caching and the UI follow content. ``params`` is always the full params dict (``hardneg.config.load_params``).
+KFP caching and the UI follow content. ``settings`` is always the typed :class:`hardneg.settings.Settings`, built once
+at the door (the CLI, a KFP component) by :func:`hardneg.settings.settings`; the modules below that still read a
+params dict get ``settings.params`` (the validated dict the settings were built from, defaults merged).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from hardneg.artifacts import FUSION_FILE
 from hardneg.errors import DataValidationError, GateFailedError, HardnegError
-from hardneg.settings import section
+from hardneg.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def fetch_data_stage(
 
 def validate_stage(
     data_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     report_path: str | os.PathLike | None = None,
     *,
     json_out: str | os.PathLike | None = None,
@@ -94,7 +95,7 @@ def validate_stage(
     from hardneg.lineage import data_version
     from hardneg.validate import validate_dataset
 
-    report = validate_dataset(data_dir, dict(params), data_docs_dir=data_docs_dir)
+    report = validate_dataset(data_dir, settings.params, data_docs_dir=data_docs_dir)
     summary = report.to_dict()
     if report_path is not None:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
@@ -136,21 +137,21 @@ def validation_markdown(summary: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------- embed
 
 
-def embed_items(params: Mapping[str, Any]) -> list[dict[str, Any]]:
+def embed_items(settings: Settings) -> list[dict[str, Any]]:
     """The fan-out of the embed stage: one item per (model, corpus shard); ``embed.shards`` > 1 splits the corpus."""
-    shards = section(params, "embed").shards
+    shards = settings.embed.shards
     if shards < 1:
         raise HardnegError(f"embed.shards must be >= 1, got {shards} (params.yaml)")
     return [
         {"model": dict(m), "shard": s, "num_shards": shards}
-        for m in params["embed"]["models"]
+        for m in settings.params["embed"]["models"]
         for s in range(shards)
     ]
 
 
 def embed_stage(
     data_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     item: Mapping[str, Any] | None,
     out_dir: str | os.PathLike,
     *,
@@ -164,7 +165,7 @@ def embed_stage(
 
     ds = load_dataset(data_dir)
     if item is None:
-        return {"manifest": embed_dataset(ds, params, out_dir, progress=progress)}
+        return {"manifest": embed_dataset(ds, settings.params, out_dir, progress=progress)}
     shard, n = int(item.get("shard", 0)), int(item.get("num_shards", 1))
     if not 0 <= shard < n:
         raise HardnegError(f"embed shard {shard} out of range for {n} shards")
@@ -174,7 +175,7 @@ def embed_stage(
         ds = BeirDataset(
             ds.root, {d: ds.corpus[d] for d in ids[lo:hi]}, ds.queries if shard == 0 else {}, ds.qrels
         )
-    p = copy.deepcopy(dict(params))
+    p = settings.params
     p["embed"]["models"] = [dict(item["model"])]
     top = embed_dataset(ds, p, out_dir, progress=progress)
     meta = {"shard": shard, "num_shards": n, "model": item["model"]["name"]}
@@ -243,18 +244,19 @@ def merge_embedding_shards(shard_dirs: Sequence[str | os.PathLike], out_dir: str
 
 
 def reduce_stage(
-    emb_dirs: Sequence[str | os.PathLike], params: Mapping[str, Any], out_dir: str | os.PathLike
+    emb_dirs: Sequence[str | os.PathLike], settings: Settings, out_dir: str | os.PathLike
 ) -> dict[str, Any]:
     """PCA over the concatenated model vectors. ``emb_dirs``: one ``hardneg embed`` folder (all models) or the
     per-(model, shard) folders of the pipeline's fan-out, merged first. Returns the reduce stats (reduce.json)."""
     from hardneg.reduce import reduce_embeddings
 
     if len(emb_dirs) == 1 and not (Path(emb_dirs[0]) / EMBED_SHARD_FILE).exists():
-        return reduce_embeddings(emb_dirs[0], params, out_dir)  # already one folder: nothing to merge
+        # already one folder: nothing to merge
+        return reduce_embeddings(emb_dirs[0], settings.params, out_dir)
     merged = Path(out_dir).parent / (Path(out_dir).name + ".merged-embeddings")
     try:
         merge_embedding_shards(emb_dirs, merged)
-        return reduce_embeddings(merged, params, out_dir)
+        return reduce_embeddings(merged, settings.params, out_dir)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
 
@@ -265,7 +267,7 @@ def reduce_stage(
 def retrieve_stage(
     data_dir: str | os.PathLike,
     reduced_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """The splits (dev carved / topped up from train) and the first stage of the dev and test queries, decided
@@ -274,18 +276,17 @@ def retrieve_stage(
     from hardneg.data import load_dataset_for
     from hardneg.first_stage import write_retrieved
 
+    params = settings.params
     ds, record = load_dataset_for(data_dir, params)
     summary = write_retrieved(ds, record, reduced_dir, params, out_dir)
     return {**summary, "splits": record}
 
 
-def _split_dataset(
-    data_dir: str | os.PathLike, retrieved: Any, params: Mapping[str, Any]
-) -> tuple[Any, dict]:
+def _split_dataset(data_dir: str | os.PathLike, retrieved: Any, settings: Settings) -> tuple[Any, dict]:
     """The dataset with the retrieve stage's train / dev split (never carved again)."""
     from hardneg.data import load_dataset_for
 
-    return load_dataset_for(data_dir, params, splits=retrieved.splits)
+    return load_dataset_for(data_dir, settings.params, splits=retrieved.splits)
 
 
 def _retrieved(retrieved_dir: str | os.PathLike) -> Any:
@@ -301,7 +302,7 @@ def mine_stage(
     data_dir: str | os.PathLike,
     reduced_dir: str | os.PathLike,
     retrieved_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     out_dir: str | os.PathLike,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -312,7 +313,7 @@ def mine_stage(
     from hardneg.mine import write_outputs
     from hardneg.reduce import load_reduced
 
-    ds, _ = _split_dataset(data_dir, _retrieved(retrieved_dir), params)
+    ds, _ = _split_dataset(data_dir, _retrieved(retrieved_dir), settings)
     vectors = load_reduced(reduced_dir)
     try:
         inputs = dict(read_lineage(reduced_dir).inputs)
@@ -324,15 +325,15 @@ def mine_stage(
         raise HardnegError(
             f"{reduced_dir} was embedded from another corpus than {corpus_file}: rerun `hardneg embed` and `hardneg reduce`"
         )
-    rows, stats = mine_rows(ds, vectors, params, Path(out_dir), progress)
-    write_outputs(out_dir, rows, stats, params, inputs)
+    rows, stats = mine_rows(ds, vectors, settings, Path(out_dir), progress)
+    write_outputs(out_dir, rows, stats, settings.params, inputs)
     return stats  # = mine_stats.json
 
 
 def mine_rows(
     ds: Any,
     vectors: tuple[Any, list[str], Any, list[str]],
-    params: Mapping[str, Any],
+    settings: Settings,
     work: Path,
     progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -344,14 +345,14 @@ def mine_rows(
     from hardneg.mine import mine_negatives
 
     D, doc_ids, Q, query_ids = vectors
-    split = section(params, "data").train_split
-    if section(params, "mine").policy != "st-default":
+    split = settings.data.train_split
+    if settings.mine.policy != "st-default":
         return mine_negatives(
-            ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, params, progress=progress
+            ds, np.asarray(D), doc_ids, np.asarray(Q), query_ids, split, settings.params, progress=progress
         )
     from hardneg.anchors import add_distances
 
-    rows, stats = _st_default_negatives(ds, params, split, work)
+    rows, stats = _st_default_negatives(ds, settings, split, work)
     add_distances(rows, np.asarray(D), doc_ids, np.asarray(Q), query_ids)
     stats.update(
         split=split,
@@ -364,7 +365,7 @@ def mine_rows(
     return rows, stats
 
 
-def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_dir: Path) -> tuple[list, dict]:
+def _st_default_negatives(ds: Any, settings: Settings, split: str, out_dir: Path) -> tuple[list, dict]:
     """sentence-transformers' miner with its defaults and ``mine.num_negatives``, on the reranker's base model (the
     quality study's ``st-default`` arm); its vectors come from the embedding cache (computed by `hardneg embed` when
     the base model is an embed model; otherwise embedded once and cached)."""
@@ -373,11 +374,11 @@ def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_di
     from hardneg.anchors import st_negatives
     from hardneg.embed import embed_texts
 
-    name = section(params, "train").base_model
-    mcfg = next((m for m in params["embed"]["models"] if str(m["name"]) == name), {"name": name})
+    name = settings.train.base_model
+    mcfg = next((m for m in settings.params["embed"]["models"] if str(m["name"]) == name), {"name": name})
     from hardneg.hw import use_bf16
 
-    emb = section(params, "embed")
+    emb = settings.embed
     cache, bf16 = emb.cache_dir, use_bf16(emb.bf16)
     doc_ids, query_ids = list(ds.corpus), list(ds.queries)
     D = embed_texts([ds.corpus[d].full_text for d in doc_ids], mcfg, cache, "document", False, bf16=bf16)
@@ -387,11 +388,11 @@ def _st_default_negatives(ds: Any, params: Mapping[str, Any], split: str, out_di
         return st_negatives(
             ds,
             split,
-            params,
+            settings.params,
             None,
             st_cache,
             relative_margin=None,
-            num_negatives=section(params, "mine").num_negatives,
+            num_negatives=settings.mine.num_negatives,
             strategy="st-default",
             vectors=(D, doc_ids, Q, query_ids),
             model_name=name,
@@ -407,7 +408,7 @@ def train_stage(
     data_dir: str | os.PathLike,
     retrieved_dir: str | os.PathLike,
     mined_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """Train the reranker of ``train.kind`` on the mined negatives (train split; dev, with the retrieve stage's
@@ -415,13 +416,13 @@ def train_stage(
     from hardneg.mine import NEGATIVES_FILE, read_negatives
 
     retrieved = _retrieved(retrieved_dir)
-    ds, split_record = _split_dataset(data_dir, retrieved, params)
+    ds, split_record = _split_dataset(data_dir, retrieved, settings)
     rows = read_negatives(mined_dir)
-    kind = section(params, "train").kind
-    dev_split = section(params, "data").dev_split
+    kind = settings.train.kind
+    dev_split = settings.data.dev_split
     if kind == "bi-encoder":
         fs_dev, _ = retrieved.first_stage(ds, [dev_split])
-        model_dir = _train_biencoder(ds, rows, fs_dev, params, out_dir, Path(mined_dir) / NEGATIVES_FILE)
+        model_dir = _train_biencoder(ds, rows, fs_dev, settings, out_dir, Path(mined_dir) / NEGATIVES_FILE)
     elif kind == "cross-encoder":
         from hardneg.train import train_reranker
 
@@ -430,7 +431,7 @@ def train_stage(
             ds,
             rows,
             out_dir,
-            params,
+            settings.params,
             dev_candidates=dev,
             negatives_file=Path(mined_dir) / NEGATIVES_FILE,
             progress=False,
@@ -442,13 +443,13 @@ def train_stage(
     return {"kind": kind, **out, "dev_queries": split_record["top_up"]["dev_queries"]}
 
 
-def _dev_eval(ds, fs, params, cfg, fixed):
+def _dev_eval(ds, fs, settings, cfg, fixed):
     """``model -> dev MRR@10`` of the model alone over the first stage's (``fs``, dev queries) top ``eval_depth``
     (checkpoint choice)."""
     from hardneg.biencoder import encode
     from hardneg.evaluate import evaluate_run, top_candidates
 
-    dev_q = ds.split_qrels(section(params, "data").dev_split)
+    dev_q = ds.split_qrels(settings.data.dev_split)
     cand = top_candidates(fs, cfg.eval_depth, sorted(dev_q))
     docs = sorted({d for c in cand.values() for d in c})
     pos = {d: i for i, d in enumerate(docs)}
@@ -469,27 +470,27 @@ def _dev_eval(ds, fs, params, cfg, fixed):
     return dev_eval
 
 
-def _train_biencoder(ds, rows, fs_dev, params, out_dir, negatives_file: Path) -> Path:
+def _train_biencoder(ds, rows, fs_dev, settings, out_dir, negatives_file: Path) -> Path:
     from hardneg.biencoder import BiEncoderConfig, document_vectors, train_biencoder
     from hardneg.lineage import sha256_file
 
-    cfg = BiEncoderConfig.from_params(params)
-    cache_dir = section(params, "embed").cache_dir
+    cfg = BiEncoderConfig.from_params(settings)
+    cache_dir = settings.embed.cache_dir
     fixed = document_vectors(ds, cfg, cache_dir) if cfg.tune == "query" else None
     return train_biencoder(
         ds,
         rows,
         out_dir,
         cfg,
-        train_split=section(params, "data").train_split,
-        dev_eval=_dev_eval(ds, fs_dev, params, cfg, fixed) if cfg.eval_every else None,
+        train_split=settings.data.train_split,
+        dev_eval=_dev_eval(ds, fs_dev, settings, cfg, fixed) if cfg.eval_every else None,
         lineage_extra={"negatives_sha256": sha256_file(negatives_file)},
-        params_for_hash=params,
+        params_for_hash=settings.params,
         doc_vectors=fixed,
     )
 
 
-def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset: Any) -> Any:
+def make_scorer(model_dir: str | os.PathLike, settings: Settings, dataset: Any) -> Any:
     """The torch scorer of a trained model folder, by its model card: cosine for a bi-encoder (documents through the
     base model's cached vectors when it was trained with ``tune: query``), sigmoid for a cross-encoder; both truncate
     at the card's max_length (what the model was trained with)."""
@@ -499,16 +500,16 @@ def make_scorer(model_dir: str | os.PathLike, params: Mapping[str, Any], dataset
     if card.kind == BI_ENCODER:
         from hardneg.biencoder import BiEncoderConfig, BiEncoderScorer, document_vectors
 
-        cfg = BiEncoderConfig.from_params(params, base_model=card.base_model, max_length=card.max_length)
+        cfg = BiEncoderConfig.from_params(settings, base_model=card.base_model, max_length=card.max_length)
         scorer = BiEncoderScorer(model_dir, max_length=card.max_length, bf16=cfg.bf16)
         if card.tune == TUNE_QUERY:
-            D, ids = document_vectors(dataset, cfg, section(params, "embed").cache_dir)
+            D, ids = document_vectors(dataset, cfg, settings.embed.cache_dir)
             scorer.preload([dataset.corpus[d].full_text for d in ids], D)
         return scorer
     from hardneg.scoring import CrossEncoderScorer
     from hardneg.train import CrossEncoderConfig
 
-    cfg = CrossEncoderConfig.from_params(params)
+    cfg = CrossEncoderConfig.from_params(settings)
     return CrossEncoderScorer(model_dir, max_length=card.max_length, bf16=cfg.bf16)
 
 
@@ -519,7 +520,7 @@ def evaluate_stage(
     data_dir: str | os.PathLike,
     retrieved_dir: str | os.PathLike,
     model_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """Evaluate the first stage (the no-training baseline), the reranker and the served fusion on the test split
@@ -529,11 +530,11 @@ def evaluate_stage(
     from hardneg.lineage import read_lineage
 
     retrieved = _retrieved(retrieved_dir)
-    ds, split_record = _split_dataset(data_dir, retrieved, params)
-    d = section(params, "data")
+    ds, split_record = _split_dataset(data_dir, retrieved, settings)
+    d = settings.data
     run, info = retrieved.first_stage(ds, [d.dev_split, d.test_split])
     ev = evaluate_reranker(
-        ds, make_scorer(model_dir, params, ds), run, params, extra_first_stages=info["runs"]
+        ds, make_scorer(model_dir, settings, ds), run, settings.params, extra_first_stages=info["runs"]
     )
     from hardneg.model_card import read_card
 
@@ -542,17 +543,17 @@ def evaluate_stage(
     ev.metrics["first_stage_bm25_weight"] = info["bm25_weight"]
     ev.metrics["splits"] = split_record
     write_evaluation(ev, out_dir, lineage=read_lineage(model_dir))
-    return headline(ev.metrics, params)
+    return headline(ev.metrics, settings)
 
 
-def headline(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def headline(metrics: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
     """Flatten the metrics to the numbers a pipeline run reports, and apply the quality gate:
     served (fusion) MRR@10 on test >= first stage + ``pipeline.min_gain_mrr10``."""
     systems = metrics["systems"]
     first = systems["first_stage"]["mrr@10"]
     served_name = "fusion" if "fusion" in systems else "rerank"
     served = systems[served_name]["mrr@10"]
-    min_gain = section(params, "pipeline").min_gain_mrr10
+    min_gain = settings.pipeline.min_gain_mrr10
     out: dict[str, Any] = {
         "first_stage": metrics.get("first_stage_name", "dense"),
         "first_stage_mrr@10": round(first, 4),
@@ -586,7 +587,7 @@ def export_stage(
     retrieved_dir: str | os.PathLike,
     model_dir: str | os.PathLike,
     evaluation_dir: str | os.PathLike | None,
-    params: Mapping[str, Any],
+    settings: Settings,
     out_dir: str | os.PathLike,
     version: str | None = None,
     *,
@@ -607,19 +608,19 @@ def export_stage(
     ds = None
     if dev:
         retrieved = _retrieved(retrieved_dir)
-        ds, _ = _split_dataset(data_dir, retrieved, params)
-        dev_split = section(params, "data").dev_split
-        depth = int(fusion.get("depth") or section(params, "retrieve").rerank_depth)
+        ds, _ = _split_dataset(data_dir, retrieved, settings)
+        dev_split = settings.data.dev_split
+        depth = int(fusion.get("depth") or settings.retrieve.rerank_depth)
         run, _ = retrieved.first_stage(ds, [dev_split])  # the served first stage's dev candidates
-        max_queries = section(params, "export").parity_dev_queries
+        max_queries = settings.export.parity_dev_queries
         dev_set = DevSet.from_dataset(ds, split=dev_split, run=run, depth=depth, max_queries=max_queries)
-    corpus, skipped = export_corpus_vectors(data_dir, model_dir, params, ds)
+    corpus, skipped = export_corpus_vectors(data_dir, model_dir, settings, ds)
     res = export_from_params(
         model_dir,
         out_dir,
-        dict(params),
+        settings.params,
         dev_set,
-        model_name=section(params, "serve").model_name,
+        model_name=settings.serve.model_name,
         version=version,
         fusion_file=fusion_file,
         corpus_vectors=corpus,
@@ -629,7 +630,7 @@ def export_stage(
 
 
 def export_corpus_vectors(
-    data_dir: str | os.PathLike, model_dir: str | os.PathLike, params: Mapping[str, Any], dataset: Any = None
+    data_dir: str | os.PathLike, model_dir: str | os.PathLike, settings: Settings, dataset: Any = None
 ) -> tuple[Any, str | None]:
     """The corpus vectors a ``tune: query`` bi-encoder's export ships (:class:`hardneg.export.CorpusVectors`) or
     ``None`` and why not (params ``export.corpus_vectors``, :func:`hardneg.export.corpus_vectors_decision`). They
@@ -643,7 +644,7 @@ def export_corpus_vectors(
     from hardneg.model_card import read_card
 
     card = read_card(model_dir)
-    policy = section(params, "export").corpus_vectors
+    policy = settings.export.corpus_vectors
     if policy is False:
         return None, "export.corpus_vectors: false"
     if dataset is None and card.separate_document_encoder:
@@ -655,17 +656,17 @@ def export_corpus_vectors(
 
         dataset = load_dataset(data_dir)
     n_docs = len(dataset.corpus) if dataset is not None else 0
-    ship, why = corpus_vectors_decision(policy, card, n_docs, section(params, "serve").doc_cache_size)
+    ship, why = corpus_vectors_decision(policy, card, n_docs, settings.serve.doc_cache_size)
     if not ship:
         log.info("no corpus vectors shipped: %s", why)
         return None, why
     from hardneg.biencoder import BiEncoderConfig, document_vectors
 
-    cfg = BiEncoderConfig.from_params(params, base_model=card.document_encoder, max_length=card.max_length)
+    cfg = BiEncoderConfig.from_params(settings, base_model=card.document_encoder, max_length=card.max_length)
     stats: dict[str, Any] = {}
     try:
         vectors, ids = document_vectors(
-            dataset, cfg, section(params, "embed").cache_dir, stats=stats, cached_only=policy == "auto"
+            dataset, cfg, settings.embed.cache_dir, stats=stats, cached_only=policy == "auto"
         )
     except NotCachedError as e:
         log.info("no corpus vectors shipped: %s", e)
@@ -698,7 +699,7 @@ def served_evaluation_stage(
     data_dir: str | os.PathLike,
     retrieved_dir: str | os.PathLike,
     export_dir: str | os.PathLike,
-    params: Mapping[str, Any],
+    settings: Settings,
     out_dir: str | os.PathLike,
 ) -> dict[str, Any]:
     """Evaluate what is served on the test split: the export's ``served_variant`` through
@@ -718,16 +719,14 @@ def served_evaluation_stage(
 
     # verified export; its served_variant and recorded fusion weight; a bi-encoder's document cache as params
     # serve.doc_cache_size sizes the server's, holding the export's corpus vectors when it ships them
-    scorer = OnnxScorer(export_dir, doc_cache_size=section(params, "serve").doc_cache_size)
+    scorer = OnnxScorer(export_dir, doc_cache_size=settings.serve.doc_cache_size)
     variant, weight = scorer.reranker.variant, scorer.reranker.fusion_weight
     retrieved = _retrieved(retrieved_dir)
-    ds, _ = _split_dataset(data_dir, retrieved, params)
-    test_qrels = ds.split_qrels(section(params, "data").test_split)
+    ds, _ = _split_dataset(data_dir, retrieved, settings)
+    test_qrels = ds.split_qrels(settings.data.test_split)
     fusion = scorer.reranker.metadata.get("fusion") or {}
-    depth = int(
-        fusion.get("depth") or section(params, "retrieve").rerank_depth
-    )  # what evaluation chose on dev
-    run, info = retrieved.first_stage(ds, [section(params, "data").test_split])
+    depth = int(fusion.get("depth") or settings.retrieve.rerank_depth)  # what evaluation chose on dev
+    run, info = retrieved.first_stage(ds, [settings.data.test_split])
     fs = restrict(run, test_qrels)
     scores = rerank_scores(
         scorer,
@@ -746,10 +745,10 @@ def served_evaluation_stage(
                 )
         systems["fusion"] = combine(fs, scores, depth, per_q)
     results = {name: evaluate_run(run, test_qrels) for name, run in systems.items()}
-    train_split = section(params, "data").train_split
+    train_split = settings.data.train_split
     ids = split_ids(test_qrels, training_positives(ds, train_split) if train_split in ds.qrels else set())
     metrics: dict[str, Any] = {
-        "split": section(params, "data").test_split,
+        "split": settings.data.test_split,
         "rerank_depth": depth,
         "fusion_weight": weight,
         "first_stage_name": info["name"],
@@ -763,7 +762,7 @@ def served_evaluation_stage(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return {"variant": variant, **headline(metrics, params)}
+    return {"variant": variant, **headline(metrics, settings)}
 
 
 def require_gate(summary: Mapping[str, Any]) -> None:
@@ -784,7 +783,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def register_stage(
-    export_dir: str | os.PathLike, params: Mapping[str, Any], version: str, out_dir: str | os.PathLike
+    export_dir: str | os.PathLike, settings: Settings, version: str, out_dir: str | os.PathLike
 ) -> dict[str, Any]:
     """Render the canary rollout of ``version`` (kustomize overlay + lineage annotations) into ``out_dir``; the
     release history lives under the pipeline root (``<pipeline_root>/releases``)."""
@@ -792,9 +791,10 @@ def register_stage(
 
     from hardneg.release import ReleaseSettings, release
 
-    releases = Path(section(params, "pipeline").pipeline_root).resolve() / "releases"
-    settings = dataclasses.replace(ReleaseSettings.from_params(dict(params)), releases_dir=releases)
-    res = release(version=version, model_dir=export_dir, out=out_dir, params=dict(params), settings=settings)
+    releases = Path(settings.pipeline.pipeline_root).resolve() / "releases"
+    params = settings.params
+    chosen = dataclasses.replace(ReleaseSettings.from_params(params), releases_dir=releases)
+    res = release(version=version, model_dir=export_dir, out=out_dir, params=params, settings=chosen)
     return {
         "release_dir": str(res.out_dir),
         "version": version,

@@ -186,7 +186,7 @@ def readme_table(q: Mapping[str, Any]) -> str:
     if "reranker_rerank" in q:
         rr = q["reranker_rerank"]
         lines.append(
-            f"| tuned model alone, reordering the first stage's top {q.get('rerank_depth', 'k')} | "
+            f"| tuned model alone, reordering the first stage's top k (k on dev: {q.get('rerank_depth', '?')}) | "
             f"{f(rr['test']['mrr@10'])} | {part(rr, 'test_seen')} | {part(rr, 'test_unseen')} | "
             f"{f(rr['test']['ndcg@10'])} |"
         )

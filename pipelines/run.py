@@ -70,7 +70,7 @@ def pipeline_arguments(
         "data_version": lineage["data_version"],
         "params_json": json.dumps(p, sort_keys=True),
         "lineage_json": json.dumps(lineage, sort_keys=True),
-        "embed_items": embed_items(p),
+        "embed_items": embed_items(settings(p)),
         "model_version": model_version(lineage),
     }
 

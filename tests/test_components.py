@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 import hardneg.stages as stages
+from hardneg.settings import settings
 
 pytestmark = pytest.mark.adapter
 
 LINEAGE = {"data_version": "abc123.dir", "git_commit": "feedface", "params_hash": "p0"}
 PARAMS = {"serve": {"model_name": "m"}, "data": {"train_split": "train"}}
+TYPED = settings(PARAMS)  # what each component hands its stage: the typed settings, built at its door
 
 
 class Art:
@@ -74,7 +76,7 @@ def test_validate_data(record, tmp_path):
     calls = record("validate_stage", {"data_version": "abc123.dir", "warnings": 1})
     data, report = Art(tmp_path / "d"), Art(tmp_path / "r")
     assert validate_data.python_func(data, json.dumps(PARAMS), json.dumps(LINEAGE), report) == "abc123.dir"
-    assert calls[0][0] == (data.path, PARAMS, report.path)
+    assert calls[0][0] == (data.path, TYPED, report.path)
     _lineage_was_pinned(calls[0])
     assert report.metadata == {**LINEAGE, "warnings": 1}
 
@@ -86,7 +88,7 @@ def test_embed(record, tmp_path):
     calls = record("embed_stage", {"fingerprint": "f00d", "docs": 10})
     data, out = Art(tmp_path / "d"), Art(tmp_path / "e")
     assert embed.python_func(data, json.dumps(PARAMS), json.dumps(LINEAGE), item, out) == "f00d"
-    assert calls[0][0] == (data.path, PARAMS, item, out.path)
+    assert calls[0][0] == (data.path, TYPED, item, out.path)
     _lineage_was_pinned(calls[0])
     assert out.metadata == {**LINEAGE, "fingerprint": "f00d", "docs": 10}
 
@@ -101,7 +103,7 @@ def test_reduce(record, tmp_path):
     shards = [Art(tmp_path / "e0"), Art(tmp_path / "e1")]
     reduced, metrics = Art(tmp_path / "r"), Art(tmp_path / "m")
     assert reduce.python_func(shards, json.dumps(PARAMS), json.dumps(LINEAGE), reduced, metrics) == 42
-    assert calls[0][0] == ([shards[0].path, shards[1].path], PARAMS, reduced.path)
+    assert calls[0][0] == ([shards[0].path, shards[1].path], TYPED, reduced.path)
     _lineage_was_pinned(calls[0])
     assert reduced.metadata == {**LINEAGE, **meta}
     assert metrics.logged == {"n_components": 42, "explained_variance_kept": 0.95}  # numbers only
@@ -123,7 +125,7 @@ def test_retrieve(record, tmp_path):
     assert (
         retrieve.python_func(data, reduced, json.dumps(PARAMS), json.dumps(LINEAGE), ret, metrics) == "hybrid"
     )
-    assert calls[0][0] == (data.path, reduced.path, PARAMS, ret.path)
+    assert calls[0][0] == (data.path, reduced.path, TYPED, ret.path)
     _lineage_was_pinned(calls[0])
     assert ret.metadata["first_stage"] == "hybrid" and ret.metadata["queries/test"] == 30
     assert metrics.logged == {"bm25_weight": 0.3, "top_k": 100, "queries/dev": 20, "queries/test": 30}
@@ -135,7 +137,7 @@ def test_mine(record, tmp_path):
     calls = record("mine_stage", {"policy": "hybrid", "pairs": 7, "negatives_per_pair_mean": 2.5})
     data, reduced, ret, neg, metrics = (Art(tmp_path / n) for n in ("d", "r", "t", "n", "m"))
     assert mine.python_func(data, reduced, ret, json.dumps(PARAMS), json.dumps(LINEAGE), neg, metrics) == 7
-    assert calls[0][0] == (data.path, reduced.path, ret.path, PARAMS, neg.path)
+    assert calls[0][0] == (data.path, reduced.path, ret.path, TYPED, neg.path)
     _lineage_was_pinned(calls[0])
     assert neg.metadata["policy"] == "hybrid" and neg.metadata["git_commit"] == "feedface"
     assert metrics.logged == {"pairs": 7, "negatives_per_pair_mean": 2.5}
@@ -147,7 +149,7 @@ def test_train(record, tmp_path):
     calls = record("train_stage", {"steps": 10, "best_dev_mrr@10": 0.5, "best_step": 6})
     data, ret, neg, model, metrics = (Art(tmp_path / n) for n in ("d", "t", "n", "mo", "me"))
     assert train.python_func(data, ret, neg, json.dumps(PARAMS), json.dumps(LINEAGE), model, metrics) == 0.5
-    assert calls[0][0] == (data.path, ret.path, neg.path, PARAMS, model.path)
+    assert calls[0][0] == (data.path, ret.path, neg.path, TYPED, model.path)
     _lineage_was_pinned(calls[0])
     assert model.metadata["best_step"] == 6 and model.metadata["data_version"] == "abc123.dir"
 
@@ -163,7 +165,7 @@ def test_evaluate_returns_the_gate(record, tmp_path, gate):
     pj, lj = json.dumps(PARAMS), json.dumps(LINEAGE)
     assert evaluate.python_func(data, ret, model, pj, lj, evaluation, metrics, report) is gate
     args = calls[0][0]
-    assert args == (data.path, ret.path, model.path, PARAMS, evaluation.path)  # its own output artifact
+    assert args == (data.path, ret.path, model.path, TYPED, evaluation.path)  # its own output artifact
     _lineage_was_pinned(calls[0])
     assert "gate_passed" not in metrics.logged and metrics.logged["served_mrr@10"] == 0.6
     assert "0.6" in Path(report.path).read_text()
@@ -180,9 +182,9 @@ def test_export_then_evaluates_what_it_exported(record, tmp_path):
     pj, lj = json.dumps(PARAMS), json.dumps(LINEAGE)
     out = export_onnx.python_func(data, ret, model, evaluation, pj, lj, "v7", onnx, served_eval, served)
     assert out == str(tmp_path / "o")
-    assert exp_calls[0][0] == (data.path, ret.path, model.path, evaluation.path, PARAMS, onnx.path)
+    assert exp_calls[0][0] == (data.path, ret.path, model.path, evaluation.path, TYPED, onnx.path)
     assert exp_calls[0][1] == {"version": "v7"}
-    assert served_calls[0][0] == (data.path, ret.path, onnx.path, PARAMS, served_eval.path)
+    assert served_calls[0][0] == (data.path, ret.path, onnx.path, TYPED, served_eval.path)
     _lineage_was_pinned(exp_calls[0])
     assert onnx.metadata == {**LINEAGE, "version": "v7", "parity": parity}
     assert served.logged == {"fusion/mrr@10": 0.64}
@@ -194,5 +196,5 @@ def test_register(record, tmp_path):
     calls = record("register_stage", {"release_dir": "/rel/v7", "canary_percent": 10})
     onnx, manifests = Art(tmp_path / "o"), Art(tmp_path / "m")
     assert register.python_func(onnx, json.dumps(PARAMS), "v7", manifests) == "/rel/v7"
-    assert calls[0][0] == (onnx.path, PARAMS, "v7", manifests.path)
+    assert calls[0][0] == (onnx.path, TYPED, "v7", manifests.path)
     assert manifests.metadata == {"release_dir": "/rel/v7", "canary_percent": 10}

@@ -27,6 +27,7 @@ from hardneg.rerank import (
     read_corpus_vectors,
     write_corpus_vectors,
 )
+from hardneg.settings import settings
 
 pytestmark = pytest.mark.unit
 
@@ -273,25 +274,28 @@ def test_the_stage_ships_what_the_embedding_cache_holds_under_auto(
     params = default_params()
     params["train"]["bf16"] = False  # the trainer's cache is fp32 (the cache key holds the precision)
     params["embed"]["cache_dir"] = str(tmp_path_factory.getbasetemp() / "hardneg-tiny-query-bi.cache")
-    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, params)
+    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, settings(params))
     assert why is None and cv.source["from_cache"] == cv.source["documents"] == len(cv.texts) == 107
     params["export"]["corpus_vectors"] = False
-    assert export_corpus_vectors(tiny_data_dir, query_dir, params) == (None, "export.corpus_vectors: false")
+    assert export_corpus_vectors(tiny_data_dir, query_dir, settings(params)) == (
+        None,
+        "export.corpus_vectors: false",
+    )
 
     params["export"]["corpus_vectors"] = "auto"
     params["serve"]["doc_cache_size"] = 100  # 107 documents do not fit
-    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, params)
+    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, settings(params))
     assert cv is None and "does not fit serve.doc_cache_size (100)" in why
     params["serve"]["doc_cache_size"] = 1000
     params["embed"]["cache_dir"] = str(tmp_path / "empty-cache")  # nothing cached: auto embeds nothing
-    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, params)
+    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, settings(params))
     assert cv is None and "the embedding cache lacks corpus vectors" in why and str(tmp_path) not in why
     written = {p.name for p in (tmp_path / "empty-cache").rglob("*")}
     assert not written & {"key.json"} and not any(
         n.endswith(".npy") for n in written
     )  # auto wrote no cache entry
-    cv, why = export_corpus_vectors(tmp_path / "no-data", query_dir, params)
+    cv, why = export_corpus_vectors(tmp_path / "no-data", query_dir, settings(params))
     assert cv is None and why == "auto: no corpus at no-data"
     params["export"]["corpus_vectors"] = True  # embeds the corpus (and caches it)
-    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, params)
+    cv, why = export_corpus_vectors(tiny_data_dir, query_dir, settings(params))
     assert why is None and cv.source["from_cache"] == 0 and len(cv.texts) == 107

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import hardneg.stages as stages
 from hardneg.config import load_params
+from hardneg.settings import Settings, settings
 
 pytestmark = pytest.mark.adapter
 
@@ -200,20 +201,24 @@ def test_cli_and_component_reach_the_same_stage_function(recorders, tmp_path, mo
     )
 
     compared = {
-        "validate_stage": ("data_dir", "params"),
-        "embed_stage": ("data_dir", "params", "out_dir"),
-        "reduce_stage": ("emb_dirs", "params", "out_dir"),
-        "retrieve_stage": ("data_dir", "reduced_dir", "params", "out_dir"),
-        "mine_stage": ("data_dir", "reduced_dir", "retrieved_dir", "params", "out_dir"),
-        "train_stage": ("data_dir", "retrieved_dir", "mined_dir", "params", "out_dir"),
-        "evaluate_stage": ("data_dir", "retrieved_dir", "model_dir", "params", "out_dir"),
-        "export_stage": ("data_dir", "retrieved_dir", "model_dir", "evaluation_dir", "params", "out_dir"),
+        "validate_stage": ("data_dir", "settings"),
+        "embed_stage": ("data_dir", "settings", "out_dir"),
+        "reduce_stage": ("emb_dirs", "settings", "out_dir"),
+        "retrieve_stage": ("data_dir", "reduced_dir", "settings", "out_dir"),
+        "mine_stage": ("data_dir", "reduced_dir", "retrieved_dir", "settings", "out_dir"),
+        "train_stage": ("data_dir", "retrieved_dir", "mined_dir", "settings", "out_dir"),
+        "evaluate_stage": ("data_dir", "retrieved_dir", "model_dir", "settings", "out_dir"),
+        "export_stage": ("data_dir", "retrieved_dir", "model_dir", "evaluation_dir", "settings", "out_dir"),
     }
+    typed = settings(params)
     for name, names in compared.items():
         assert len(recorders[name]) == 2, name  # once by the CLI, once by the component
         cli_call, component_call = recorders[name]
         _same(cli_call, component_call, names)
-        assert cli_call["params"] == params  # the same typed params both ways (json round trip included)
+        # typed settings built at both doors (json round trip included), with the same params dict underneath
+        for call in (cli_call, component_call):
+            assert isinstance(call["settings"], Settings), name
+            assert call["settings"] == typed and call["settings"].params == typed.params, name
 
 
 def test_every_dvc_stage_runs_the_cli_command_of_its_name():

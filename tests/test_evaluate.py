@@ -21,6 +21,7 @@ from hardneg.evaluate import (
     tune_fusion_weight,
     write_evaluation,
 )
+from hardneg.settings import settings
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 1}, "q3": {"z": 1}}
 RUN = {
@@ -101,7 +102,7 @@ def test_quality_gate_passes_at_the_gain_and_fails_above_it(repo_root, min_gain,
     metrics = {
         "systems": {"first_stage": {"mrr@10": 0.5}, "rerank": {"mrr@10": 0.4}, "fusion": {"mrr@10": 0.55}}
     }
-    h = headline(metrics, params)
+    h = headline(metrics, settings(params))
     assert h["served_system"] == "fusion" and h["gain_mrr@10"] == pytest.approx(0.05)
     assert h["gate_min_gain"] == params["pipeline"]["min_gain_mrr10"]
     assert h["gate_passed"] is passed
@@ -112,10 +113,10 @@ def test_quality_gate_passes_at_the_gain_and_fails_above_it(repo_root, min_gain,
             require_gate(h)
     # a reranker that loses to its first stage fails the shipped gate (min_gain_mrr10 >= 0)
     worse = {"systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.49}}}
-    assert headline(worse, load_params(repo_root / "params.yaml"))["gate_passed"] is False
+    assert headline(worse, settings(load_params(repo_root / "params.yaml")))["gate_passed"] is False
     # a reranker fused at weight 0 serves the first stage's ranking: gain 0.0 meets the shipped gate (>=, not >)
     same = {"systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.5}}}
-    assert headline(same, load_params(repo_root / "params.yaml"))["gate_passed"] is True
+    assert headline(same, settings(load_params(repo_root / "params.yaml")))["gate_passed"] is True
 
 
 def test_paired_test_sanity():

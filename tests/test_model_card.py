@@ -16,6 +16,7 @@ import hardneg.model_card as mc
 from hardneg.config import default_params
 from hardneg.errors import HardnegError
 from hardneg.model_card import CARD_FILE, ModelCard, read_card, write_card
+from hardneg.settings import settings
 
 pytestmark = pytest.mark.unit
 
@@ -184,11 +185,11 @@ def test_the_evaluation_scorer_follows_the_card(tmp_path, copy_model, tiny_model
     params = default_params()
     ce_dir = copy_model("ce")
     with pytest.raises(HardnegError, match="has no model card"):
-        make_scorer(ce_dir, params, None)
+        make_scorer(ce_dir, settings(params), None)
     write_card(ce_dir, ModelCard.cross_encoder(40, str(tiny_model_dir)))
     assert params["train"]["cross_encoder"]["max_length"] != 40
-    scorer = make_scorer(ce_dir, params, None)
+    scorer = make_scorer(ce_dir, settings(params), None)
     assert isinstance(scorer, CrossEncoderScorer) and scorer.max_length == 40
     write_card(ce_dir, ModelCard.bi_encoder(24, str(tiny_model_dir), "both"))
-    bi = make_scorer(ce_dir, params, None)
+    bi = make_scorer(ce_dir, settings(params), None)
     assert isinstance(bi, BiEncoderScorer) and bi.model.max_seq_length == 24

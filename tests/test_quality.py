@@ -116,6 +116,7 @@ def test_an_arm_is_the_pipeline_stages_with_its_params_override(study, tiny_data
     evaluate. Served, rerank and alone, dev and test, by part, bit for bit."""
     from hardneg import stages
     from hardneg.quality import arm_params, stage_result
+    from hardneg.settings import settings
 
     root, p, q = study
     runs = {f.stem: json.loads(f.read_text()) for f in (root / "out" / "runs").glob("*/*.json")}
@@ -126,7 +127,7 @@ def test_an_arm_is_the_pipeline_stages_with_its_params_override(study, tiny_data
     )
     assert ap["mine"]["policy"] == "paper" and ap["train"]["seed"] == 1 and ap["train"]["eval_every"] == 0
     assert [m["weight"] for m in ap["embed"]["models"]] == weights
-    w = tmp_path
+    w, ap = tmp_path, settings(ap)  # the door: typed settings, built once
     stages.embed_stage(tiny_data_dir, ap, None, w / "emb")
     stages.reduce_stage([w / "emb"], ap, w / "red")
     stages.retrieve_stage(tiny_data_dir, w / "red", ap, w / "ret")
@@ -244,7 +245,7 @@ def test_readme_block_is_generated_from_the_json(study):
         "dense ensemble (PCA)",
         f"best no-training system on dev: `{nt}`",
         f"tuned model alone, retrieving from the whole corpus (`{best}`, mean of seeds)",
-        f"tuned model alone, reordering the first stage's top {q['rerank_depth']}",
+        f"tuned model alone, reordering the first stage's top k (k on dev: {q['rerank_depth']})",
         f"served: tuned model fused with `{fs}` (`{best}`)",
     )
     for label, key in zip(labels, keys, strict=True):

@@ -75,3 +75,25 @@ def test_a_partial_dict_takes_the_packaged_defaults():
     assert s.mine.policy == "paper" and s.mine.top_k == default_params()["mine"]["top_k"]
     with pytest.raises(ConfigError, match="unknown section"):
         settings({"trian": {}})
+
+
+def test_settings_carry_their_validated_dict_and_overrides_rebuild_both():
+    """Stages take Settings built once at the door; the modules below that still read a dict get ``.params``, the
+    validated dict the settings came from. An override changes the typed values and that dict together, is checked
+    again, and leaves the original as it was."""
+    s = settings({"mine": {"policy": "paper"}})
+    assert settings(s) is s  # built once: handing Settings on does not rebuild them
+    assert s.params == settings(s.params).params and settings(s.params) == s
+    p = s.params
+    p["mine"]["policy"] = "random"  # a copy: the caller cannot change the settings' dict
+    assert s.params["mine"]["policy"] == "paper"
+    r = s.override({"mine": {"policy": "random"}, "train": {"max_steps": 2}})
+    assert (r.mine.policy, r.params["mine"]["policy"], r.train.max_steps, r.params["train"]["max_steps"]) == (
+        "random",
+        "random",
+        2,
+        2,
+    )
+    assert s.mine.policy == "paper" and s.train.max_steps == default_params()["train"]["max_steps"]
+    with pytest.raises(ConfigError, match="max_stpes"):
+        s.override({"train": {"max_stpes": 2}})
