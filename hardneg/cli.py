@@ -825,6 +825,7 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
     systems = [
         (f"no training: {fs} (the baseline)", m, "first_stage"),
         *((f"no training: {n} alone", m, n) for n in ("bm25", "dense") if f"{n}/mrr@10" in m and n != fs),
+        ("tuned model alone, retrieving from the whole corpus (torch)", m, "alone"),
         ("tuned model alone, reordering the candidates (torch)", m, "rerank"),
         ("served, torch (fused with the first stage)", m, "fusion"),
         (f"served, exported ONNX ({sm.get('variant', '?')})", sm, "fusion"),
