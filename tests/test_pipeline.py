@@ -151,7 +151,9 @@ def test_compiled_yaml_runs_locally_end_to_end_then_hits_the_cache(tmp_path, tin
                     part,
                     sorted(src),
                 )
-    if params["train"]["kind"] == "bi-encoder":  # the tuned query tower alone over the whole corpus, by part too
+    if (
+        params["train"]["kind"] == "bi-encoder"
+    ):  # the tuned query tower alone over the whole corpus, by part too
         assert {"alone/mrr@10", "alone/seen/mrr@10"} <= set(m) or not m["n/seen"], sorted(m)
     assert meta["lineage"]["data_version"] == args["data_version"]
     assert (exported / "model.onnx").exists() and (exported / "model.int8.onnx").exists()
