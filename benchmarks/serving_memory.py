@@ -11,11 +11,15 @@ memory it freed. A leak keeps growing at a *constant* load. So this script, per 
 3. then ``--rounds`` more rounds at the top level (32 clients), reading RSS after each: the soak. ``soak_growth`` =
    RSS after the last round / after the first soak round - 1; ``leak`` = that growth above ``--leak-threshold``.
 
-Allocator settings (``--arenas``): ``default`` (glibc's own) and ``2`` (``MALLOC_ARENA_MAX=2``, the usual
-container setting). Writes ``benchmarks/results/serving_memory.json`` (with the CPU, the export's model and the
+Each run is one server setting (``--ov-cache`` x ``--arenas``): OpenVINO's ``CPU_RUNTIME_CACHE_CAPACITY``
+(params ``serve.openvino_runtime_cache``, set per server through ``HARDNEG_OPENVINO_RUNTIME_CACHE``; 5000 is
+OpenVINO's own default, which the server used before), and glibc's allocator (``default``, or ``2`` =
+``MALLOC_ARENA_MAX=2``, the usual container setting). Found with it: OpenVINO's per-shape kernel cache, not our
+code, made RSS creep at constant load (a Python ``tracemalloc`` of the same requests in process stays flat, and
+onnxruntime plateaus). Writes ``benchmarks/results/serving_memory.json`` (with the CPU, the export's model and the
 request shape).
 
-    python benchmarks/serving_memory.py --export-dir DIR [--rounds 6] [--seconds 8] [--arenas default,2]
+    python benchmarks/serving_memory.py --export-dir DIR [--rounds 12] [--seconds 8] [--ov-cache 5000,64]
 """
 
 from __future__ import annotations
@@ -38,25 +42,35 @@ import serving as bench  # noqa: E402  (benchmarks/serving.py: the server start,
 
 
 def soak(
-    args: argparse.Namespace, arenas: str, queries: list[str], docs: list[str], work: Path
+    args: argparse.Namespace, arenas: str, ov_cache: str, queries: list[str], docs: list[str], work: Path
 ) -> dict[str, Any]:
     import httpx
     import psutil
 
-    env_before = os.environ.get("MALLOC_ARENA_MAX")
-    if arenas == "default":
-        os.environ.pop("MALLOC_ARENA_MAX", None)
-    else:
-        os.environ["MALLOC_ARENA_MAX"] = arenas
+    from hardneg.rerank import RUNTIME_CACHE_ENV
+
+    env = {"MALLOC_ARENA_MAX": None if arenas == "default" else arenas, RUNTIME_CACHE_ENV: ov_cache}
+    before = {k: os.environ.get(k) for k in env}
+    for k, v in env.items():  # the server process inherits them
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     port = bench.free_port()
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/v1/models/{bench.SERVED_NAME}:predict"
-    proc = bench.start_server(args.export_dir, port, args.runtime, work / f"server-arenas-{arenas}.log")
-    if env_before is None:
-        os.environ.pop("MALLOC_ARENA_MAX", None)
-    else:
-        os.environ["MALLOC_ARENA_MAX"] = env_before
-    out: dict[str, Any] = {"malloc_arena_max": arenas, "levels": [], "soak": []}
+    proc = bench.start_server(args.export_dir, port, args.runtime, work / f"server-{ov_cache}-{arenas}.log")
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    out: dict[str, Any] = {
+        "openvino_runtime_cache": int(ov_cache),
+        "malloc_arena_max": arenas,
+        "levels": [],
+        "soak": [],
+    }
     try:
         out["ready_after_s"] = round(bench.wait_ready(base, proc), 2)
         server = psutil.Process(proc.pid)
@@ -87,7 +101,9 @@ def soak(
                 "throughput_pairs_s": lv["throughput_pairs_s"],
                 "rss_mb": rss(),
             }
-            bench.log(f"arenas {arenas}: {clients} clients, {lv['ok']} requests -> RSS {row['rss_mb']} MB")
+            bench.log(
+                f"cache {ov_cache}, arenas {arenas}: {clients} clients, {lv['ok']} requests -> RSS {row['rss_mb']} MB"
+            )
             return row
 
         out["levels"] = [level(c) for c in bench.LEVELS]
@@ -108,8 +124,13 @@ def main() -> int:
     ap.add_argument("--export-dir", type=Path, required=True, help="a `hardneg export` folder (read only)")
     ap.add_argument("--data-dir", type=Path, default=REPO / "data" / "scifact")
     ap.add_argument("--runtime", default="auto", help="server --runtime (params serve.runtime: auto)")
-    ap.add_argument("--arenas", default="default,2", help="MALLOC_ARENA_MAX settings to compare")
-    ap.add_argument("--rounds", type=int, default=6, help="soak rounds at the top level")
+    ap.add_argument(
+        "--arenas", default="default", help="MALLOC_ARENA_MAX settings to compare (e.g. default,2)"
+    )
+    ap.add_argument(
+        "--ov-cache", default="5000,64", help="OpenVINO CPU_RUNTIME_CACHE_CAPACITY values to compare"
+    )
+    ap.add_argument("--rounds", type=int, default=12, help="soak rounds at the top level")
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds per round")
     ap.add_argument("--hit-pool", type=int, default=10)
     ap.add_argument("--leak-threshold", type=float, default=0.02, help="soak growth above this = a leak")
@@ -141,15 +162,17 @@ def main() -> int:
         "leak_threshold": args.leak_threshold,
         "runs": {},
     }
-    for arenas in args.arenas.split(","):
-        result["runs"][arenas] = soak(args, arenas.strip(), queries, docs, args.work_dir)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for cache in args.ov_cache.split(","):
+        for arenas in args.arenas.split(","):
+            key = f"runtime_cache={cache.strip()},arenas={arenas.strip()}"
+            result["runs"][key] = soak(args, arenas.strip(), cache.strip(), queries, docs, args.work_dir)
+            args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     result["any_leak"] = any(r["leak"] for r in result["runs"].values())
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     for k, r in result["runs"].items():
         print(
-            f"MALLOC_ARENA_MAX={k}: warm {r['rss_warm_mb']} MB, after 1/8/32 clients "
+            f"{k}: warm {r['rss_warm_mb']} MB, after 1/8/32 clients "
             f"{[x['rss_mb'] for x in r['levels']]}, soak {[x['rss_mb'] for x in r['soak']]} "
             f"(growth {r['soak_growth']:+.1%}, leak: {r['leak']})"
         )

@@ -305,6 +305,8 @@ class _OpenVinoSession(_Session):
             "NUM_STREAMS": 1,
             # int8 graphs: their integer ops decide; the hint only governs the float parts
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            # kernels kept per input shape: OpenVINO's default (5000) lets RSS creep with varied query lengths
+            "CPU_RUNTIME_CACHE_CAPACITY": openvino_runtime_cache(),
         }
         self.compiled = _ov_core().compile_model(str(onnx_path), "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -344,6 +346,25 @@ def ov_type_name(value: Any) -> str:
         "<Type: 'bfloat16'>": "bf16",
         "<Type: 'float32'>": "f32",
     }.get(name, name)
+
+
+RUNTIME_CACHE_ENV = "HARDNEG_OPENVINO_RUNTIME_CACHE"
+
+
+def openvino_runtime_cache() -> int:
+    """OpenVINO's ``CPU_RUNTIME_CACHE_CAPACITY`` for the served graphs: params ``serve.openvino_runtime_cache`` (the
+    packaged defaults), or the environment variable ``HARDNEG_OPENVINO_RUNTIME_CACHE`` (a container's setting)."""
+    from hardneg.config import default_params
+
+    raw = os.environ.get(RUNTIME_CACHE_ENV)
+    value = raw if raw not in (None, "") else default_params()["serve"]["openvino_runtime_cache"]
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise HardnegError(f"{RUNTIME_CACHE_ENV} must be an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise HardnegError(f"{RUNTIME_CACHE_ENV} / serve.openvino_runtime_cache must be >= 0, got {n}")
+    return n
 
 
 @functools.lru_cache(maxsize=1)

@@ -209,6 +209,7 @@ class Serve:
     doc_cache_size: int
     batch_window_ms: float
     max_batch_texts: int
+    openvino_runtime_cache: int
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,18 @@ def test_readme_export_time_comes_from_its_json():
     assert cache["misses"] == 0 and cache["hits"] > 0 and cache["preloaded"] > 0
     for claim in export_time_claims(d):
         assert claim in readme, claim
+
+
+def test_readme_serving_memory_numbers_come_from_serving_memory_json():
+    """The "Memory at constant load" paragraph prints what benchmarks/serving_memory.py wrote, and the shipped
+    serve.openvino_runtime_cache is the setting that did not leak there."""
+    d = json.loads((REPO / "benchmarks" / "results" / "serving_memory.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    old, new = d["runs"]["runtime_cache=5000,arenas=default"], d["runs"]["runtime_cache=64,arenas=default"]
+    for run in (old, new):
+        assert f"{run['soak'][0]['rss_mb']} -> {run['soak'][-1]['rss_mb']} MB" in readme
+        assert f"`soak_growth` {run['soak_growth']}" in readme
+    assert f"({old['soak_requests']} requests after the first round)" in readme
+    assert old["leak"] is True and new["leak"] is False
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert params["serve"]["openvino_runtime_cache"] == new["openvino_runtime_cache"]

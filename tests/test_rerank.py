@@ -195,3 +195,42 @@ def test_verify_refuses_paths_outside_the_folder(export_dir, tmp_path):
         verify_export_dir(d)
     with pytest.raises(ExportIntegrityError, match="not found"):
         verify_export_dir(tmp_path / "missing")
+
+
+def test_openvino_sessions_bound_their_per_shape_kernel_cache(tmp_path, monkeypatch):
+    """OpenVINO keeps compiled kernels per input shape (CPU_RUNTIME_CACHE_CAPACITY, its default 5000): with varied
+    query lengths the server's RSS crept at constant load (benchmarks/serving_memory.py). The served sessions set
+    params serve.openvino_runtime_cache (the environment may override it; a bad value names the variable)."""
+    pytest.importorskip("openvino")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hardneg.config import default_params
+    from hardneg.rerank import RUNTIME_CACHE_ENV, _OpenVinoSession, openvino_runtime_cache
+
+    monkeypatch.delenv(RUNTIME_CACHE_ENV, raising=False)
+    shipped = default_params()["serve"]["openvino_runtime_cache"]
+    assert openvino_runtime_cache() == shipped < 5000
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    import hardneg.rerank as rerank
+
+    real, seen = rerank._ov_core(), []
+
+    class Recorder:  # OpenVINO accepts the property at compile time but does not read it back from a compiled model
+        def compile_model(self, model, device, config):
+            seen.append(config["CPU_RUNTIME_CACHE_CAPACITY"])
+            return real.compile_model(model, device, config)  # and the real plugin accepts it
+
+    monkeypatch.setattr(rerank, "_ov_core", Recorder)
+    _OpenVinoSession(path, threads=1, precision="fp32")
+    monkeypatch.setenv(RUNTIME_CACHE_ENV, "7")
+    _OpenVinoSession(path, threads=1, precision="fp32")
+    assert seen == [shipped, 7]
+    for bad in ("-1", "many"):
+        monkeypatch.setenv(RUNTIME_CACHE_ENV, bad)
+        with pytest.raises(HardnegError, match=RUNTIME_CACHE_ENV):
+            openvino_runtime_cache()
