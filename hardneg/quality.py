@@ -382,6 +382,11 @@ def run_study(
     # every arm), per arm its embed + reduce space and its mining run, per (arm, seed) train + evaluate
     from hardneg.embed import model_slug
 
+    wanted = [model_slug(str(m["name"])) for m in params["embed"]["models"]]
+    if wanted != slugs:  # the ensemble weights chosen on the embeddings are applied to embed.models in order
+        raise ConfigError(
+            f"{emb / 'manifest.json'} holds models {slugs}, params embed.models {wanted}: embed with these params first"
+        )
     single = max(slugs, key=lambda s: baseline[f"dense:{s}"]["dev"]["mrr@10"])
     single_name = next(
         str(m["name"]) for m in params["embed"]["models"] if model_slug(str(m["name"])) == single
