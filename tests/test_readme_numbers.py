@@ -179,3 +179,16 @@ def test_readme_serving_memory_numbers_come_from_serving_memory_json():
     assert old["leak"] is True and new["leak"] is False
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     assert params["serve"]["openvino_runtime_cache"] == new["openvino_runtime_cache"]
+
+
+def test_readme_make_run_time_comes_from_pipeline_runs_json():
+    """README's `make run` timing is what benchmarks/pipeline_run.py wrote: a fresh clone, cold then cached, with the
+    CPU it ran on."""
+    d = json.loads((REPO / "benchmarks" / "results" / "pipeline_runs.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    cold, cached = d["runs"][0], d["runs"][1]
+    assert cold["exit_code"] == 0 and cached["exit_code"] == 0 and cached["tasks_executed"] == []
+    assert f"**{cold['make_run_wall_s']} s cold**" in readme
+    assert f"{cached['make_run_wall_s']} s for the unchanged rerun" in readme
+    assert f"fresh clone at {d['git']['commit'][:7]}" in readme and not d["git"]["tracked_files_modified"]
+    assert d["machine"]["cpu"]["model"] in readme
