@@ -352,8 +352,9 @@ RUNTIME_CACHE_ENV = "HARDNEG_OPENVINO_RUNTIME_CACHE"
 
 
 def openvino_runtime_cache() -> int:
-    """OpenVINO's ``CPU_RUNTIME_CACHE_CAPACITY`` for the served graphs: params ``serve.openvino_runtime_cache`` (the
-    packaged defaults), or the environment variable ``HARDNEG_OPENVINO_RUNTIME_CACHE`` (a container's setting)."""
+    """OpenVINO's ``CPU_RUNTIME_CACHE_CAPACITY`` for the served graphs: the environment variable
+    ``HARDNEG_OPENVINO_RUNTIME_CACHE`` (a container's setting; ``python -m serving`` sets it from its ``--config``'s
+    ``serve.openvino_runtime_cache`` when the container did not), else the packaged default of that key."""
     from hardneg.config import default_params
 
     raw = os.environ.get(RUNTIME_CACHE_ENV)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from serving import clean_argv
@@ -97,6 +98,7 @@ def _flag_or(flag: float | int | None, default: float | int) -> float | int:
 def main(argv: list[str] | None = None) -> int:
     from hardneg.config import load_params
     from hardneg.errors import HardnegError
+    from hardneg.rerank import RUNTIME_CACHE_ENV
     from serving.predictor import HardnegReranker, Limits
     from serving.server import serve
 
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.config)
         name = args.model_name or params["serve"]["model_name"]
         serve_params = params["serve"]
+        # OpenVINO sessions read their per-shape kernel cache from this variable (hardneg.rerank
+        # .openvino_runtime_cache): the container's own setting wins, else this config's serve.openvino_runtime_cache
+        os.environ.setdefault(RUNTIME_CACHE_ENV, str(serve_params["openvino_runtime_cache"]))
         model = HardnegReranker(
             name,
             args.model_dir,

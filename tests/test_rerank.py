@@ -234,3 +234,34 @@ def test_openvino_sessions_bound_their_per_shape_kernel_cache(tmp_path, monkeypa
         monkeypatch.setenv(RUNTIME_CACHE_ENV, bad)
         with pytest.raises(HardnegError, match=RUNTIME_CACHE_ENV):
             openvino_runtime_cache()
+
+
+def test_the_server_hands_its_configured_kernel_cache_to_openvino(tmp_path, monkeypatch):
+    """`python -m serving --config params.yaml`: the config's serve.openvino_runtime_cache reaches the OpenVINO
+    sessions; a value the container already set in HARDNEG_OPENVINO_RUNTIME_CACHE wins."""
+    import os
+
+    import yaml
+
+    import serving.__main__ as entry
+    import serving.predictor as predictor
+    import serving.server as server
+    from hardneg.rerank import RUNTIME_CACHE_ENV, openvino_runtime_cache
+
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump({"serve": {"openvino_runtime_cache": 9}}))
+    seen = []
+
+    class Model:  # what the sessions would read when the model loads
+        def __init__(self, *args, **kwargs):
+            seen.append(openvino_runtime_cache())
+
+    monkeypatch.setattr(predictor, "HardnegReranker", Model)
+    monkeypatch.setattr(server, "serve", lambda *a, **k: None)
+    for preset, want in ((None, 9), ("3", 3)):
+        env = {k: v for k, v in os.environ.items() if k != RUNTIME_CACHE_ENV}
+        if preset is not None:
+            env[RUNTIME_CACHE_ENV] = preset
+        monkeypatch.setattr(os, "environ", env)
+        assert entry.main(["--model_dir", str(tmp_path), "--config", str(cfg)]) == 0
+        assert seen[-1] == want
