@@ -1,7 +1,9 @@
-"""Starting a real server process in a test: a free port, and waiting until ``/v2/health/ready`` answers 200."""
+"""Starting a real server process in a test: a free port, waiting until ``/v2/health/ready`` answers 200, and
+stopping it the way Kubernetes does (SIGTERM, then a kill after a grace period)."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -28,3 +30,13 @@ def wait_ready(proc: subprocess.Popen, base: str, log: Path, timeout: float = 12
             pass
         assert time.monotonic() < deadline, "server did not become ready:\n" + log.read_text()[-3000:]
         time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 40.0) -> None:
+    """SIGTERM, wait up to ``timeout`` s for the graceful exit, else kill."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

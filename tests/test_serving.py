@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _server_process import free_port, wait_ready
+from _server_process import free_port, stop, wait_ready
 from _tiny_reranker import FUSION_WEIGHT, REPO, tiny_export
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -754,11 +754,6 @@ def test_real_server_process_with_tritonclient_and_plain_http(export_dir, refere
         assert 'hardneg_requests_total{protocol="v1",status="200"} 1.0' in metrics
         assert 'hardneg_requests_total{protocol="v2",status="400"} 1.0' in metrics
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
     assert proc.returncode in (0, -signal.SIGTERM), (tmp_path / "server.log").read_text()

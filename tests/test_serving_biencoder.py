@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _server_process import free_port, wait_ready
+from _server_process import free_port, stop, wait_ready
 from _tiny_biencoder import BI_FUSION_WEIGHT, BI_MAX_LENGTH, tiny_bi_export
 from _tiny_reranker import REPO
 from fastapi.testclient import TestClient
@@ -156,11 +156,6 @@ def test_real_server_process_serves_a_bi_encoder(export_dir, tmp_path):
         assert metric(metrics, "hardneg_doc_cache_hits_total") == 1
         assert metric(metrics, "hardneg_doc_cache_entries") == 2
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
     assert proc.returncode in (0, -signal.SIGTERM), (tmp_path / "server.log").read_text()
