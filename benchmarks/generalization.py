@@ -208,13 +208,18 @@ def select(args, params: dict) -> dict:
         for name, override in configs.items():
             override = dict(override or {})
             only = override.pop("screened_on_seeds", None)  # screened out: measured on these seeds only
+            reference = override.pop("reference", False)  # measured for the rule, never a candidate
             if (
                 state["configs"].get(name, {}).get("override", override) != override
             ):  # edited since: measure again
                 state["configs"].pop(name, None)
             runs = state["configs"].setdefault(name, {"override": override, "seeds": {}})["seeds"]
+            for run in runs.values():  # runs finished before per-run commits were recorded: the state's stamp
+                run.setdefault("commit", state.get("commit"))
             if only is not None:
                 state["configs"][name]["screened_on_seeds"] = only
+            if reference:
+                state["configs"][name]["reference"] = True
             if str(seed) in runs or (only is not None and seed not in only):
                 continue
             p = merge_params(params, override)
@@ -223,6 +228,7 @@ def select(args, params: dict) -> dict:
             p["evaluate"]["rerank_depths"] = [int(p["retrieve"]["rerank_depth"])]
             res = run_configuration(ds, red, p, Path(args.work) / f"select{suffix}" / name, untuned=False)
             res.pop("per_query", None)
+            res["commit"] = current_lineage(None).git_commit
             runs[str(seed)] = res
             _write(out_path, state)
             logging.info(
@@ -250,14 +256,26 @@ def select(args, params: dict) -> dict:
             for split in ("dev", "test")
         }
         c["mean"] = means[name]
-    # the rule chooses among the configurations measured on every seed (screened-out ones are reported only)
-    full = [n for n in means if "screened_on_seeds" not in state["configs"][n]]
+    # the rule chooses among the configurations measured on every seed (screened-out and reference ones are
+    # reported only); the untuned reference (0 steps: the base model) gives the model guard its baseline
+    full = [n for n in means if not {"screened_on_seeds", "reference"} & set(state["configs"][n])]
     dev_served = {n: {"dev": means[n]["dev"]["served"]} for n in full}
     any_m = next(iter(means.values()))
-    state["selection"] = rule(dev_served, any_m["dev"]["no_training"]["unseen"]["mrr@10"])
+    state["selection"] = rule(
+        dev_served,
+        any_m["dev"]["no_training"]["unseen"]["mrr@10"],
+        model_dev_unseen={n: means[n]["dev"]["tuned_alone"]["unseen"]["mrr@10"] for n in full},
+        untuned_dev_unseen=_untuned_dev_unseen(state, means),
+    )
     state.update(commit=current_lineage(None).git_commit, cpu=_cpu(), seeds=seeds, dataset=name_ds)
     _write(out_path, state)
     return state
+
+
+def _untuned_dev_unseen(state: dict, means: dict) -> float | None:
+    """The untuned model alone on the dev-unseen queries: the ``untuned`` reference configuration (0 steps)."""
+    ref = [n for n, c in state["configs"].items() if c.get("reference") and n in means]
+    return means[ref[0]]["dev"]["tuned_alone"]["unseen"]["mrr@10"] if ref else None
 
 
 def main() -> int:
@@ -303,18 +321,26 @@ def choose() -> dict:
     from hardneg.generalization import select_across
     from hardneg.lineage import current_lineage
 
-    collections, baselines, seeds = {}, {}, {}
+    collections, baselines, seeds, models, untuned = {}, {}, {}, {}, {}
     for name, file in (
         ("scifact", "generalization_select.json"),
         ("nfcorpus", "generalization_select_nfcorpus.json"),
     ):
         st = json.loads((RESULTS / file).read_text(encoding="utf-8"))
-        full = {n: c for n, c in st["configs"].items() if "screened_on_seeds" not in c and c.get("mean")}
+        full = {
+            n: c
+            for n, c in st["configs"].items()
+            if not {"screened_on_seeds", "reference"} & set(c) and c.get("mean")
+        }
         collections[name] = {n: c["mean"]["dev"]["served"] for n, c in full.items()}
+        models[name] = {n: c["mean"]["dev"]["tuned_alone"]["unseen"]["mrr@10"] for n, c in full.items()}
+        untuned[name] = _untuned_dev_unseen(
+            st, {n: c["mean"] for n, c in st["configs"].items() if c.get("mean")}
+        )
         baselines[name] = next(iter(full.values()))["mean"]["dev"]["no_training"]
         seeds[name] = st["seeds"]
         overrides = {n: c["override"] for n, c in full.items()}
-    out = select_across(collections, baselines)
+    out = select_across(collections, baselines, models=models, untuned=untuned)
     out.update(seeds=seeds, override=overrides[out["chosen"]], commit=current_lineage(None).git_commit)
     _write(RESULTS / "generalization_choice.json", out)
     logging.info("chosen across collections: %s", out["chosen"])

@@ -15,11 +15,15 @@ dropped), and ``H`` documents are never mined as negatives either (:func:`exclud
 document of a test query is ever seen in training, which is what a team retraining on last quarter's queries and
 serving next quarter's, about new documents, faces.
 
-**Selection rule** (:func:`select`): among configurations evaluated on dev, keep those whose served MRR@10 on the
-dev-unseen queries is not below the no-training baseline's on the same queries (when dev has at least
-``min_unseen`` unseen queries; else the guard cannot be applied and is recorded as skipped); choose the best served
-dev MRR@10 (all queries) among them (ties: the earlier configuration); if none passes, choose the one with the best
-dev-unseen MRR@10.
+**Selection rule** (:func:`select`): among configurations evaluated on dev, keep those that pass two guards on the
+dev-unseen queries (applied when dev has at least ``min_unseen`` of them; else recorded as skipped): the *served
+guard*, served MRR@10 not below the no-training baseline's on the same queries, and the *model guard*, the tuned
+model alone (reordering the same candidates) not below the untuned model alone there (when the untuned reference was
+measured). The served guard alone became vacuous once the evaluate stage's own guards pinned the served dev-unseen
+queries at the first stage for every configuration; the model guard asks what the issue asks: that the model itself
+did not get worse on queries about documents it never saw labelled. Choose the best served dev MRR@10 (all queries)
+among the configurations passing both (ties: the earlier configuration); if none does, the best tuned-alone
+dev-unseen MRR@10 among those passing the served guard; if none passes that either, the best served dev-unseen.
 """
 
 from __future__ import annotations
@@ -180,63 +184,102 @@ def drop_candidates(
 # --------------------------------------------------------------------------------------------- selection rule
 
 
+def _passes_model_guard(model_unseen: float | None, untuned_unseen: float | None) -> bool:
+    return model_unseen is None or untuned_unseen is None or model_unseen >= float(untuned_unseen) - 1e-9
+
+
 def select(
-    candidates: Mapping[str, Mapping[str, Any]], baseline_dev_unseen: float | None, min_unseen: int = 30
+    candidates: Mapping[str, Mapping[str, Any]],
+    baseline_dev_unseen: float | None,
+    min_unseen: int = 30,
+    *,
+    model_dev_unseen: Mapping[str, float | None] | None = None,
+    untuned_dev_unseen: float | None = None,
 ) -> dict[str, Any]:
     """The selection rule (module docstring). ``candidates``: name -> ``{"dev": {"all": {"mrr@10"}, "unseen":
     {"mrr@10", "n"}}}`` (served system); ``baseline_dev_unseen``: the no-training MRR@10 on the same dev-unseen
-    queries. Returns ``{"chosen", "guard", "passed": [...], "rule"}``."""
+    queries; ``model_dev_unseen``: name -> the tuned model alone's dev-unseen MRR@10 and ``untuned_dev_unseen``: the
+    untuned model alone's (the model guard; skipped when either is missing). Returns ``{"chosen", "guard",
+    "passed": [...], "passed_served_guard": [...], "rule"}``."""
     if not candidates:
         raise HardnegError("nothing to choose from")
     names = list(candidates)
     n_unseen = int(candidates[names[0]]["dev"]["unseen"].get("n", 0))
     guard = baseline_dev_unseen is not None and n_unseen >= min_unseen
+    model = dict(model_dev_unseen or {})
     if guard:
-        passed = [
+        served_ok = [
             n for n in names if candidates[n]["dev"]["unseen"]["mrr@10"] >= float(baseline_dev_unseen) - 1e-9
         ]
+        passed = [n for n in served_ok if _passes_model_guard(model.get(n), untuned_dev_unseen)]
     else:
-        passed = names
+        served_ok = passed = names
     if passed:
         best = max(passed, key=lambda n: (candidates[n]["dev"]["all"]["mrr@10"], -names.index(n)))
+    elif served_ok:
+        best = max(served_ok, key=lambda n: (model.get(n) or 0.0, -names.index(n)))
     else:
         best = max(names, key=lambda n: (candidates[n]["dev"]["unseen"]["mrr@10"], -names.index(n)))
+    model_guard = guard and untuned_dev_unseen is not None and bool(model)
     return {
         "chosen": best,
         "guard": "applied" if guard else f"skipped (dev has {n_unseen} unseen queries, need {min_unseen})",
+        "model_guard": "applied" if model_guard else "skipped",
         "baseline_dev_unseen_mrr@10": baseline_dev_unseen,
+        "untuned_dev_unseen_mrr@10": untuned_dev_unseen,
         "passed": passed,
-        "rule": "best served dev MRR@10 among configurations whose served dev-unseen MRR@10 >= the no-training "
-        "baseline's on the same queries (guard skipped when dev has fewer than min_unseen unseen queries); if none "
-        "passes, the best dev-unseen MRR@10",
+        "passed_served_guard": served_ok,
+        "rule": RULE,
     }
+
+
+RULE = (
+    "best served dev MRR@10 among configurations that pass both guards on the dev-unseen queries: served MRR@10 >= "
+    "the no-training baseline's and the tuned model alone >= the untuned model alone on the same queries (guards "
+    "skipped when dev has fewer than min_unseen unseen queries); if none passes both, the best tuned-alone "
+    "dev-unseen MRR@10 among those passing the served guard; if none passes that, the best served dev-unseen MRR@10"
+)
 
 
 def select_across(
     collections: Mapping[str, Mapping[str, Mapping[str, Any]]],
     baselines: Mapping[str, Mapping[str, Any]],
     min_unseen: int = 30,
+    *,
+    models: Mapping[str, Mapping[str, float | None]] | None = None,
+    untuned: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
     """The selection rule over several collections (defaults must not be tuned to one corpus).
     ``collections[c][config]`` = the served system's dev parts ``{"all": {"mrr@10"}, "unseen": {"mrr@10", "n"}}``
-    (seed means); ``baselines[c]`` = the no-training dev parts. Only configurations measured on every collection
-    compete. A configuration passes when, on every collection whose dev has at least ``min_unseen`` unseen queries,
-    its dev-unseen MRR@10 is not below the baseline's; among those passing, the best mean gain over the no-training
-    dev MRR@10 across collections wins (ties: the earlier configuration); if none passes, the best mean dev-unseen
-    gain over the guarded collections."""
+    (seed means); ``baselines[c]`` = the no-training dev parts; ``models[c][config]`` = the tuned model alone's
+    dev-unseen MRR@10 and ``untuned[c]`` = the untuned model alone's (the model guard, where both are known). Only
+    configurations measured on every collection compete. A configuration passes when, on every collection whose dev
+    has at least ``min_unseen`` unseen queries, it passes both guards of :func:`select`; among those passing, the
+    best mean gain over the no-training dev MRR@10 across collections wins (ties: the earlier configuration); if none
+    passes, the best mean tuned-alone dev-unseen gain over the untuned model among those passing the served guard,
+    else the best mean served dev-unseen gain over the guarded collections."""
     names = [n for n in next(iter(collections.values())) if all(n in c for c in collections.values())]
     if not names:
         raise HardnegError("no configuration was measured on every collection")
     guarded = [
         c for c, cfgs in collections.items() if int(cfgs[names[0]]["unseen"].get("n", 0)) >= min_unseen
     ]
+    models, untuned = dict(models or {}), dict(untuned or {})
 
     def gain(n: str, part: str, where: Sequence[str]) -> float:
         return sum(
             collections[c][n][part]["mrr@10"] - float(baselines[c][part]["mrr@10"]) for c in where
         ) / max(1, len(where))
 
-    passed = [
+    def model_gain(n: str, where: Sequence[str]) -> float | None:
+        diffs = [
+            models[c][n] - float(untuned[c])
+            for c in where
+            if models.get(c, {}).get(n) is not None and untuned.get(c) is not None
+        ]
+        return sum(diffs) / len(diffs) if diffs else None
+
+    served_ok = [
         n
         for n in names
         if all(
@@ -244,16 +287,25 @@ def select_across(
             for c in guarded
         )
     ]
-    table = {
-        n: {
+    passed = [
+        n
+        for n in served_ok
+        if all(_passes_model_guard(models.get(c, {}).get(n), untuned.get(c)) for c in guarded)
+    ]
+    table = {}
+    for n in names:
+        mg = model_gain(n, guarded)
+        table[n] = {
             "mean_dev_gain": round(gain(n, "all", list(collections)), 5),
             "mean_dev_unseen_gain": round(gain(n, "unseen", guarded), 5) if guarded else None,
+            "mean_dev_unseen_model_gain": None if mg is None else round(mg, 5),
+            "passes_served_guard": n in served_ok,
             "passes": n in passed,
         }
-        for n in names
-    }
     if passed:
         chosen = max(passed, key=lambda n: (gain(n, "all", list(collections)), -names.index(n)))
+    elif served_ok:
+        chosen = max(served_ok, key=lambda n: (model_gain(n, guarded) or 0.0, -names.index(n)))
     else:
         chosen = max(names, key=lambda n: (gain(n, "unseen", guarded), -names.index(n)))
     return {
@@ -261,8 +313,10 @@ def select_across(
         "collections": list(collections),
         "guarded": guarded,
         "table": table,
-        "rule": "configurations measured on every collection; pass = served dev-unseen MRR@10 >= the no-training "
-        f"baseline's on every collection with >= {min_unseen} dev-unseen queries; chosen = the best mean served dev "
-        "MRR@10 gain over the no-training baseline across collections among those passing (none passing: the best "
-        "mean dev-unseen gain)",
+        "rule": "configurations measured on every collection; pass = on every collection with >= "
+        f"{min_unseen} dev-unseen queries, served dev-unseen MRR@10 >= the no-training baseline's and the tuned "
+        "model alone's dev-unseen MRR@10 >= the untuned model alone's; chosen = the best mean served dev MRR@10 gain "
+        "over the no-training baseline across collections among those passing (none passing: the best mean "
+        "tuned-alone dev-unseen gain over the untuned model among those passing the served guard, else the best "
+        "mean served dev-unseen gain)",
     }

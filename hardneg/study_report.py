@@ -243,15 +243,16 @@ def generalization_table(
     lines = [GEN_START]
     if choice:
         lines += [
-            f"**Shipped training configuration: `{choice['chosen']}`** (`{json_compact(choice['override'])}` over the "
-            f"previous defaults), chosen on dev across {', '.join(choice['collections'])} (commit "
+            f"**Shipped training configuration: `{choice['chosen']}`** (`{json_compact(choice['override'])}` over "
+            f"params.yaml), chosen on dev across {', '.join(choice['collections'])} (commit "
             f"`{choice['commit'][:12]}`). Rule: {choice['rule']}.",
             "",
-            "| configuration | mean dev gain over no training | mean dev-unseen gain (guarded collections) | passes |",
-            "|---|---|---|---|",
+            "| configuration | mean dev gain over no training | served dev-unseen gain over no training (guarded "
+            "collections) | tuned alone dev-unseen gain over untuned (guarded collections) | passes |",
+            "|---|---|---|---|---|",
             *(
                 f"| {'**' + n + '**' if n == choice['chosen'] else n} | {row['mean_dev_gain']:+.3f} | "
-                f"{'-' if row['mean_dev_unseen_gain'] is None else format(row['mean_dev_unseen_gain'], '+.3f')} | "
+                f"{_signed(row['mean_dev_unseen_gain'])} | {_signed(row.get('mean_dev_unseen_model_gain'))} | "
                 f"{'yes' if row['passes'] else 'no'} |"
                 for n, row in choice["table"].items()
             ),
@@ -282,6 +283,10 @@ def generalization_table(
     return "\n".join(lines)
 
 
+def _signed(x: Any) -> str:
+    return "-" if x is None else format(x, "+.3f")
+
+
 def json_compact(obj: Any) -> str:
     import json
 
@@ -293,14 +298,16 @@ def _select_rows(select: Mapping[str, Any] | None, label: str, f: Any) -> list[s
     if not select:
         return []
     sel = select["selection"]
+    untuned = sel.get("untuned_dev_unseen_mrr@10")
     lines = [
         f"{label} dev, mean of seeds {', '.join(map(str, select['seeds']))} (commit `{select['commit'][:12]}`, rerank "
         f"depth fixed for this comparison): no-training dev-unseen MRR@10 {f(sel['baseline_dev_unseen_mrr@10'])}, "
-        f"guard {sel['guard']}; this collection alone would choose `{sel['chosen']}`.",
+        f"untuned model alone {f(untuned)}; guards {sel['guard']}; this collection alone would choose "
+        f"`{sel['chosen']}`.",
         "",
-        "| configuration | dev served | dev unseen | passes the guard | test served: all | seen | unseen | "
-        "test tuned alone: all | unseen |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| configuration | dev served | dev unseen: served | dev unseen: tuned alone | passes the guards | "
+        "test served: all | seen | unseen | test tuned alone: all | unseen |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     nt = None
     for name, c in select["configs"].items():
@@ -310,19 +317,21 @@ def _select_rows(select: Mapping[str, Any] | None, label: str, f: Any) -> list[s
         nt = m["test"]["no_training"]
         d, t, a = m["dev"]["served"], m["test"]["served"], m["test"]["tuned_alone"]
         screened = c.get("screened_on_seeds")
-        passes = (
-            "screened out (seed " + ", ".join(map(str, screened)) + ")"
-            if screened
-            else ("yes" if name in sel["passed"] else "no")
-        )
+        if c.get("reference"):
+            passes = "reference (the base model, 0 steps)"
+        elif screened:
+            passes = "screened out (seed " + ", ".join(map(str, screened)) + ")"
+        else:
+            passes = "yes" if name in sel["passed"] else "no"
         lines.append(
-            f"| {name} | {f(d['all']['mrr@10'])} | {f(d['unseen'].get('mrr@10'))} | {passes} | "
+            f"| {name} | {f(d['all']['mrr@10'])} | {f(d['unseen'].get('mrr@10'))} | "
+            f"{f(m['dev']['tuned_alone']['unseen'].get('mrr@10'))} | {passes} | "
             f"{f(t['all']['mrr@10'])} | {f(t['seen'].get('mrr@10'))} | {f(t['unseen'].get('mrr@10'))} | "
             f"{f(a['all']['mrr@10'])} | {f(a['unseen'].get('mrr@10'))} |"
         )
     if nt is not None:
         lines.append(
-            f"| no training (first stage) | - | - | - | {f(nt['all']['mrr@10'])} | "
+            f"| no training (first stage) | - | - | - | - | {f(nt['all']['mrr@10'])} | "
             f"{f(nt['seen'].get('mrr@10'))} | {f(nt['unseen'].get('mrr@10'))} | - | - |"
         )
     return [*lines, ""]
