@@ -192,3 +192,34 @@ def test_readme_make_run_time_comes_from_pipeline_runs_json():
     assert f"{cached['make_run_wall_s']} s for the unchanged rerun" in readme
     assert f"fresh clone at {d['git']['commit'][:7]}" in readme and not d["git"]["tracked_files_modified"]
     assert d["machine"]["cpu"]["model"] in readme
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_readme_document_prior_numbers_come_from_document_prior_json():
+    d = json.loads((REPO / "benchmarks" / "results" / "document_prior.json").read_text(encoding="utf-8"))
+    readme = _flat((REPO / "README.md").read_text(encoding="utf-8"))
+    u, c = d["untuned"]["test/unseen"], {n: v["parts"]["test/unseen"] for n, v in d["configs"].items()}
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    assert not d["commit"].endswith("-dirty") and d["seed"] == 13
+    assert (
+        f"Training positives are {d['training_positives']} of the {d['corpus']} SciFact documents" in readme
+    )
+    assert (
+        f"their share is {pct(u['top10_training_positive_share'])} for the untuned model, "
+        f"{pct(c['default']['top10_training_positive_share'])} for the shipped configuration and "
+        f"{pct(c['no-wise']['top10_training_positive_share'])} without weight interpolation" in readme
+    )
+    assert (
+        f"(MRR@10 there {u['mrr@10']:.3f} / {c['default']['mrr@10']:.3f} / {c['no-wise']['mrr@10']:.3f})"
+        in readme
+    )
+    # what the paragraph concludes must hold in the JSON: tuning raises the pull, interpolation lowers it
+    shares = [u, c["default"], c["no-wise"]]
+    assert shares[0]["top10_training_positive_share"] < shares[1]["top10_training_positive_share"]
+    assert shares[1]["top10_training_positive_share"] < shares[2]["top10_training_positive_share"]
