@@ -201,6 +201,8 @@ def select(args, params: dict) -> dict:
     key = _key(params, args, fixed_depth=True)
     if state.get("key") != key:
         state = {"key": key, "configs": {}}
+    for gone in set(state["configs"]) - set(configs):  # removed from the candidates file: no longer compete
+        state["configs"].pop(gone)
     data_dir = ROOT / params["data"]["dir"] if name_ds == "scifact" else Path(args.nfcorpus)
     ds, red = _prepare(name_ds, data_dir, params, Path(args.work))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -215,11 +217,13 @@ def select(args, params: dict) -> dict:
                 state["configs"].pop(name, None)
             runs = state["configs"].setdefault(name, {"override": override, "seeds": {}})["seeds"]
             for run in runs.values():  # runs finished before per-run commits were recorded: the state's stamp
-                run.setdefault("commit", state.get("commit"))
-            if only is not None:
-                state["configs"][name]["screened_on_seeds"] = only
-            if reference:
-                state["configs"][name]["reference"] = True
+                if "commit" not in run:
+                    run.update(commit=state.get("commit"), commit_backfilled=True)
+            for flag, value in (("screened_on_seeds", only), ("reference", reference or None)):
+                if value is None:
+                    state["configs"][name].pop(flag, None)
+                else:
+                    state["configs"][name][flag] = value
             if str(seed) in runs or (only is not None and seed not in only):
                 continue
             p = merge_params(params, override)

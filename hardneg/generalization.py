@@ -184,8 +184,16 @@ def drop_candidates(
 # --------------------------------------------------------------------------------------------- selection rule
 
 
-def _passes_model_guard(model_unseen: float | None, untuned_unseen: float | None) -> bool:
-    return model_unseen is None or untuned_unseen is None or model_unseen >= float(untuned_unseen) - 1e-9
+def _model_guard_applies(models: Mapping[str, float | None], untuned_unseen: float | None) -> bool:
+    """The model guard needs the untuned reference and at least one candidate's tuned-alone number."""
+    return untuned_unseen is not None and any(v is not None for v in models.values())
+
+
+def _passes_model_guard(model_unseen: float | None, untuned_unseen: float | None, applies: bool) -> bool:
+    """Where the guard applies, a candidate without its tuned-alone number fails (it was not checked)."""
+    if not applies:
+        return True
+    return model_unseen is not None and model_unseen >= float(untuned_unseen) - 1e-9
 
 
 def select(
@@ -211,7 +219,8 @@ def select(
         served_ok = [
             n for n in names if candidates[n]["dev"]["unseen"]["mrr@10"] >= float(baseline_dev_unseen) - 1e-9
         ]
-        passed = [n for n in served_ok if _passes_model_guard(model.get(n), untuned_dev_unseen)]
+        applies = _model_guard_applies(model, untuned_dev_unseen)
+        passed = [n for n in served_ok if _passes_model_guard(model.get(n), untuned_dev_unseen, applies)]
     else:
         served_ok = passed = names
     if passed:
@@ -220,7 +229,7 @@ def select(
         best = max(served_ok, key=lambda n: (model.get(n) or 0.0, -names.index(n)))
     else:
         best = max(names, key=lambda n: (candidates[n]["dev"]["unseen"]["mrr@10"], -names.index(n)))
-    model_guard = guard and untuned_dev_unseen is not None and bool(model)
+    model_guard = guard and _model_guard_applies(model, untuned_dev_unseen)
     return {
         "chosen": best,
         "guard": "applied" if guard else f"skipped (dev has {n_unseen} unseen queries, need {min_unseen})",
@@ -287,10 +296,15 @@ def select_across(
             for c in guarded
         )
     ]
+    model_applies = {
+        c: _model_guard_applies({n: models.get(c, {}).get(n) for n in names}, untuned.get(c)) for c in guarded
+    }
     passed = [
         n
         for n in served_ok
-        if all(_passes_model_guard(models.get(c, {}).get(n), untuned.get(c)) for c in guarded)
+        if all(
+            _passes_model_guard(models.get(c, {}).get(n), untuned.get(c), model_applies[c]) for c in guarded
+        )
     ]
     table = {}
     for n in names:
@@ -304,14 +318,21 @@ def select_across(
         }
     if passed:
         chosen = max(passed, key=lambda n: (gain(n, "all", list(collections)), -names.index(n)))
-    elif served_ok:
-        chosen = max(served_ok, key=lambda n: (model_gain(n, guarded) or 0.0, -names.index(n)))
+    elif served_ok:  # every one of them failed the model guard, which therefore applied: numbers exist
+        chosen = max(
+            served_ok,
+            key=lambda n: (
+                model_gain(n, guarded) if model_gain(n, guarded) is not None else -1.0,
+                -names.index(n),
+            ),
+        )
     else:
         chosen = max(names, key=lambda n: (gain(n, "unseen", guarded), -names.index(n)))
     return {
         "chosen": chosen,
         "collections": list(collections),
         "guarded": guarded,
+        "model_guard": {c: "applied" if model_applies.get(c) else "skipped" for c in collections},
         "table": table,
         "rule": "configurations measured on every collection; pass = on every collection with >= "
         f"{min_unseen} dev-unseen queries, served dev-unseen MRR@10 >= the no-training baseline's and the tuned "

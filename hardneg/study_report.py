@@ -302,7 +302,8 @@ def _select_rows(select: Mapping[str, Any] | None, label: str, f: Any) -> list[s
     lines = [
         f"{label} dev, mean of seeds {', '.join(map(str, select['seeds']))} (commit `{select['commit'][:12]}`, rerank "
         f"depth fixed for this comparison): no-training dev-unseen MRR@10 {f(sel['baseline_dev_unseen_mrr@10'])}, "
-        f"untuned model alone {f(untuned)}; guards {sel['guard']}; this collection alone would choose "
+        f"untuned model alone {f(untuned)}; served guard {sel['guard']}, model guard "
+        f"{sel.get('model_guard', 'not yet part of the rule')}; this collection alone would choose "
         f"`{sel['chosen']}`.",
         "",
         "| configuration | dev served | dev unseen: served | dev unseen: tuned alone | passes the guards | "

@@ -126,13 +126,25 @@ def test_the_model_guard_refuses_a_tuned_model_worse_than_the_untuned_one_on_uns
     # first stage (0.70); the tuned model alone on the dev-unseen queries can
     c = {"memorise": _cand(0.80, 0.70), "general": _cand(0.76, 0.70), "timid": _cand(0.72, 0.70)}
     model = {"memorise": 0.60, "general": 0.63, "timid": 0.625}
-    assert select(c, 0.70)["chosen"] == "memorise"  # no model guard: dev (mostly seen queries) rewards memorising
+    assert (
+        select(c, 0.70)["chosen"] == "memorise"
+    )  # no model guard: dev (mostly seen queries) rewards memorising
     got = select(c, 0.70, model_dev_unseen=model, untuned_dev_unseen=0.62)
     assert got["chosen"] == "general" and got["passed"] == ["general", "timid"]
     assert got["model_guard"] == "applied" and got["passed_served_guard"] == ["memorise", "general", "timid"]
     # nobody passes the model guard: the best tuned-alone dev-unseen among those passing the served guard
     got = select(c, 0.70, model_dev_unseen=model, untuned_dev_unseen=0.65)
     assert got["passed"] == [] and got["chosen"] == "general"
+    # where the guard applies, a candidate without its tuned-alone number was not checked: it fails
+    got = select(c, 0.70, model_dev_unseen={"timid": 0.63}, untuned_dev_unseen=0.62)
+    assert got["chosen"] == "timid" and got["passed"] == ["timid"]
+    # no untuned reference, or no model number at all: the guard is skipped and says so
+    for kw in (
+        {"model_dev_unseen": model},
+        {"model_dev_unseen": dict.fromkeys(c), "untuned_dev_unseen": 0.6},
+    ):
+        got = select(c, 0.70, **kw)
+        assert got["model_guard"] == "skipped" and got["chosen"] == "memorise"
     # too few unseen dev queries: both guards are skipped, whatever the model numbers say
     few = {k: _cand(v["dev"]["all"]["mrr@10"], 0.70, n=5) for k, v in c.items()}
     got = select(few, 0.70, model_dev_unseen=model, untuned_dev_unseen=0.65)
@@ -248,8 +260,15 @@ def test_the_rule_across_collections_guards_where_it_can_and_averages_the_gain()
     assert got["chosen"] == "general" and "budget" not in got["table"]
     # the model guard, where the untuned reference was measured: budget's tuned model lost to the untuned one on
     # SciFact's unseen dev queries, so general wins; NFCorpus (unguarded) cannot fail anyone
-    models = {"sci": {"memorise": 0.58, "general": 0.64, "budget": 0.61}, "nf": {"general": 0.1, "budget": 0.1}}
+    models = {
+        "sci": {"memorise": 0.58, "general": 0.64, "budget": 0.61},
+        "nf": {"general": 0.1, "budget": 0.1},
+    }
     got = select_across({"sci": sci, "nf": nf}, base, models=models, untuned={"sci": 0.62, "nf": 0.5})
     assert got["chosen"] == "general" and got["table"]["budget"]["passes_served_guard"] is True
     assert got["table"]["budget"]["passes"] is False
     assert got["table"]["general"]["mean_dev_unseen_model_gain"] == pytest.approx(0.02)
+    assert got["model_guard"] == {"sci": "applied", "nf": "skipped"}
+    # every configuration fails the model guard: the best tuned-alone gain among those passing the served guard
+    got = select_across({"sci": sci, "nf": nf}, base, models=models, untuned={"sci": 0.70})
+    assert not any(r["passes"] for r in got["table"].values()) and got["chosen"] == "general"

@@ -219,6 +219,14 @@ def test_readme_document_prior_numbers_come_from_document_prior_json():
         f"(MRR@10 there {u['mrr@10']:.3f} / {c['default']['mrr@10']:.3f} / {c['no-wise']['mrr@10']:.3f})"
         in readme
     )
+    dv = [
+        d["untuned"]["dev/unseen"],
+        *(d["configs"][n]["parts"]["dev/unseen"] for n in ("default", "no-wise")),
+    ]
+    assert (
+        f"({' / '.join(pct(x['top10_training_positive_share']) for x in dv)}) while MRR@10 there is "
+        f"{' / '.join(format(x['mrr@10'], '.3f') for x in dv)}" in readme
+    )
     # what the paragraph concludes must hold in the JSON: tuning raises the pull, interpolation lowers it
     shares = [u, c["default"], c["no-wise"]]
     assert shares[0]["top10_training_positive_share"] < shares[1]["top10_training_positive_share"]
