@@ -79,7 +79,6 @@ def _paired(rows: list[dict], a: str, b: str) -> dict:
 def folds(args, params: dict) -> dict:
     from hardneg.experiment import run_configuration
     from hardneg.generalization import document_folds, fold_dataset, pooled_qrels
-    from hardneg.lineage import current_lineage
     from hardneg.settings import settings
 
     out_path = RESULTS / "generalization.json"
@@ -126,8 +125,7 @@ def folds(args, params: dict) -> dict:
                 time.perf_counter() - t0,
             )
         _summarise(entry)
-    lin = current_lineage(None)
-    state.update(commit=lin.git_commit, cpu=_cpu(), protocol=_protocol(args))
+    state.update(commit=_commit(), cpu=_cpu(), protocol=_protocol(args))
     _write(out_path, state)
     return state
 
@@ -170,6 +168,17 @@ def _protocol(args) -> str:
     )
 
 
+# what each run writes while it runs (its results and README's block): not what makes a commit stamp dirty
+OUTPUTS = ("benchmarks/results", "README.md")
+
+
+def _commit() -> str:
+    """HEAD of this checkout, ``-dirty`` when anything but the benchmarks' own outputs (``OUTPUTS``) changed."""
+    from hardneg.lineage import git_commit
+
+    return git_commit(ROOT, ignore=OUTPUTS)
+
+
 def _cpu() -> dict:
     from hardneg.hw import cpu_info
 
@@ -188,7 +197,6 @@ def select(args, params: dict) -> dict:
 
     from hardneg.experiment import run_configuration
     from hardneg.generalization import select as rule
-    from hardneg.lineage import current_lineage
     from hardneg.settings import merge_params
 
     configs = yaml.safe_load(Path(args.configs).read_text(encoding="utf-8"))["configs"]
@@ -232,7 +240,7 @@ def select(args, params: dict) -> dict:
             p["evaluate"]["rerank_depths"] = [int(p["retrieve"]["rerank_depth"])]
             res = run_configuration(ds, red, p, Path(args.work) / f"select{suffix}" / name, untuned=False)
             res.pop("per_query", None)
-            res["commit"] = current_lineage(None).git_commit
+            res["commit"] = _commit()
             runs[str(seed)] = res
             _write(out_path, state)
             logging.info(
@@ -271,7 +279,7 @@ def select(args, params: dict) -> dict:
         model_dev_unseen={n: means[n]["dev"]["tuned_alone"]["unseen"]["mrr@10"] for n in full},
         untuned_dev_unseen=_untuned_dev_unseen(state, means),
     )
-    state.update(commit=current_lineage(None).git_commit, cpu=_cpu(), seeds=seeds, dataset=name_ds)
+    state.update(commit=_commit(), cpu=_cpu(), seeds=seeds, dataset=name_ds)
     _write(out_path, state)
     return state
 
@@ -323,7 +331,6 @@ def choose() -> dict:
     """The selection rule across collections (hardneg.generalization.select_across) over the finished select runs:
     results/generalization_select.json (SciFact) and results/generalization_select_nfcorpus.json."""
     from hardneg.generalization import select_across
-    from hardneg.lineage import current_lineage
 
     collections, baselines, seeds, models, untuned = {}, {}, {}, {}, {}
     for name, file in (
@@ -345,7 +352,7 @@ def choose() -> dict:
         seeds[name] = st["seeds"]
         overrides = {n: c["override"] for n, c in full.items()}
     out = select_across(collections, baselines, models=models, untuned=untuned)
-    out.update(seeds=seeds, override=overrides[out["chosen"]], commit=current_lineage(None).git_commit)
+    out.update(seeds=seeds, override=overrides[out["chosen"]], commit=_commit())
     _write(RESULTS / "generalization_choice.json", out)
     logging.info("chosen across collections: %s", out["chosen"])
     return out

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,10 @@ def data_version(dvc_file: str | os.PathLike | None = None) -> str:
         raise HardnegError(f"{p}: cannot read the data version ({e})") from None
 
 
-def git_commit(cwd: str | os.PathLike | None = None) -> str:
+def git_commit(cwd: str | os.PathLike | None = None, ignore: Sequence[str] = ()) -> str:
     """HEAD commit (suffixed '-dirty' when tracked files changed); 'unknown' outside git. HARDNEG_GIT_COMMIT wins
-    (container images have no .git)."""
+    (container images have no .git). ``ignore``: paths (from the repository root) whose changes do not make it
+    dirty: a benchmark's own result files, which it rewrites while it runs."""
     env = os.environ.get("HARDNEG_GIT_COMMIT")
     if env:
         return env
@@ -62,7 +64,15 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":/",
+                *(f":(top,exclude){p}" for p in ignore),
+            ],
             cwd=cwd,
             capture_output=True,
             text=True,

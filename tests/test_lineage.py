@@ -212,6 +212,16 @@ def test_git_commit_in_a_tmp_repo(tmp_path, monkeypatch):
     _git(repo, "commit", "-q", "-am", "second")
     sha2 = _git(repo, "rev-parse", "HEAD")
     assert sha2 != sha and git_commit(repo) == sha2
+    # a benchmark's own outputs, rewritten while it runs, do not make its stamp dirty; anything else still does
+    (repo / "results").mkdir()
+    (repo / "results" / "r.json").write_text("{}")
+    _git(repo, "add", "results/r.json")
+    _git(repo, "commit", "-q", "-m", "third")
+    sha3 = _git(repo, "rev-parse", "HEAD")
+    (repo / "results" / "r.json").write_text('{"runs": 1}')
+    assert git_commit(repo) == sha3 + "-dirty" and git_commit(repo, ignore=("results",)) == sha3
+    (repo / "f.txt").write_text("three")
+    assert git_commit(repo, ignore=("results",)) == sha3 + "-dirty"
 
 
 def test_git_commit_env_override_and_outside_git(tmp_path, monkeypatch):
