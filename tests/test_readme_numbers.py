@@ -231,3 +231,16 @@ def test_readme_document_prior_numbers_come_from_document_prior_json():
     shares = [u, c["default"], c["no-wise"]]
     assert shares[0]["top10_training_positive_share"] < shares[1]["top10_training_positive_share"]
     assert shares[1]["top10_training_positive_share"] < shares[2]["top10_training_positive_share"]
+
+
+def test_readme_base_model_cost_comes_from_base_models_json():
+    d = json.loads((REPO / "benchmarks" / "results" / "base_models.json").read_text(encoding="utf-8"))
+    readme = _flat((REPO / "README.md").read_text(encoding="utf-8"))
+    m, b = d["models"]["all-mpnet-base-v2"], d["models"]["all-MiniLM-L6-v2"]
+    assert not d["commit"].endswith("-dirty")
+    assert (
+        f"{m['ms_per_document']} ms per SciFact document against {b['ms_per_document']} ms for all-MiniLM-L6-v2 "
+        f"({m['vs_all-MiniLM-L6-v2']}x), so embedding the SciFact corpus alone would take "
+        f"{m['corpus_embedding_s']['scifact']:.0f} s, against {d['make_run_budget_s']} s" in readme
+    )
+    assert m["corpus_embedding_s"]["scifact"] > d["make_run_budget_s"]  # the conclusion the README draws
