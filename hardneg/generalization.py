@@ -250,6 +250,16 @@ RULE = (
 )
 
 
+RULE_ACROSS = (
+    "configurations measured on every collection; pass = on every collection with >= "
+    "{min_unseen} dev-unseen queries, served dev-unseen MRR@10 >= the no-training baseline's and the tuned "
+    "model alone's dev-unseen MRR@10 >= the untuned model alone's; chosen = the best mean served dev MRR@10 gain "
+    "over the no-training baseline across collections among those passing (none passing: the best mean "
+    "tuned-alone dev-unseen gain over the untuned model among those passing the served guard, else the best "
+    "mean served dev-unseen gain)"
+)
+
+
 def select_across(
     collections: Mapping[str, Mapping[str, Mapping[str, Any]]],
     baselines: Mapping[str, Mapping[str, Any]],
@@ -258,15 +268,11 @@ def select_across(
     models: Mapping[str, Mapping[str, float | None]] | None = None,
     untuned: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """The selection rule over several collections (defaults must not be tuned to one corpus).
+    """The selection rule over several collections (``RULE_ACROSS``; defaults must not be tuned to one corpus).
     ``collections[c][config]`` = the served system's dev parts ``{"all": {"mrr@10"}, "unseen": {"mrr@10", "n"}}``
     (seed means); ``baselines[c]`` = the no-training dev parts; ``models[c][config]`` = the tuned model alone's
-    dev-unseen MRR@10 and ``untuned[c]`` = the untuned model alone's (the model guard, where both are known). Only
-    configurations measured on every collection compete. A configuration passes when, on every collection whose dev
-    has at least ``min_unseen`` unseen queries, it passes both guards of :func:`select`; among those passing, the
-    best mean gain over the no-training dev MRR@10 across collections wins (ties: the earlier configuration); if none
-    passes, the best mean tuned-alone dev-unseen gain over the untuned model among those passing the served guard,
-    else the best mean served dev-unseen gain over the guarded collections."""
+    dev-unseen MRR@10 and ``untuned[c]`` = the untuned model alone's (the model guard, where both are known). Ties:
+    the earlier configuration."""
     names = [n for n in next(iter(collections.values())) if all(n in c for c in collections.values())]
     if not names:
         raise HardnegError("no configuration was measured on every collection")
@@ -334,10 +340,5 @@ def select_across(
         "guarded": guarded,
         "model_guard": {c: "applied" if model_applies.get(c) else "skipped" for c in collections},
         "table": table,
-        "rule": "configurations measured on every collection; pass = on every collection with >= "
-        f"{min_unseen} dev-unseen queries, served dev-unseen MRR@10 >= the no-training baseline's and the tuned "
-        "model alone's dev-unseen MRR@10 >= the untuned model alone's; chosen = the best mean served dev MRR@10 gain "
-        "over the no-training baseline across collections among those passing (none passing: the best mean "
-        "tuned-alone dev-unseen gain over the untuned model among those passing the served guard, else the best "
-        "mean served dev-unseen gain)",
+        "rule": RULE_ACROSS.format(min_unseen=min_unseen),
     }
