@@ -260,6 +260,36 @@ RULE_ACROSS = (
 )
 
 
+def _across_guards(
+    collections: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    baselines: Mapping[str, Mapping[str, Any]],
+    names: Sequence[str],
+    guarded: Sequence[str],
+    models: Mapping[str, Mapping[str, float | None]],
+    untuned: Mapping[str, float | None],
+) -> tuple[list[str], list[str], dict[str, bool]]:
+    """:func:`select_across`'s guards: (passing the served guard, passing both, where the model guard applies)."""
+    served_ok = [
+        n
+        for n in names
+        if all(
+            collections[c][n]["unseen"]["mrr@10"] >= float(baselines[c]["unseen"]["mrr@10"]) - 1e-9
+            for c in guarded
+        )
+    ]
+    model_applies = {
+        c: _model_guard_applies({n: models.get(c, {}).get(n) for n in names}, untuned.get(c)) for c in guarded
+    }
+    passed = [
+        n
+        for n in served_ok
+        if all(
+            _passes_model_guard(models.get(c, {}).get(n), untuned.get(c), model_applies[c]) for c in guarded
+        )
+    ]
+    return served_ok, passed, model_applies
+
+
 def select_across(
     collections: Mapping[str, Mapping[str, Mapping[str, Any]]],
     baselines: Mapping[str, Mapping[str, Any]],
@@ -294,24 +324,7 @@ def select_across(
         ]
         return sum(diffs) / len(diffs) if diffs else None
 
-    served_ok = [
-        n
-        for n in names
-        if all(
-            collections[c][n]["unseen"]["mrr@10"] >= float(baselines[c]["unseen"]["mrr@10"]) - 1e-9
-            for c in guarded
-        )
-    ]
-    model_applies = {
-        c: _model_guard_applies({n: models.get(c, {}).get(n) for n in names}, untuned.get(c)) for c in guarded
-    }
-    passed = [
-        n
-        for n in served_ok
-        if all(
-            _passes_model_guard(models.get(c, {}).get(n), untuned.get(c), model_applies[c]) for c in guarded
-        )
-    ]
+    served_ok, passed, model_applies = _across_guards(collections, baselines, names, guarded, models, untuned)
     table = {}
     for n in names:
         mg = model_gain(n, guarded)
