@@ -244,3 +244,14 @@ def test_readme_base_model_cost_comes_from_base_models_json():
         f"{m['corpus_embedding_s']['scifact']:.0f} s, against {d['make_run_budget_s']} s" in readme
     )
     assert m["corpus_embedding_s"]["scifact"] > d["make_run_budget_s"]  # the conclusion the README draws
+
+
+def test_readme_claim_that_the_model_guard_changed_the_choice_holds_in_the_json():
+    choice = json.loads((REPO / "benchmarks" / "results" / "generalization_choice.json").read_text("utf-8"))
+    readme = _flat((REPO / "README.md").read_text(encoding="utf-8"))
+    table = choice["table"]
+    served_only = [n for n, r in table.items() if r["passes_served_guard"]]
+    best_without = max(served_only, key=lambda n: table[n]["mean_dev_gain"])
+    assert f"without it, `{best_without}` (best mean dev gain" in readme
+    assert best_without != choice["chosen"] and not table[best_without]["passes"]
+    assert table[best_without]["mean_dev_unseen_model_gain"] < 0
