@@ -52,7 +52,7 @@ def main() -> int:
     from hardneg.data import iter_corpus
     from hardneg.embed import clear_encoders, embed_texts
     from hardneg.hw import cpu_info, use_bf16
-    from hardneg.lineage import git_commit
+    from hardneg.lineage import BENCHMARK_OUTPUTS, git_commit
 
     params = load_params(Path(args.config))
     shipped = {m["name"]: dict(m) for m in params["embed"]["models"]}
@@ -85,7 +85,7 @@ def main() -> int:
     ref = next(iter(shipped))
     shipped_s = {n: statistics.median(per_doc[n]) for n in shipped}
     out = {
-        "commit": git_commit(ROOT, ignore=("benchmarks/results", "README.md")),
+        "commit": git_commit(ROOT, ignore=BENCHMARK_OUTPUTS),
         "cpu": cpu_info(),
         "bf16": bf16,
         "docs": len(texts),

@@ -64,7 +64,7 @@ def main() -> int:
     from hardneg.experiment import _mine
     from hardneg.generalization import split_ids, training_positives
     from hardneg.hw import cpu_info
-    from hardneg.lineage import git_commit
+    from hardneg.lineage import BENCHMARK_OUTPUTS, git_commit
     from hardneg.settings import merge_params, section, settings
     from hardneg.stages import embed_stage, reduce_stage
 
@@ -77,7 +77,7 @@ def main() -> int:
         empty_queries=s.validate.empty_queries,
     )
     out: dict = {
-        "commit": git_commit(ROOT, ignore=("benchmarks/results", "README.md")),
+        "commit": git_commit(ROOT, ignore=BENCHMARK_OUTPUTS),
         "cpu": cpu_info(),
         "seed": args.seed,
         "configs": {},

@@ -168,15 +168,12 @@ def _protocol(args) -> str:
     )
 
 
-# what each run writes while it runs (its results and README's block): not what makes a commit stamp dirty
-OUTPUTS = ("benchmarks/results", "README.md")
-
-
 def _commit() -> str:
-    """HEAD of this checkout, ``-dirty`` when anything but the benchmarks' own outputs (``OUTPUTS``) changed."""
-    from hardneg.lineage import git_commit
+    """HEAD of this checkout, ``-dirty`` when anything but the benchmarks' own outputs changed
+    (``hardneg.lineage.BENCHMARK_OUTPUTS``: this benchmark rewrites its results and README's block while it runs)."""
+    from hardneg.lineage import BENCHMARK_OUTPUTS, git_commit
 
-    return git_commit(ROOT, ignore=OUTPUTS)
+    return git_commit(ROOT, ignore=BENCHMARK_OUTPUTS)
 
 
 def _cpu() -> dict:
@@ -211,6 +208,12 @@ def select(args, params: dict) -> dict:
         state = {"key": key, "configs": {}}
     for gone in set(state["configs"]) - set(configs):  # removed from the candidates file: no longer compete
         state["configs"].pop(gone)
+    for c in state[
+        "configs"
+    ].values():  # runs finished before per-run commits were recorded: the state's stamp
+        for run in c["seeds"].values():
+            if "commit" not in run:
+                run.update(commit=state.get("commit"), commit_backfilled=True)
     data_dir = ROOT / params["data"]["dir"] if name_ds == "scifact" else Path(args.nfcorpus)
     ds, red = _prepare(name_ds, data_dir, params, Path(args.work))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -224,9 +227,6 @@ def select(args, params: dict) -> dict:
             ):  # edited since: measure again
                 state["configs"].pop(name, None)
             runs = state["configs"].setdefault(name, {"override": override, "seeds": {}})["seeds"]
-            for run in runs.values():  # runs finished before per-run commits were recorded: the state's stamp
-                if "commit" not in run:
-                    run.update(commit=state.get("commit"), commit_backfilled=True)
             for flag, value in (("screened_on_seeds", only), ("reference", reference or None)):
                 if value is None:
                     state["configs"][name].pop(flag, None)

@@ -215,12 +215,12 @@ def select(
     n_unseen = int(candidates[names[0]]["dev"]["unseen"].get("n", 0))
     guard = baseline_dev_unseen is not None and n_unseen >= min_unseen
     model = dict(model_dev_unseen or {})
+    model_guard = guard and _model_guard_applies(model, untuned_dev_unseen)
     if guard:
         served_ok = [
             n for n in names if candidates[n]["dev"]["unseen"]["mrr@10"] >= float(baseline_dev_unseen) - 1e-9
         ]
-        applies = _model_guard_applies(model, untuned_dev_unseen)
-        passed = [n for n in served_ok if _passes_model_guard(model.get(n), untuned_dev_unseen, applies)]
+        passed = [n for n in served_ok if _passes_model_guard(model.get(n), untuned_dev_unseen, model_guard)]
     else:
         served_ok = passed = names
     if passed:
@@ -229,7 +229,6 @@ def select(
         best = max(served_ok, key=lambda n: (model.get(n) or 0.0, -names.index(n)))
     else:
         best = max(names, key=lambda n: (candidates[n]["dev"]["unseen"]["mrr@10"], -names.index(n)))
-    model_guard = guard and _model_guard_applies(model, untuned_dev_unseen)
     return {
         "chosen": best,
         "guard": "applied" if guard else f"skipped (dev has {n_unseen} unseen queries, need {min_unseen})",
@@ -325,26 +324,21 @@ def select_across(
         return sum(diffs) / len(diffs) if diffs else None
 
     served_ok, passed, model_applies = _across_guards(collections, baselines, names, guarded, models, untuned)
-    table = {}
-    for n in names:
-        mg = model_gain(n, guarded)
-        table[n] = {
+    mg = {n: model_gain(n, guarded) for n in names}
+    table = {
+        n: {
             "mean_dev_gain": round(gain(n, "all", list(collections)), 5),
             "mean_dev_unseen_gain": round(gain(n, "unseen", guarded), 5) if guarded else None,
-            "mean_dev_unseen_model_gain": None if mg is None else round(mg, 5),
+            "mean_dev_unseen_model_gain": None if mg[n] is None else round(mg[n], 5),
             "passes_served_guard": n in served_ok,
             "passes": n in passed,
         }
+        for n in names
+    }
     if passed:
         chosen = max(passed, key=lambda n: (gain(n, "all", list(collections)), -names.index(n)))
     elif served_ok:  # every one of them failed the model guard, which therefore applied: numbers exist
-        chosen = max(
-            served_ok,
-            key=lambda n: (
-                model_gain(n, guarded) if model_gain(n, guarded) is not None else -1.0,
-                -names.index(n),
-            ),
-        )
+        chosen = max(served_ok, key=lambda n: (mg[n] if mg[n] is not None else -1.0, -names.index(n)))
     else:
         chosen = max(names, key=lambda n: (gain(n, "unseen", guarded), -names.index(n)))
     return {

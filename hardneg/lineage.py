@@ -52,6 +52,11 @@ def data_version(dvc_file: str | os.PathLike | None = None) -> str:
         raise HardnegError(f"{p}: cannot read the data version ({e})") from None
 
 
+# what a benchmark rewrites while it runs (its JSON results, README's generated blocks): `git_commit(ignore=...)` of a
+# benchmark's stamp leaves them out, so a clean checkout's run is not stamped -dirty by its own outputs
+BENCHMARK_OUTPUTS = ("benchmarks/results", "README.md")
+
+
 def git_commit(cwd: str | os.PathLike | None = None, ignore: Sequence[str] = ()) -> str:
     """HEAD commit (suffixed '-dirty' when tracked files changed); 'unknown' outside git. HARDNEG_GIT_COMMIT wins
     (container images have no .git). ``ignore``: paths (from the repository root) whose changes do not make it
