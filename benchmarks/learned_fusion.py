@@ -297,20 +297,23 @@ def _mean(rows: list[dict], path: Sequence[str]) -> float | None:
 
 
 def summarise(entry: dict) -> None:
+    """Seed means: dev (cross-validated) for the first stage, the gate and every C; test for the first stage, the
+    served gate, the tuned model alone and ``rule`` (the learned fusion where the rule chose a C, else the gate: what
+    would be served under the rule)."""
     rows = entry["seeds"]
+    parts = ("all", "seen", "unseen")
     mean: dict[str, Any] = {"dev_cv": {}, "test": {}}
     for system in ("first_stage", "gate"):
-        mean["dev_cv"][system] = {
-            p: _mean(rows, ("dev_cv", system, p, "mrr@10")) for p in ("all", "seen", "unseen")
+        mean["dev_cv"][system] = {p: _mean(rows, ("dev_cv", system, p, "mrr@10")) for p in parts}
+    for c in C_GRID:
+        mean["dev_cv"][f"C={c:g}"] = {
+            p: _mean(rows, ("dev_cv", "dev_fusion", f"{c:g}", p, "mrr@10")) for p in parts
         }
-    mean["dev_cv"]["dev_fusion_chosen"] = {
-        p: _mean([{"x": r["dev_cv"]["dev_fusion"].get(f"{r['chosen_C']:g}", {})} for r in rows if r["chosen_C"]], ("x", p, "mrr@10"))
-        for p in ("all", "seen", "unseen")
-    }  # fmt: skip
-    for system in ("first_stage", "served_gate", "dev_fusion", "tuned_alone"):
-        mean["test"][system] = {
-            p: _mean(rows, ("test", system, p, "mrr@10")) for p in ("all", "seen", "unseen")
-        }
+    for r in rows:
+        r["test"]["rule"] = r["test"]["dev_fusion" if r.get("chosen_C") is not None else "served_gate"]
+    for system in ("first_stage", "served_gate", "tuned_alone", "rule"):
+        mean["test"][system] = {p: _mean(rows, ("test", system, p, "mrr@10")) for p in parts}
+    mean["seeds_choosing_the_learned_fusion"] = sum(1 for r in rows if r.get("chosen_C") is not None)
     entry["mean"] = mean
 
 
