@@ -255,3 +255,39 @@ def test_readme_claim_that_the_model_guard_changed_the_choice_holds_in_the_json(
     assert f"without it, `{best_without}` (best mean dev gain" in readme
     assert best_without != choice["chosen"] and not table[best_without]["passes"]
     assert table[best_without]["mean_dev_unseen_model_gain"] < 0
+
+
+def test_readme_learned_fusion_numbers_come_from_learned_fusion_json():
+    d = json.loads((REPO / "benchmarks" / "results" / "learned_fusion.json").read_text(encoding="utf-8"))
+    readme = _flat((REPO / "README.md").read_text(encoding="utf-8"))
+    e = d["datasets"]["scifact"]
+    m, dev, test = e["mean"], e["mean"]["dev_cv"], e["mean"]["test"]
+    assert not d["commit"].endswith("-dirty") and [r["seed"] for r in e["seeds"]] == [13, 14, 15]
+
+    def au(row: dict) -> str:
+        return f"{row['all']:.3f} / {row['unseen']:.3f}"
+
+    def asu(row: dict) -> str:
+        return f"{row['all']:.3f} (seen {row['seen']:.3f} / unseen {row['unseen']:.3f})"
+
+    assert (
+        f"first stage {au(dev['first_stage'])}, gate {au(dev['gate'])}, learned fusion "
+        f"{au(dev['C=0.001'])} at C = 0.001 and {au(dev['C=0.1'])} at C = 0.1" in readme
+    )
+    chose = m["seeds_choosing_the_learned_fusion"]
+    assert f"the rule would serve it with {chose} of the 3 seeds" in readme
+    assert (
+        f"test under the rule {asu(test['rule'])} against the gate {asu(test['served_gate'])} and no training "
+        f"{asu(test['first_stage'])}" in readme
+    )
+    tf = e["train_fusion"]
+    c = f"C={tf['chosen_C']:g}"
+    assert (
+        f"test {tf['systems'][c]['test']['all']['mrr@10']:.3f} against {tf['systems']['hybrid']['test']['all']['mrr@10']:.3f}"
+        in readme
+    )
+    # the conclusions the paragraph draws must hold in the JSON
+    assert dev["gate"]["unseen"] < dev["first_stage"]["unseen"]  # the gate's dev-unseen, cross-validated
+    assert dev["C=0.001"]["all"] > dev["gate"]["all"] and dev["C=0.001"]["unseen"] > dev["gate"]["unseen"]
+    assert chose < 3
+    assert tf["systems"][c]["test"]["all"]["mrr@10"] < tf["systems"]["hybrid"]["test"]["all"]["mrr@10"]
