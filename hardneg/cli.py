@@ -818,6 +818,27 @@ pipeline_app = typer.Typer(
 app.add_typer(pipeline_app, name="pipeline")
 
 
+def _print_dev_cv(m: dict[str, Any]) -> None:
+    """The summary's out-of-sample dev line (``evaluate.gate_cv_folds``; absent when off or skipped)."""
+    cv = {
+        (n, p): m.get(f"dev_cv/{n}/{p}/mrr@10")
+        for n in ("served", "first_stage")
+        for p in ("all", "seen", "unseen")
+    }
+    if cv["served", "all"] is not None and cv["first_stage", "all"] is not None:
+        cv_parts = [
+            f"{p} {cv['served', p]:.4f} vs {cv['first_stage', p]:.4f}"
+            for p in ("seen", "unseen")
+            if cv["served", p] is not None and cv["first_stage", p] is not None
+        ]
+        out.print(
+            "dev, cross-validated (the served choice re-made without the queries it is scored on): served "
+            f"{cv['served', 'all']:.4f} vs no training {cv['first_stage', 'all']:.4f}"
+            + (f" ({', '.join(cv_parts)})" if cv_parts else ""),
+            highlight=False,
+        )
+
+
 def _print_pipeline_summary(s: dict[str, Any]) -> None:
     m = s.get("metrics") or {}
     sm = s.get("served_metrics") or {}
@@ -873,6 +894,7 @@ def _print_pipeline_summary(s: dict[str, Any]) -> None:
             + f"; quality gate {'passed' if m.get('gate_passed') else 'FAILED'}",
             highlight=False,
         )
+    _print_dev_cv(m)
     where = [
         [
             "wall time",

@@ -501,6 +501,79 @@ def choose_depth(
     return best[1], best[2], curve
 
 
+def dev_folds(query_ids: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    """``k`` folds of ``query_ids`` for cross-validation on dev: ids in sha256(seed, id) order dealt round robin
+    (independent of input order; fold sizes differ by at most one)."""
+    from hardneg.generalization import _order
+
+    ordered = sorted(dict.fromkeys(query_ids), key=lambda q: _order(seed, q))
+    return [ordered[i::k] for i in range(k)]
+
+
+def cross_validated_gate(
+    dev: tuple[Run, Mapping[str, Mapping[str, float]], Mapping[str, Mapping[str, int]]],
+    depths: Sequence[int],
+    weights: Sequence[float],
+    seen_ids: set[str],
+    signals: Sequence[str],
+    max_p: float | None,
+    dev_ids: Mapping[str, Sequence[str]],
+    folds: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The served choice measured out of sample (``evaluate.gate_cv_folds``; a report, never a choice). The
+    evaluate stage scores its gate, the unseen guard included, on the dev queries it was tuned on; here the whole
+    choice (depth, signal, threshold, weights, guards: :func:`choose_depth`) is re-made without each fold's queries
+    and scored on them. Returns ``{"folds", "first_stage": parts, "served": parts}`` (MRR@10 / nDCG@10 by part,
+    :func:`hardneg.generalization.parts`) or ``{"folds", "skipped": why}``."""
+    fs_dev, dev_scores, dev_qrels = dev
+    qids = sorted(q for q in fs_dev if q in dev_qrels)
+    if folds < 2 or len(qids) < 2 * folds:
+        why = (
+            "off (evaluate.gate_cv_folds < 2)" if folds < 2 else f"dev has {len(qids)} queries (< 2 x folds)"
+        )
+        return {"folds": folds, "skipped": why}
+    held: Run = {}
+    for fold in dev_folds(qids, folds, seed):
+        keep = set(fold)
+        rest = [q for q in qids if q not in keep]
+        sub = {q: dev_qrels[q] for q in rest}
+        guard = [q for q in dev_ids.get("unseen", []) if q in sub]
+        depth, (gate, _), _ = choose_depth(
+            (restrict(fs_dev, rest), dev_scores, sub), depths, weights, seen_ids, signals, max_p, guard
+        )
+        fold_fs = restrict(fs_dev, fold)
+        held.update(
+            combine(
+                fold_fs,
+                dev_scores,
+                depth,
+                gate_weights(gate, query_signals(fold_fs, dev_scores, depth, seen_ids)),
+            )
+        )
+    metrics = ("mrr@10", "ndcg@10")
+    return {
+        "folds": folds,
+        "first_stage": parts(evaluate_run(fs_dev, dev_qrels, metrics).per_query, dev_ids),
+        "served": parts(evaluate_run(held, dev_qrels, metrics).per_query, dev_ids),
+    }
+
+
+def _gate_cv(dev: Any, depths: Sequence[int], seen_ids: set[str], dev_ids: Mapping, s: Any) -> dict[str, Any]:
+    ev = s.evaluate
+    return cross_validated_gate(
+        dev,
+        depths,
+        ev.fusion_weights,
+        seen_ids,
+        ev.gate_signals,
+        ev.gate_max_p,
+        dev_ids,
+        ev.gate_cv_folds,
+        s.data.dev_seed,
+    )
+
+
 def _served_fusion(
     metrics: dict[str, Any],
     record: Callable[[str, Run], Any],
@@ -645,6 +718,7 @@ def evaluate_reranker(
         dev, depths, weights, seen_ids, ev.gate_signals, ev.gate_max_p, dev_ids["unseen"]
     )
     metrics["rerank_depth"] = chosen_depth
+    metrics["gate_cv"] = _gate_cv(dev, depths, seen_ids, dev_ids, s)
     record("rerank", combine(fs_test, test_scores, chosen_depth))
     test = (fs_test, test_scores, test_qrels)
     _served_fusion(metrics, record, dev, test, chosen_depth, weights, seen_ids, dev_ids, chosen)

@@ -288,6 +288,8 @@ def _study_params(params: Mapping[str, Any]) -> dict[str, Any]:
         m.pop("weight", None)
     # nor what does not change an arm's numbers: how the corpus is split across embed workers, the encoding batch
     p["embed"].pop("shards", None)
+    # nor the evaluate stage's cross-validated dev report (a report: it changes no choice and no number)
+    p.get("evaluate", {}).pop("gate_cv_folds", None)
     p["train"].get("bi_encoder", {}).pop("batch_size", None)
     # the reading of the rule with several positives: in the key of the arms that read it only (_arm_key)
     p["mine"].pop("positive_reading", None)

@@ -173,6 +173,7 @@ class Evaluate:
     gate_signals: list[Literal["none", "seen", "margin", "seen-margin"]]
     rerank_depths: list[int]
     gate_max_p: float | None
+    gate_cv_folds: int
 
 
 @dataclass(frozen=True)
@@ -485,6 +486,10 @@ def _build_settings(params: Mapping[str, Any]) -> Settings:
         mine = dataclasses.replace(MineConfig.from_params(full, policy="hybrid"), policy=ST_DEFAULT)
     else:
         mine = MineConfig.from_params(full)
+    if built["evaluate"].gate_cv_folds < 0:
+        raise ConfigError(
+            f"evaluate.gate_cv_folds must be >= 0 (0: off), got {built['evaluate'].gate_cv_folds}"
+        )
     if any(d < 1 for d in built["evaluate"].rerank_depths):
         raise ConfigError(f"evaluate.rerank_depths must be >= 1, got {built['evaluate'].rerank_depths}")
     serve = built["serve"]

@@ -576,6 +576,11 @@ def headline(metrics: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
             for k in ("mrr@10", "ndcg@10"):
                 if k in row:
                     out[f"{name}/{part}/{k}"] = round(float(row[k]), 4)
+    # the served choice re-made without each dev fold's queries and scored on them (report only)
+    for name in ("first_stage", "served"):
+        for part, row in (metrics.get("gate_cv") or {}).get(name, {}).items():
+            if "mrr@10" in row:
+                out[f"dev_cv/{name}/{part}/mrr@10"] = round(float(row["mrr@10"]), 4)
     return out
 
 

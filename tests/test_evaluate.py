@@ -338,3 +338,63 @@ def test_a_weight_for_unseen_looking_queries_must_earn_it_on_dev_unseen():
     assert lenient["weight_low"] == 1.0  # ties the first stage on dev-unseen: enough without max_p
     strict, tried = tune_gate(fs, rr, qrels, 4, [0.0, 1.0], set(), ["none"], max_p=0.05, guard_ids=unseen)
     assert strict["weight_low"] == strict["weight_high"] == 0.0 and tried[0]["guard_ok"] is False
+
+
+def test_dev_folds_partition_the_queries_whatever_their_order():
+    from hardneg.evaluate import dev_folds
+
+    qids = [f"q{i}" for i in range(23)]
+    folds = dev_folds(qids, 5, seed=13)
+    assert sorted(q for f in folds for q in f) == sorted(qids)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert dev_folds(list(reversed(qids)), 5, seed=13) == folds
+    assert dev_folds(qids, 5, seed=14) != folds
+
+
+def _gate_cv_case(unseen_top: str, n_seen: int):
+    """100 dev queries over 4 candidates each; the first stage ranks a first. ``n_seen`` "seen" queries: relevant b,
+    a training positive the reranker finds. The other, "unseen" ones: relevant a; the reranker ranks ``unseen_top``
+    first ("a": it agrees with the first stage; "c": a training positive that is not relevant)."""
+    fs, rr, qrels, seen_ids, ids = {}, {}, {}, set(), {"all": [], "seen": [], "unseen": []}
+    for i in range(100):
+        q = f"q{i:03d}"
+        a, b, c, d = (f"{q}-{x}" for x in "abcd")
+        fs[q] = {a: 1.0, b: 0.5, c: 0.2, d: 0.0}
+        seen_ids |= {b, c}
+        if i < n_seen:
+            rr[q], qrels[q] = {b: 1.0, a: 0.0, c: 0.0, d: 0.0}, {b: 1}
+        else:
+            top = a if unseen_top == "a" else c
+            rr[q], qrels[q] = {top: 1.0, **{x: 0.0 for x in (a, b, c, d) if x != top}}, {a: 1}
+        ids["all"].append(q)
+        ids["seen" if i < n_seen else "unseen"].append(q)
+    return (fs, rr, qrels), seen_ids, ids
+
+
+def test_the_served_choice_is_measured_on_dev_queries_it_was_not_made_on():
+    """Cross-validated dev: a seen gate that routes exactly the seen queries scores 1.0 out of sample. When the
+    reranker sends unseen queries to an irrelevant training positive and each training part of the folds has fewer
+    than 30 unseen queries (the in-sample guard is skipped there), the gate is tuned on seen queries, and the
+    held-out unseen queries show the loss that the in-sample numbers cannot."""
+    from hardneg.evaluate import choose_depth, cross_validated_gate
+
+    dev, seen_ids, ids = _gate_cv_case("a", n_seen=60)
+    cv = cross_validated_gate(dev, [4], [0.0, 1.0], seen_ids, ["none", "seen"], 0.05, ids, folds=5, seed=13)
+    assert cv["served"]["all"]["mrr@10"] == pytest.approx(1.0)
+    assert cv["first_stage"]["all"]["mrr@10"] == pytest.approx(0.6 * 0.5 + 0.4)
+
+    dev, seen_ids, ids = _gate_cv_case("c", n_seen=64)
+    cv = cross_validated_gate(dev, [4], [0.0, 1.0], seen_ids, ["seen"], None, ids, folds=5, seed=13)
+    assert cv["served"]["unseen"]["mrr@10"] < cv["first_stage"]["unseen"]["mrr@10"] == 1.0
+    assert cv["served"]["seen"]["mrr@10"] > cv["first_stage"]["seen"]["mrr@10"] == 0.5
+    # in sample, on all of dev (36 unseen queries: the guard applies), the same choice serves the first stage
+    _, (gate, _), _ = choose_depth(dev, [4], [0.0, 1.0], seen_ids, ["seen"], None, ids["unseen"])
+    assert gate["weight_high"] == gate["weight_low"] == 0.0
+    # off, or too few dev queries to fold: said, not measured
+    assert "skipped" in cross_validated_gate(
+        dev, [4], [0.0, 1.0], seen_ids, ["seen"], None, ids, folds=0, seed=13
+    )
+    small = tuple({q: v for q, v in x.items() if q < "q005"} for x in dev)
+    assert "skipped" in cross_validated_gate(
+        small, [4], [0.0, 1.0], seen_ids, ["seen"], None, ids, folds=5, seed=13
+    )

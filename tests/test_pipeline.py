@@ -291,3 +291,30 @@ def test_the_run_summary_prints_the_tuned_model_alone_over_the_whole_corpus(caps
     cli._print_pipeline_summary({"metrics": m, "seconds": 1.0, "model_version": "v", "lineage": lineage})
     out = capsys.readouterr().out
     assert "0.4321" in out and "0.6543" in out and "whole" in out and "reordering" in out
+
+
+def test_the_run_summary_prints_the_cross_validated_dev_line_from_the_evaluate_metrics(capsys, repo_root):
+    """metrics.json ``gate_cv`` (the served choice re-made without each dev fold) reaches the pipeline's headline
+    numbers and the summary prints it, by part; without it (gate_cv_folds 0, or skipped) no line is printed."""
+    from hardneg import cli
+    from hardneg.config import load_params
+    from hardneg.settings import settings
+    from hardneg.stages import headline
+
+    row = lambda a, s, u: {"all": {"mrr@10": a}, "seen": {"mrr@10": s}, "unseen": {"mrr@10": u}}  # noqa: E731
+    metrics = {
+        "systems": {"first_stage": {"mrr@10": 0.5}, "fusion": {"mrr@10": 0.6}},
+        "gate_cv": {"folds": 5, "first_stage": row(0.61, 0.62, 0.63), "served": row(0.64, 0.651, 0.6012)},
+    }
+    h = headline(metrics, settings(load_params(repo_root / "params.yaml")))
+    assert h["dev_cv/served/unseen/mrr@10"] == 0.6012 and h["dev_cv/first_stage/all/mrr@10"] == 0.61
+    lineage = {"data_version": "d", "git_commit": "c", "params_hash": "p"}
+    cli._print_pipeline_summary({"metrics": h, "seconds": 1.0, "model_version": "v", "lineage": lineage})
+    out = " ".join(capsys.readouterr().out.split())
+    assert "served 0.6400 vs no training 0.6100 (seen 0.6510 vs 0.6200, unseen 0.6012 vs 0.6300)" in out
+    del metrics["gate_cv"]
+    cli._print_pipeline_summary(
+        {"metrics": headline(metrics, settings(load_params(repo_root / "params.yaml"))), "seconds": 1.0,
+         "model_version": "v", "lineage": lineage}
+    )  # fmt: skip
+    assert "cross-validated" not in capsys.readouterr().out
