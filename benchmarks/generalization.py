@@ -23,17 +23,11 @@ import argparse
 import copy
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _offline import ROOT  # offline, quiet, this checkout importable
+
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("served", "no_training", "tuned_alone", "untuned_alone", "untuned_served")
 

@@ -27,20 +27,13 @@ import argparse
 import copy
 import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from _offline import ROOT  # offline, quiet, this checkout importable
+
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = RESULTS / "learned_fusion.json"
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
